@@ -1,0 +1,88 @@
+"""`engine serve | validate | plugins`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from engine import __version__
+from engine.errors import EngineError
+
+log = logging.getLogger("engine")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `engine` command."""
+    started = time.monotonic()
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.command(args, started)
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace, started: float) -> int:
+    from engine.server import serve
+
+    log.info("engine %s starting (imports took %.2f s)", __version__, time.monotonic() - started)
+    return serve(args.project_dir, args.config_file, host=args.host, port=args.port,
+                 graceful_timeout=args.graceful_timeout)
+
+
+def _validate(args: argparse.Namespace, started: float) -> int:
+    from engine.validate import validate_project
+
+    validated = validate_project(args.project_dir, args.config_file)
+    for warning in validated.warnings:
+        print(f"warning: {warning}")
+    for api in validated.apis:
+        print(f"ok: api '{api.name}' ({api.predictor.type} predictor, {api.predictor.path}) at {api.endpoint}")
+    return 0
+
+
+def _plugins(args: argparse.Namespace, started: float) -> int:
+    from engine.plugins import make_plugin_manager, plugin_infos, predictor_types
+
+    pm = make_plugin_manager()
+    for info in plugin_infos(pm):
+        print(f"{info.name}  ({info.distribution} {info.version})")
+        print(f"    hooks: {', '.join(info.hooks)}")
+    types = predictor_types(pm)
+    print("predictor types: " + ", ".join(f"{t.name} ({t.class_name})" for t in types.values()))
+    targets = sorted({t for found in pm.hook.engine_hardware_targets() for t in found or ()})
+    print("hardware targets: " + ", ".join(targets))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engine", description="Serve Cortex-style predictors over HTTP.")
+    parser.add_argument("--version", action="version", version=f"engine {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the APIs of a project")
+    _project_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8888, help="port to listen on (default: 8888)")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM, how long to wait for in-flight requests (default: 30)")
+    serve.set_defaults(command=_serve)
+
+    validate = commands.add_parser("validate", help="run every check serve runs before it binds a port")
+    _project_args(validate)
+    validate.set_defaults(command=_validate)
+
+    plugins = commands.add_parser("plugins", help="list installed plugins, their versions and hooks")
+    plugins.set_defaults(command=_plugins)
+    return parser
+
+
+def _project_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("project_dir", nargs="?", default=".", metavar="PROJECT_DIR",
+                        help="the project directory (default: .)")
+    parser.add_argument("-f", "--config", dest="config_file", metavar="CONFIG",
+                        help="the API configuration file (default: PROJECT_DIR/cortex.yaml)")

@@ -1,0 +1,18 @@
+"""Cortex's response encoding: a Response as is, bytes, str, and JSON for everything else."""
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from engine import hookimpl, jsonenc
+
+
+@hookimpl(trylast=True)
+def engine_encode_response(result, request_headers, api):
+    """Encode by the type `predict` returned, in Cortex's order."""
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return Response(bytes(result), media_type="application/octet-stream")
+    if isinstance(result, str):
+        return Response(result, media_type="text/plain")
+    return Response(jsonenc.dumps(result), media_type="application/json")

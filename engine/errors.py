@@ -1,0 +1,25 @@
+"""Errors the core raises; each message says what to change."""
+
+
+class EngineError(Exception):
+    """Base of every error engine reports to the user without a traceback."""
+
+
+class ConfigError(EngineError):
+    """cortex.yaml (or the project it points at) is invalid."""
+
+
+class PredictorLoadError(EngineError):
+    """The predictor module or class cannot be loaded or fails its signature checks."""
+
+
+class MissingPluginError(EngineError):
+    """No installed plugin answers a hook the configuration needs."""
+
+
+class PayloadError(ValueError):
+    """A request body cannot be parsed as its Content-Type says; answered with 400."""
+
+
+class ModelError(EngineError):
+    """A model name, version or layout is wrong; raised to the predictor's caller."""

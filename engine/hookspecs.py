@@ -1,0 +1,72 @@
+"""Every hook engine calls, grouped by phase. Implementations are plain `def`; return None to decline."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from starlette.datastructures import Headers
+    from starlette.responses import Response
+    from starlette.routing import BaseRoute
+
+    from engine.config import Api
+    from engine.types import Device, PredictorType
+
+hookspec = pluggy.HookspecMarker("engine")
+
+
+# --- discovery: at start-up, in every process -------------------------------------------------
+
+
+@hookspec
+def engine_predictor_types() -> list[PredictorType]:
+    """Return the predictor types this plugin provides."""
+
+
+@hookspec
+def engine_hardware_targets() -> list[str]:
+    """Return the compute targets this plugin owns: "cpu", "gpu" (compute.gpu > 0) or "inf" (compute.inf > 0)."""
+
+
+@hookspec
+def engine_validate_api(api: Api, project_root: Path) -> list[str]:
+    """Return problems with `api` that this plugin knows of (empty when none); run by serve and validate."""
+
+
+@hookspec
+def engine_routes() -> list[BaseRoute]:
+    """Return extra Starlette routes to serve next to the APIs (e.g. /metrics)."""
+
+
+# --- per worker process, before the predictor is built ----------------------------------------
+
+
+@hookspec(firstresult=True)
+def engine_setup_device(api: Api, process_index: int) -> Device | None:
+    """Set up the hardware of one worker process for `api` (env before any framework import); the owner returns a Device."""
+
+
+@hookspec(firstresult=True)
+def engine_create_client(api: Api, device: Device, models: Any) -> Any | None:
+    """Build the model client (`onnx_client`, ...) for an API of a predictor type this plugin owns."""
+
+
+@hookspec
+def engine_startup(apis: list[Api]) -> None:
+    """Called once every predictor has finished `__init__`, on a worker thread (warm-up, announcements)."""
+
+
+# --- per request ------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def engine_parse_payload(body: bytes, content_type: str, headers: Headers, api: Api) -> Any | None:
+    """Turn a request body into the `payload` argument (may return an awaitable); raise PayloadError for a 400."""
+
+
+@hookspec(firstresult=True)
+def engine_encode_response(result: Any, request_headers: Headers, api: Api) -> Response | None:
+    """Turn what `predict` returned into a Starlette Response."""

@@ -1,0 +1,169 @@
+"""One API being served: its predictor, thread pool, concurrency limit and request pipeline."""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from starlette.background import BackgroundTask, BackgroundTasks
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from engine import plugins
+from engine.config import Api
+from engine.errors import PayloadError
+from engine.metrics import Metrics
+from engine.predictor import Predictor, check_class, import_class, runtime_methods
+
+log = logging.getLogger("engine")
+
+GET_MESSAGE = "make a prediction by sending a post request to this endpoint with a json payload"
+
+
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A JSON error body: {"error": message}."""
+    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+
+
+class ApiRuntime:
+    """Serves one API: initialises its predictor on the pool, then answers its POST and GET requests."""
+
+    def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics) -> None:
+        self.api = api
+        self.pm = pm
+        self.metrics = metrics
+        self.ptype = plugins.predictor_type(pm, api.predictor.type)
+        self.pool = ThreadPoolExecutor(api.predictor.threads_per_process, thread_name_prefix=f"api-{api.name}")
+        self.max_in_flight = api.autoscaling.max_replica_concurrency
+        self.in_flight = 0
+        self.predictor: Predictor | None = None
+        self.client: Any = None
+        self.models: Any = None
+        self.failure: str | None = None
+        self.post_predicts: set[Future] = set()
+
+    @property
+    def ready(self) -> bool:
+        """True once the predictor's __init__ has returned."""
+        return self.predictor is not None
+
+    def initialise(self, view: Path) -> None:
+        """Set up the device, build the client and run the predictor's __init__ (call on the API's pool)."""
+        api, ptype = self.api, self.ptype
+        device = plugins.setup_device(self.pm, api, process_index=0)
+        self.client = plugins.create_client(self.pm, api, device, self.models)
+        module_name = "engine_predictor_" + re.sub(r"\W", "_", api.name)
+        predictor_class = import_class(view / api.predictor.path, ptype.class_name, module_name)
+        methods = runtime_methods(predictor_class)
+        check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}")
+        self.predictor = Predictor.construct(predictor_class, methods, api.predictor.config, ptype.client_arg,
+                                             self.client)
+
+    async def handle_post(self, request: Request) -> Response:
+        """Run predict for one request and count it."""
+        response = await self._predict(request)
+        self.metrics.requests.labels(self.api.name, "POST", str(response.status_code)).inc()
+        return response
+
+    async def handle_get(self, request: Request) -> Response:
+        """The API's summary: Cortex's message, and its models' metadata when it has a model client."""
+        if not self.ready:
+            response = self._not_ready()
+        else:
+            body: dict[str, Any] = {"message": GET_MESSAGE}
+            if self.client is not None and hasattr(self.client, "metadata"):
+                body["model_metadata"] = self.client.metadata()
+            response = JSONResponse(body)
+        self.metrics.requests.labels(self.api.name, "GET", str(response.status_code)).inc()
+        return response
+
+    def _not_ready(self) -> Response:
+        reason = f"failed to start: {self.failure}" if self.failure else "its predictor is still initialising"
+        return error_response(503, f"api '{self.api.name}' is not ready: {reason}")
+
+    async def _predict(self, request: Request) -> Response:
+        if self.in_flight >= self.max_in_flight:
+            return error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, its "
+                                       "max_replica_concurrency; retry later")
+        predictor = self.predictor
+        if predictor is None:
+            return self._not_ready()
+        self.in_flight += 1
+        arguments: dict[str, Any] = {}
+        try:
+            arguments = await self._arguments(request, predictor)
+            result = await asyncio.get_running_loop().run_in_executor(self.pool, predictor.predict, arguments)
+            response = self.pm.hook.engine_encode_response(result=result, request_headers=request.headers,
+                                                           api=self.api)
+        except PayloadError as error:
+            return error_response(400, str(error))
+        except HTTPException as error:
+            _close_uploads(arguments)
+            return error_response(error.status_code, str(error.detail), headers=error.headers)
+        except Exception as error:
+            _close_uploads(arguments)
+            log.exception("api '%s': predict failed", self.api.name)
+            return error_response(500, f"{type(error).__name__}: {error}")
+        finally:
+            self.in_flight -= 1
+        if predictor.post_predict_args is not None:
+            _add_background(response, BackgroundTask(self._submit_post_predict, predictor, result, arguments))
+        elif isinstance(arguments.get("payload"), FormData):
+            _add_background(response, BackgroundTask(_close_uploads, arguments))
+        return response
+
+    async def _arguments(self, request: Request, predictor: Predictor) -> dict[str, Any]:
+        arguments: dict[str, Any] = {}
+        if predictor.wants_payload:
+            payload = self.pm.hook.engine_parse_payload(body=await request.body(),
+                                                        content_type=request.headers.get("content-type", ""),
+                                                        headers=request.headers, api=self.api)
+            arguments["payload"] = await payload if inspect.isawaitable(payload) else payload
+        if predictor.wants_query_params:
+            arguments["query_params"] = request.query_params
+        if predictor.wants_headers:
+            arguments["headers"] = request.headers
+        return arguments
+
+    async def _submit_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
+        # Submitted, not awaited: the connection is free for its next request while post_predict runs.
+        future = self.pool.submit(self._run_post_predict, predictor, result, arguments)
+        self.post_predicts.add(future)
+        future.add_done_callback(self.post_predicts.discard)
+
+    def _run_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
+        try:
+            predictor.post_predict(result, arguments)
+        except Exception:
+            log.exception("api '%s': post_predict failed", self.api.name)
+        finally:
+            _close_uploads(arguments)
+
+    def drain(self) -> None:
+        """Wait for running predicts and pending post_predicts, then stop the pool."""
+        self.pool.shutdown(wait=True)
+
+
+def _add_background(response: Response, task: BackgroundTask) -> None:
+    if response.background is None:
+        response.background = task
+        return
+    tasks = BackgroundTasks()
+    tasks.add_task(response.background)
+    tasks.add_task(task)
+    response.background = tasks
+
+
+def _close_uploads(arguments: dict[str, Any]) -> None:
+    payload = arguments.get("payload")
+    if isinstance(payload, FormData):
+        for value in payload.values():
+            if isinstance(value, UploadFile):
+                value.file.close()

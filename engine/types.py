@@ -1,0 +1,33 @@
+"""Plain data types exchanged between the core and plugins."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PredictorType:
+    """A predictor type a plugin provides, e.g. `onnx` served by class `ONNXPredictor` given `onnx_client`."""
+
+    name: str
+    class_name: str
+    client_arg: str
+    requires_models: bool = False
+    # True for `python`: the user's class must define load_model() when models are configured.
+    user_loads_models: bool = False
+    # Predictor fields only this type accepts (signature_key, tensorflow_serving_image, multi_model_reloading).
+    type_fields: frozenset[str] = frozenset()
+    # Name of the pip extra that installs it, used in error messages.
+    extra: str = ""
+
+
+@dataclass
+class Device:
+    """What one worker process may use, as set up by the hardware plugin that owns the API's compute."""
+
+    kind: str  # "cpu", "cuda", "inferentia", ...
+    process_index: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # variables the plugin set in os.environ
+    visible_devices: list[str] = field(default_factory=list)
+    onnx_providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int = 1  # intra-op threads a framework may use in this process
+    options: dict[str, object] = field(default_factory=dict)  # plugin-specific extras

@@ -1,0 +1,90 @@
+"""Every check `engine serve` runs before it binds a port; `engine validate` runs exactly these."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pluggy
+
+from engine import plugins
+from engine.config import Api, load_config, not_applied_locally
+from engine.errors import ConfigError, EngineError
+from engine.predictor import check_class, static_methods
+from engine.project import Project
+
+CONFIG_FILE_NAME = "cortex.yaml"
+
+
+@dataclass
+class ValidatedProject:
+    """A project whose configuration passed every pre-start check."""
+
+    project: Project
+    apis: list[Api]
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_config(project_dir: str | Path = ".", config_file: str | Path | None = None) -> Path:
+    """The config file: `config_file` (relative to the working directory) or PROJECT_DIR/cortex.yaml."""
+    path = Path(config_file) if config_file else Path(project_dir) / CONFIG_FILE_NAME
+    if not path.is_file():
+        where = "" if config_file else f" (looked for {CONFIG_FILE_NAME} in {Path(project_dir).resolve()}; use -f to name another file)"
+        raise ConfigError(f"{path}: configuration file not found{where}")
+    return path.resolve()
+
+
+def validate_project(project_dir: str | Path = ".", config_file: str | Path | None = None,
+                     pm: pluggy.PluginManager | None = None) -> ValidatedProject:
+    """Load cortex.yaml and check it against the project files and the installed plugins."""
+    pm = pm or plugins.make_plugin_manager()
+    path = find_config(project_dir, config_file)
+    apis = load_config(path)
+    project = Project(path.parent, path)
+    problems, warnings = [], []
+    for api in apis:
+        try:
+            check_api(api, project, pm)
+        except EngineError as error:
+            problems.append(f"{path}: api '{api.name}': {error}")
+        problems += [f"{path}: api '{api.name}': {problem}"
+                     for found in pm.hook.engine_validate_api(api=api, project_root=project.root) for problem in found or ()]
+        ignored = not_applied_locally(api)
+        if ignored:
+            warnings.append(f"api '{api.name}': not applied locally (accepted for Cortex compatibility): "
+                            f"{', '.join(ignored)}")
+        warnings += not_implemented_yet(api)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return ValidatedProject(project, apis, warnings)
+
+
+def check_api(api: Api, project: Project, pm: pluggy.PluginManager) -> None:
+    """The checks of one API that need the project files or the plugins."""
+    ptype = plugins.predictor_type(pm, api.predictor.type)
+    for name in api.predictor.type_fields_set():
+        if name not in ptype.type_fields:
+            raise ConfigError(f"predictor: {name} is not a supported field for the {ptype.name} predictor type")
+    if ptype.requires_models and api.predictor.models is None:
+        raise ConfigError(f"predictor: at least one model must be specified for the {ptype.name} predictor type "
+                          "(predictor.models.path, .paths or .dir; predictor.model_path in Cortex v0.22–v0.24)")
+    plugins.check_hardware_target(pm, api)
+    if not project.has_file(api.predictor.path):
+        raise ConfigError(f"predictor.path: {api.predictor.path} does not exist, or has been excluded from the "
+                          "project directory (hidden, bytecode, or matched by .cortexignore)")
+    if api.predictor.python_path and not project.has_dir(api.predictor.python_path):
+        raise ConfigError(f"predictor.python_path: {api.predictor.python_path} does not exist, or has been excluded "
+                          "from the project directory")
+    methods = static_methods(project.root / api.predictor.path, ptype.class_name)
+    if methods is not None:
+        check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}")
+
+
+def not_implemented_yet(api: Api) -> list[str]:
+    """Validated settings that this version serves in a simpler way, said at start-up."""
+    notes = []
+    if api.predictor.processes_per_replica > 1:
+        notes.append(f"api '{api.name}': processes_per_replica {api.predictor.processes_per_replica} is validated but "
+                     "served with one process for now")
+    if api.predictor.server_side_batching:
+        notes.append(f"api '{api.name}': server_side_batching is validated but requests are not batched yet")
+    return notes
