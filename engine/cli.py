@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `engine` command."""
     started = time.monotonic()
     args = _parser().parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # the predictor's print() shows up as it happens, as in Cortex
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -1,0 +1,32 @@
+"""Shared fixtures: real `engine serve` processes on loopback, fresh plugin managers."""
+from __future__ import annotations
+
+import pytest
+from helpers import Server, write_project
+
+from engine.plugins import make_plugin_manager
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start `engine serve` on a project written from a dict of files; every server is stopped at teardown."""
+    servers: list[Server] = []
+
+    def start(files: dict[str, str], *args: str, ready: bool = True, env: dict[str, str] | None = None,
+              name: str = "project") -> Server:
+        project = write_project(tmp_path / name, files)
+        server = Server(project, *args, env=env)
+        servers.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def pm():
+    """A fresh plugin manager with the installed plugins."""
+    return make_plugin_manager()

@@ -1,0 +1,105 @@
+"""Test helpers: real `engine serve` processes on loopback, and throwaway projects."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_project(root: Path, files: dict[str, str]) -> Path:
+    """Write `files` (relative path → text, dedented) under root and return root."""
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return root
+
+
+class Server:
+    """`engine serve` in a child process, with its output captured in a file."""
+
+    def __init__(self, project: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = project.parent / f"{project.name}-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", str(project), "--port", str(self.port), *args],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    @property
+    def output(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text()
+
+    def wait_alive(self, timeout: float = 30) -> None:
+        """Wait until /healthz answers; fail with the server's output if it exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.output}")
+            try:
+                if self.client.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server did not come up:\n{self.output}")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Wait until /readyz is 200."""
+        self.wait_alive(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.client.get("/readyz").status_code == 200:
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.output}")
+            time.sleep(0.05)
+        raise AssertionError(f"server did not become ready:\n{self.output}")
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        """Wait for the process to exit on its own; return its exit code."""
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.close()
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def close(self) -> None:
+        """Kill the process if it still runs and release the log file and client."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.client.close()
+        self._log.close()
+
+
+def api_yaml(name: str = "api", predictor: str = "predictor.py", predictor_extra: str = "", api_extra: str = "",
+             type_: str = "python") -> str:
+    """One RealtimeAPI entry of cortex.yaml; *_extra are YAML lines added under `predictor:` and under the API."""
+    lines = [f"- name: {name}", "  kind: RealtimeAPI", "  predictor:", f"    type: {type_}", f"    path: {predictor}"]
+    lines += ["    " + line for line in textwrap.dedent(predictor_extra).strip("\n").splitlines()]
+    lines += ["  " + line for line in textwrap.dedent(api_extra).strip("\n").splitlines()]
+    return "\n".join(lines) + "\n"
