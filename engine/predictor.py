@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib.machinery
 import importlib.util
 import inspect
 import re
@@ -17,6 +18,7 @@ from engine.types import PredictorType
 
 PREDICT_ARGS = frozenset({"payload", "query_params", "headers", "batch_id"})
 POST_PREDICT_ARGS = frozenset({"response", "payload", "query_params", "headers"})
+CHECKED_METHODS = ("__init__", "predict", "post_predict", "load_model")
 
 
 @dataclass(frozen=True)
@@ -25,14 +27,18 @@ class Signature:
 
     args: tuple[str, ...]
     with_defaults: frozenset[str]
+    positional_only: frozenset[str] = frozenset()
 
 
 def check_class(methods: dict[str, Signature], ptype: PredictorType, has_models: bool, where: str) -> None:
     """Cortex's signature rules by argument name; raise PredictorLoadError naming the argument."""
     init = methods.get("__init__", Signature((), frozenset()))
-    required = {"config"} | ({ptype.client_arg} if has_models or ptype.requires_models else set())
+    gets_client = has_models or ptype.requires_models
+    required = {"config"} | ({ptype.client_arg} if gets_client else set())
     _check_args(init, "__init__", allowed=required | {ptype.client_arg, "job_spec"}, required=required, where=where)
-    if not has_models and ptype.client_arg in init.args and ptype.client_arg not in init.with_defaults:
+    # Cortex gave python_client only with models; other types' plugins decide at start (see Predictor.construct).
+    no_client = not gets_client and ptype.user_loads_models
+    if no_client and ptype.client_arg in init.args and ptype.client_arg not in init.with_defaults:
         raise PredictorLoadError(f"{where}: __init__ declares {ptype.client_arg}, which is only given when "
                                  "predictor.model_path or predictor.models is configured; give it a default or "
                                  "remove it")
@@ -41,10 +47,16 @@ def check_class(methods: dict[str, Signature], ptype: PredictorType, has_models:
     _check_args(methods["predict"], "predict", allowed=PREDICT_ARGS, required=set(), where=where)
     if "post_predict" in methods:
         _check_args(methods["post_predict"], "post_predict", allowed=POST_PREDICT_ARGS, required=set(), where=where)
-    if has_models and ptype.user_loads_models:
-        if "load_model" not in methods:
-            raise PredictorLoadError(f"{where}: load_model(self, model_path) must be defined when models are "
-                                     "configured (predictor.model_path or predictor.models)")
+    if ptype.user_loads_models:
+        _check_load_model(methods, has_models, where)
+
+
+def _check_load_model(methods: dict[str, Signature], has_models: bool, where: str) -> None:
+    """load_model(self, model_path): required when models are configured, checked whenever it is defined."""
+    if has_models and "load_model" not in methods:
+        raise PredictorLoadError(f"{where}: load_model(self, model_path) must be defined when models are "
+                                 "configured (predictor.model_path or predictor.models)")
+    if "load_model" in methods:
         _check_args(methods["load_model"], "load_model", allowed={"model_path"}, required={"model_path"}, where=where)
 
 
@@ -54,6 +66,9 @@ def _check_args(signature: Signature, method: str, allowed: set[str] | frozenset
         if name not in allowed:
             raise PredictorLoadError(f"{where}: {method}() argument \"{name}\" is not a supported argument; "
                                      f"supported: {', '.join(sorted(allowed))}")
+        if name in signature.positional_only:
+            raise PredictorLoadError(f"{where}: {method}() argument \"{name}\" is positional-only (declared before "
+                                     "'/'), but arguments are passed by name; remove the '/'")
     for name in sorted(required):
         if name not in signature.args:
             raise PredictorLoadError(f"{where}: {method}() argument \"{name}\" is required, but was not declared")
@@ -63,7 +78,10 @@ def static_methods(source_file: Path, class_name: str) -> dict[str, Signature] |
     """Read the class's method signatures from source without importing it; None when only an import can tell."""
     where = f"{source_file.name}"
     try:
-        tree = ast.parse(source_file.read_text(), filename=str(source_file))
+        source = importlib.util.decode_source(source_file.read_bytes())  # honours a `# coding:` line
+        tree = ast.parse(source, filename=str(source_file))
+    except UnicodeDecodeError as error:
+        raise PredictorLoadError(f"error in {where}: it is not valid text in its encoding ({error.reason})") from None
     except SyntaxError as error:
         raise PredictorLoadError(f"error in {where}: {error.msg} (line {error.lineno})") from None
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name]
@@ -71,54 +89,95 @@ def static_methods(source_file: Path, class_name: str) -> dict[str, Signature] |
         raise PredictorLoadError(f"multiple definitions for {class_name} class found in {where} "
                                  f"(lines {', '.join(str(c.lineno) for c in classes)})")
     if not classes:
-        if re.search(rf"\b{re.escape(class_name)}\b", source_file.read_text()):
+        if re.search(rf"\b{re.escape(class_name)}\b", source):
             return None  # imported or assigned: only importing the module can tell
         raise PredictorLoadError(f"{class_name} class is not defined in {where}")
     cls = classes[0]
-    methods = {node.name: _ast_signature(node) for node in cls.body
-               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    inherits = any(not (isinstance(base, ast.Name) and base.id == "object") for base in cls.bases)
-    return None if inherits else methods
+    if not _statically_known(cls):
+        return None  # inherited, decorated or computed methods: only importing the module can tell
+    return {node.name: _ast_signature(node) for node in cls.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def _statically_known(cls: ast.ClassDef) -> bool:
+    """True when the class body alone says what the checked methods are."""
+    if cls.decorator_list or cls.keywords:
+        return False
+    if any(not (isinstance(base, ast.Name) and base.id == "object") for base in cls.bases):
+        return False
+    for node in cls.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.decorator_list and node.name in CHECKED_METHODS:
+                return False
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = {name.id for target in targets for name in ast.walk(target) if isinstance(name, ast.Name)}
+            if names & set(CHECKED_METHODS):
+                return False
+        elif not isinstance(node, (ast.Expr, ast.Pass, ast.ClassDef)):
+            return False  # if/try/with/for/import in the body may define methods
+    return True
 
 
 def _ast_signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> Signature:
+    positional_only = [arg.arg for arg in node.args.posonlyargs]
     positional = [arg.arg for arg in node.args.posonlyargs + node.args.args][1:]  # drop self
     defaults = positional[len(positional) - len(node.args.defaults):] if node.args.defaults else []
     keyword = [arg.arg for arg in node.args.kwonlyargs]
     keyword_defaults = [arg.arg for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults) if default]
-    return Signature(tuple(positional + keyword), frozenset(defaults + keyword_defaults))
+    return Signature(tuple(positional + keyword), frozenset(defaults + keyword_defaults),
+                     frozenset(positional_only[1:]))
 
 
 def runtime_methods(cls: type) -> dict[str, Signature]:
     """The signatures of the class's methods, inherited ones included."""
     methods = {}
-    for name in ("__init__", "predict", "post_predict", "load_model"):
+    for name in CHECKED_METHODS:
         method = getattr(cls, name, None)
         if method is None or (name == "__init__" and method is object.__init__):
             continue
-        params = list(inspect.signature(method).parameters.values())[1:]
-        named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        methods[name] = Signature(tuple(p.name for p in named),
-                                  frozenset(p.name for p in named if p.default is not p.empty))
+        methods[name] = _runtime_signature(cls, name, method)
     return methods
+
+
+def _runtime_signature(cls: type, name: str, method: Any) -> Signature:
+    """The arguments a call on an instance gives by name: self (or cls) is not one of them."""
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        raise PredictorLoadError(f"{cls.__name__}.{name} is not a method whose signature can be read") from None
+    if not isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod)):
+        params = params[1:]  # self
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return Signature(tuple(p.name for p in named), frozenset(p.name for p in named if p.default is not p.empty),
+                     frozenset(p.name for p in named if p.kind is p.POSITIONAL_ONLY))
 
 
 def import_class(source_file: Path, class_name: str, module_name: str) -> type:
     """Import the predictor module and return its class; import errors name the file and carry the traceback."""
-    spec = importlib.util.spec_from_file_location(module_name, source_file)
+    loader = importlib.machinery.SourceFileLoader(module_name, str(source_file))  # any file name, as imp.load_source
+    spec = importlib.util.spec_from_file_location(module_name, source_file, loader=loader)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         del sys.modules[module_name]
-        details = "".join(traceback.format_exception(error)[1:])
         raise PredictorLoadError(f"error in {source_file.name} while importing it to load {class_name}: "
-                                 f"{type(error).__name__}: {error}\n{details}") from None
+                                 f"{type(error).__name__}: {error}\n{_user_traceback(error)}") from None
     cls = getattr(module, class_name, None)
     if not inspect.isclass(cls):
         raise PredictorLoadError(f"{class_name} class is not defined in {source_file.name}")
     return cls
+
+
+def _user_traceback(error: BaseException) -> str:
+    """The traceback of an import error without the frames of engine and importlib."""
+    summary = traceback.TracebackException.from_exception(error)
+    frames = [frame for frame in summary.stack
+              if frame.filename != __file__ and not frame.filename.startswith("<frozen importlib")]
+    summary.stack = traceback.StackSummary.from_list(frames)
+    return "".join(summary.format())
 
 
 class Predictor:
@@ -137,10 +196,15 @@ class Predictor:
     def construct(cls, predictor_class: type, methods: dict[str, Signature], config: dict[str, Any],
                   client_arg: str, client: Any) -> Predictor:
         """Run the user's __init__ with the declared arguments (config is a deep copy)."""
-        declared = methods.get("__init__", Signature((), frozenset())).args
+        init = methods.get("__init__", Signature((), frozenset()))
+        declared = init.args
         offered = {"config": copy.deepcopy(config), "job_spec": None}
         if client is not None:
             offered[client_arg] = client
+        elif client_arg in declared and client_arg not in init.with_defaults:
+            raise PredictorLoadError(f"{predictor_class.__name__}.__init__ declares {client_arg}, but no "
+                                     f"{client_arg} is created for this API (no models are configured); give it "
+                                     "a default or remove it")
         instance = predictor_class(**{name: offered[name] for name in declared if name in offered})
         return cls(instance, methods)
 
