@@ -27,16 +27,19 @@ from engine.validate import ValidatedProject, validate_project
 
 log = logging.getLogger("engine")
 
+DEFAULT_MODEL_POLL_INTERVAL = 10.0
+
 
 class AppState:
     """Everything one app serves; kept on `app.state.engine`."""
 
-    def __init__(self, validated: ValidatedProject, pm: pluggy.PluginManager, on_fatal: Callable[[str], None]):
+    def __init__(self, validated: ValidatedProject, pm: pluggy.PluginManager, on_fatal: Callable[[str], None],
+                 model_poll_interval: float) -> None:
         self.project = validated.project
         self.apis = validated.apis
         self.pm = pm
         self.metrics = Metrics()
-        self.runtimes = [ApiRuntime(api, pm, self.metrics) for api in validated.apis]
+        self.runtimes = [ApiRuntime(api, pm, self.metrics, model_poll_interval) for api in validated.apis]
         self.on_fatal = on_fatal
         self.started_at = time.monotonic()
         self.view: Path | None = None
@@ -58,7 +61,7 @@ class AppState:
         loop = asyncio.get_running_loop()
         for runtime in self.runtimes:
             try:
-                await loop.run_in_executor(runtime.pool, runtime.initialise, self.view)
+                await loop.run_in_executor(runtime.pool, runtime.initialise, self.view, self.project.root)
             except Exception as error:
                 runtime.failure = str(error) if isinstance(error, EngineError) else f"{type(error).__name__}: {error}"
                 details = str(error) if isinstance(error, EngineError) else "".join(traceback.format_exception(error))
@@ -81,13 +84,19 @@ class AppState:
 
 
 def create_app(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
-               pm: pluggy.PluginManager | None = None, on_fatal: Callable[[str], None] | None = None) -> Starlette:
-    """Validate the project and build its app; hostable by any ASGI server, e.g. `hypercorn "engine.app:create_app('.')"`."""
+               pm: pluggy.PluginManager | None = None, on_fatal: Callable[[str], None] | None = None,
+               model_poll_interval: float | None = None) -> Starlette:
+    """Validate the project and build its app; hostable by any ASGI server, e.g. `hypercorn "engine.app:create_app('.')"`.
+
+    `model_poll_interval` (seconds between looks for new model versions) defaults to $ENGINE_MODEL_POLL_INTERVAL or 10.
+    """
     pm = pm or plugins.make_plugin_manager()
     validated = validate_project(project_dir, config_file, pm)
     for warning in validated.warnings:
         log.warning(warning)
-    state = AppState(validated, pm, on_fatal or _stop_process)
+    if model_poll_interval is None:
+        model_poll_interval = float(os.environ.get("ENGINE_MODEL_POLL_INTERVAL", DEFAULT_MODEL_POLL_INTERVAL))
+    state = AppState(validated, pm, on_fatal or _stop_process, model_poll_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace, started: float) -> int:
 
     log.info("engine %s starting (imports took %.2f s)", __version__, time.monotonic() - started)
     return serve(args.project_dir, args.config_file, host=args.host, port=args.port,
-                 graceful_timeout=args.graceful_timeout)
+                 graceful_timeout=args.graceful_timeout, model_poll_interval=args.model_poll_interval)
 
 
 def _validate(args: argparse.Namespace, started: float) -> int:
@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8888, help="port to listen on (default: 8888)")
     serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
                        help="on SIGTERM, how long to wait for in-flight requests (default: 30)")
+    serve.add_argument("--model-poll-interval", type=float, default=None, metavar="SECONDS",
+                       help="how often model directories are checked for new versions (default: "
+                            "$ENGINE_MODEL_POLL_INTERVAL or 10)")
     serve.set_defaults(command=_serve)
 
     validate = commands.add_parser("validate", help="run every check serve runs before it binds a port")

@@ -22,4 +22,8 @@ class PayloadError(ValueError):
 
 
 class ModelError(EngineError):
-    """A model name, version or layout is wrong; raised to the predictor's caller."""
+    """A model is missing, unloadable or asked for wrongly; `status_code` is the HTTP answer when a request caused it."""
+
+    def __init__(self, message: str, status_code: int = 500) -> None:
+        super().__init__(message)
+        self.status_code = status_code

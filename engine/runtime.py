@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, Response
 
 from engine import plugins
 from engine.config import Api
-from engine.errors import PayloadError
+from engine.errors import MissingPluginError, ModelError, PayloadError
 from engine.metrics import Metrics
+from engine.models import ModelRepository
 from engine.predictor import Predictor, check_class, import_class, runtime_methods
 
 log = logging.getLogger("engine")
@@ -35,8 +36,9 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
 class ApiRuntime:
     """Serves one API: initialises its predictor on the pool, then answers its POST and GET requests."""
 
-    def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics) -> None:
+    def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics, model_poll_interval: float = 10.0) -> None:
         self.api = api
+        self.model_poll_interval = model_poll_interval
         self.pm = pm
         self.metrics = metrics
         self.ptype = plugins.predictor_type(pm, api.predictor.type)
@@ -45,7 +47,7 @@ class ApiRuntime:
         self.in_flight = 0
         self.predictor: Predictor | None = None
         self.client: Any = None
-        self.models: Any = None
+        self.models: ModelRepository | None = None
         self.failure: str | None = None
         self.post_predicts: set[Future] = set()
 
@@ -54,17 +56,29 @@ class ApiRuntime:
         """True once the predictor's __init__ has returned."""
         return self.predictor is not None
 
-    def initialise(self, view: Path) -> None:
-        """Set up the device, build the client and run the predictor's __init__ (call on the API's pool)."""
+    def initialise(self, view: Path, project_root: Path) -> None:
+        """Set up the device and models, build the client, run __init__, load the models (call on the API's pool)."""
         api, ptype = self.api, self.ptype
         device = plugins.setup_device(self.pm, api, process_index=0)
+        if api.predictor.models is not None:
+            if ptype.model_format is None:
+                raise MissingPluginError(f"the {ptype.name} predictor type does not support models")
+            self.models = ModelRepository(api.predictor.models, project_root, ptype.model_format(api, device),
+                                          ptype.name, poll_interval=self.model_poll_interval)
+            self.models.scan()
         self.client = plugins.create_client(self.pm, api, device, self.models)
         module_name = "engine_predictor_" + re.sub(r"\W", "_", api.name)
         predictor_class = import_class(view / api.predictor.path, ptype.class_name, module_name)
         methods = runtime_methods(predictor_class)
         check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}")
-        self.predictor = Predictor.construct(predictor_class, methods, api.predictor.config, ptype.client_arg,
-                                             self.client)
+        predictor = Predictor.construct(predictor_class, methods, api.predictor.config, ptype.client_arg, self.client)
+        if self.models is not None:
+            if ptype.user_loads_models:
+                self.client.set_load_method(predictor.instance.load_model)
+            if self.models.cache_size is None:
+                self.models.preload()
+            self.models.start_polling()
+        self.predictor = predictor
 
     async def handle_post(self, request: Request) -> Response:
         """Run predict for one request and count it."""
@@ -107,6 +121,11 @@ class ApiRuntime:
         except HTTPException as error:
             _close_uploads(arguments)
             return error_response(error.status_code, str(error.detail), headers=error.headers)
+        except ModelError as error:
+            _close_uploads(arguments)
+            if error.status_code >= 500:
+                log.exception("api '%s': predict failed", self.api.name)
+            return error_response(error.status_code, str(error))
         except Exception as error:
             _close_uploads(arguments)
             log.exception("api '%s': predict failed", self.api.name)
@@ -147,8 +166,10 @@ class ApiRuntime:
             _close_uploads(arguments)
 
     def drain(self) -> None:
-        """Wait for running predicts and pending post_predicts, then stop the pool."""
+        """Wait for running predicts and pending post_predicts, stop the pool, then free the models."""
         self.pool.shutdown(wait=True)
+        if self.models is not None:
+            self.models.stop()
 
 
 def _add_background(response: Response, task: BackgroundTask) -> None:

@@ -18,12 +18,13 @@ DEFAULT_PORT = 8888
 
 
 def serve(project_dir: str | Path = ".", config_file: str | Path | None = None, host: str = DEFAULT_HOST,
-          port: int = DEFAULT_PORT, graceful_timeout: float = 30.0) -> int:
+          port: int = DEFAULT_PORT, graceful_timeout: float = 30.0, model_poll_interval: float | None = None) -> int:
     """Serve the project's APIs; returns the process exit code. Configuration errors raise EngineError."""
-    return asyncio.run(_serve(project_dir, config_file, host, port, graceful_timeout))
+    return asyncio.run(_serve(project_dir, config_file, host, port, graceful_timeout, model_poll_interval))
 
 
-async def _serve(project_dir, config_file, host: str, port: int, graceful_timeout: float) -> int:
+async def _serve(project_dir, config_file, host: str, port: int, graceful_timeout: float,
+                 model_poll_interval: float | None) -> int:
     shutdown = asyncio.Event()
     failures: list[str] = []
 
@@ -32,7 +33,7 @@ async def _serve(project_dir, config_file, host: str, port: int, graceful_timeou
         failures.append(message)
         shutdown.set()
 
-    app = create_app(project_dir, config_file, on_fatal=fail)
+    app = create_app(project_dir, config_file, on_fatal=fail, model_poll_interval=model_poll_interval)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, shutdown.set)

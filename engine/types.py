@@ -1,7 +1,13 @@
 """Plain data types exchanged between the core and plugins."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.config import Api
+    from engine.models.layout import ModelFormat
 
 
 @dataclass(frozen=True)
@@ -18,6 +24,8 @@ class PredictorType:
     type_fields: frozenset[str] = frozenset()
     # Name of the pip extra that installs it, used in error messages.
     extra: str = ""
+    # Builds how this type validates, loads and frees one model version (see engine.models.ModelFormat).
+    model_format: Callable[[Api, Device], ModelFormat] | None = None
 
 
 @dataclass

@@ -74,9 +74,21 @@ def check_api(api: Api, project: Project, pm: pluggy.PluginManager) -> None:
     if api.predictor.python_path and not project.has_dir(api.predictor.python_path):
         raise ConfigError(f"predictor.python_path: {api.predictor.python_path} does not exist, or has been excluded "
                           "from the project directory")
+    for location in model_locations(api):
+        if not location.startswith("s3://") and not (project.root / location).exists():
+            raise ConfigError(f"predictor.models: {location} does not exist (local model paths are relative to the "
+                              f"project directory {project.root})")
     methods = static_methods(project.root / api.predictor.path, ptype.class_name)
     if methods is not None:
         check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}")
+
+
+def model_locations(api: Api) -> list[str]:
+    """Every model location an API names (path, each of paths, or dir)."""
+    models = api.predictor.models
+    if models is None:
+        return []
+    return [models.path] if models.path else [models.dir] if models.dir else [entry.path for entry in models.paths]
 
 
 def not_implemented_yet(api: Api) -> list[str]:

@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 from engine import PredictorType, hookimpl
+from engine_python_predictor.client import PythonClient, PythonModelFormat
+
+
+def _model_format(api, device) -> PythonModelFormat:
+    return PythonModelFormat()
+
 
 PYTHON = PredictorType(
     name="python",
@@ -11,6 +17,7 @@ PYTHON = PredictorType(
     user_loads_models=True,
     type_fields=frozenset({"multi_model_reloading"}),
     extra="engine-python-predictor",
+    model_format=_model_format,
 )
 
 
@@ -18,3 +25,11 @@ PYTHON = PredictorType(
 def engine_predictor_types():
     """Provide the python predictor type."""
     return [PYTHON]
+
+
+@hookimpl
+def engine_create_client(api, device, models):
+    """A python_client for python APIs with models; none without models, as Cortex did."""
+    if api.predictor.type != PYTHON.name or models is None:
+        return None
+    return PythonClient(models)
