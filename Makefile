@@ -4,8 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXAMPLE ?= examples/greeter
 PORT ?= 8888
-# The plugin distributions of this repository, installed editable next to the core.
-PLUGINS := plugins/python_predictor
+# Every plugin distribution of this repository, installed editable next to the core.
+PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 
 .PHONY: setup serve test clean
 
