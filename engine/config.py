@@ -6,40 +6,94 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError, field_validator, \
-    model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.config_errors import format_validation_error
+from engine.config_errors import Rules, format_validation_error
 from engine.errors import ConfigError
 from engine.units import parse_duration, parse_quantity
 
 DEFAULT_MODEL_NAME = "_cortex_default"
 SERVER_ROUTES = ("/healthz", "/readyz", "/metrics")
+MAX_NAME_LENGTH = 42
 
 _API_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035 label
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9_\-./]*$")
-_PERCENT = re.compile(r"^(\d+)%$")
+_PERCENT = re.compile(r"^([0-9]+)%$")
+_COUNT = re.compile(r"^[0-9]+$")
+_MODEL_SOURCES = ("model_path", "models", "multi_model_reloading")
 
 
 def _seconds(value: Any) -> float:
-    if not isinstance(value, str):
-        raise ValueError("must be a duration string such as 100ms, 0.5s or 5m")
-    return parse_duration(value)
+    """A Go duration string in seconds; the error says what a duration looks like."""
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError("must be a duration string with a unit, such as 100ms, 0.5s or 5m") from None
 
 
-def _quantity(value: Any) -> float:
-    return parse_quantity(value)
+def _positive_seconds(value: Any) -> float:
+    """A duration greater than zero."""
+    seconds = _seconds(value)
+    if seconds <= 0:
+        raise ValueError("must be a duration greater than 0, such as 100ms or 0.5s")
+    return seconds
 
 
-Duration = Annotated[float, BeforeValidator(_seconds)]
-Quantity = Annotated[float, BeforeValidator(_quantity)]
+def _non_negative_seconds(value: Any) -> float:
+    """A duration of zero or more."""
+    seconds = _seconds(value)
+    if seconds < 0:
+        raise ValueError("must be a duration of 0s or more, such as 0s, 30s or 5m")
+    return seconds
+
+
+def _window_seconds(value: Any) -> float:
+    """An autoscaling window: at least 10s and a multiple of 10s (the autoscaler's tick)."""
+    seconds = _seconds(value)
+    if seconds < 10 or abs(seconds / 10 - round(seconds / 10)) > 1e-9:
+        raise ValueError("must be a duration of at least 10s and a multiple of 10s, such as 60s or 2m")
+    return seconds
+
+
+def _quantity(value: Any, minimum: float, text: str) -> float:
+    """A Kubernetes quantity of at least `minimum` (`text` is how the minimum is written)."""
+    try:
+        number = parse_quantity(value)
+    except ValueError:
+        raise ValueError("must be a Kubernetes quantity such as 500m, 2, 512Mi or 1Gi") from None
+    if number < minimum:
+        raise ValueError(f"must be at least {text}")
+    return number
+
+
+def _cpu(value: Any) -> float:
+    """CPUs, at least 20m."""
+    return _quantity(value, 0.02, "20m (0.02 CPU)")
+
+
+def _mem(value: Any) -> float:
+    """Bytes of memory, at least 20Mi."""
+    return _quantity(value, 20 * 2**20, "20Mi")
+
+
+def _whole_number(value: Any) -> Any:
+    """2.0 as 2, as Cortex read YAML integers; anything else is left to the integer check."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_whole_number)]
+PositiveDuration = Annotated[float, BeforeValidator(_positive_seconds)]
+NonNegativeDuration = Annotated[float, BeforeValidator(_non_negative_seconds)]
+WindowDuration = Annotated[float, BeforeValidator(_window_seconds)]
+Cpu = Annotated[float, BeforeValidator(_cpu)]
+Memory = Annotated[float, BeforeValidator(_mem)]
 
 
 class Section(BaseModel):
-    """A cortex.yaml mapping: unknown keys are errors."""
+    """A cortex.yaml mapping: unknown keys are errors, and YAML types are taken as written (no "2" for 2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelPath(Section):
@@ -54,18 +108,23 @@ class ModelPath(Section):
     @classmethod
     def _check_name(cls, name: str) -> str:
         if name == DEFAULT_MODEL_NAME:
-            raise ValueError(f"'{DEFAULT_MODEL_NAME}' is reserved for the single model of model_path")
-        if not _MODEL_NAME.match(name):
-            raise ValueError("may only contain letters, digits, '-' and '_'")
+            raise ValueError(f"'{DEFAULT_MODEL_NAME}' is reserved for the single model of predictor.model_path")
+        if not _MODEL_NAME.fullmatch(name):
+            raise ValueError("must be a model name: letters, digits, '-' and '_' only")
         return name
 
     @model_validator(mode="after")
     def _one_path(self) -> ModelPath:
-        if self.path and self.model_path:
-            raise ValueError("give path (v0.25+) or model_path (v0.22–v0.24), not both")
-        if not (self.path or self.model_path):
-            raise ValueError("path is required (the model's directory, local or s3://)")
-        self.path, self.model_path = self.path or self.model_path, None
+        rules = Rules("ModelPath")
+        given = self.path if self.path is not None else self.model_path
+        if self.path is not None and self.model_path is not None:
+            rules.add("model_path", "give path (Cortex v0.25+) or model_path (v0.22–v0.24), not both")
+        elif given is None:
+            rules.add("path", "is required: the model's directory, local or s3:// (model_path in Cortex v0.22–v0.24)")
+        elif not given.strip():
+            rules.add("path" if self.path is not None else "model_path", "cannot be empty")
+        rules.check()
+        self.path, self.model_path = given, None
         return self
 
 
@@ -76,28 +135,50 @@ class Models(Section):
     paths: list[ModelPath] | None = None
     dir: str | None = None
     signature_key: str | None = None
-    cache_size: int | None = Field(None, gt=0)
-    disk_cache_size: int | None = Field(None, gt=0)
+    cache_size: Integer | None = Field(None, gt=0)
+    disk_cache_size: Integer | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Models:
+        rules = Rules("Models")
+        self._check_source(rules)
+        self._check_names(rules)
+        self._check_cache(rules)
+        rules.check()
+        return self
+
+    def _check_source(self, rules: Rules) -> None:
+        """Exactly one of path, paths and dir, none of them empty."""
         given = [name for name in ("path", "paths", "dir") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of path (one model), paths (a list of named models) or dir (a "
-                             f"directory whose sub-directories are models); given: {', '.join(given) or 'none'}")
-        if self.paths is not None:
-            if not self.paths:
-                raise ValueError("paths must list at least one model")
-            names = [model.name for model in self.paths]
-            duplicates = sorted({name for name in names if names.count(name) > 1})
-            if duplicates:
-                raise ValueError(f"cannot have several models with the same name: {', '.join(duplicates)}")
+            rules.add((), "give exactly one of path (one model), paths (a list of named models) or dir (a directory "
+                          f"whose sub-directories are models); given: {' and '.join(given) or 'none'}")
+        for name in ("path", "dir"):
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                rules.add(name, "cannot be empty")
+        if self.paths == []:
+            rules.add("paths", "must list at least one model")
+
+    def _check_names(self, rules: Rules) -> None:
+        """Model names are unique."""
+        first: dict[str, int] = {}
+        for index, model in enumerate(self.paths or ()):
+            if model.name in first:
+                earlier = f"paths[{first[model.name]}]"
+                rules.add(("paths", index, "name"), f"'{model.name}' is already the name of {earlier}; model names "
+                                                    "must be unique")
+            first.setdefault(model.name, index)
+
+    def _check_cache(self, rules: Rules) -> None:
+        """cache_size and disk_cache_size come together, and the memory cache is not larger than the disk cache."""
         if (self.cache_size is None) != (self.disk_cache_size is None):
-            raise ValueError('specify both "cache_size" and "disk_cache_size" or neither of them')
-        if self.cache_size is not None and self.cache_size > self.disk_cache_size:
-            raise ValueError(f"cache_size ({self.cache_size}) must be less than or equal to disk_cache_size "
-                             f"({self.disk_cache_size})")
-        return self
+            missing, given = ("disk_cache_size", "cache_size") if self.disk_cache_size is None \
+                else ("cache_size", "disk_cache_size")
+            rules.add(missing, f"is required when {given} is given: specify both cache_size and disk_cache_size "
+                               "or neither of them")
+        elif self.cache_size is not None and self.cache_size > self.disk_cache_size:
+            rules.add("cache_size", f"must be less than or equal to disk_cache_size ({self.disk_cache_size}) "
+                                    f"(given: {self.cache_size})")
 
     @property
     def caching(self) -> bool:
@@ -108,8 +189,8 @@ class Models(Section):
 class ServerSideBatching(Section):
     """Gather concurrent requests into one predict call."""
 
-    max_batch_size: int = Field(ge=2, le=1024)
-    batch_interval: Duration = Field(gt=0)
+    max_batch_size: Integer = Field(ge=2, le=1024)
+    batch_interval: PositiveDuration
 
 
 class Predictor(Section):
@@ -122,13 +203,13 @@ class Predictor(Section):
     models: Models | None = None
     multi_model_reloading: Models | None = None
     server_side_batching: ServerSideBatching | None = None
-    processes_per_replica: int = Field(1, ge=1, le=100)
-    threads_per_process: int = Field(1, ge=1)
-    config: dict[StrictStr, Any] = Field(default_factory=dict)
+    processes_per_replica: Integer = Field(1, ge=1, le=100)
+    threads_per_process: Integer = Field(1, ge=1)
+    config: dict[str, Any] = Field(default_factory=dict)
     python_path: str | None = None
     image: str | None = None
     tensorflow_serving_image: str | None = None
-    env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("config", "env", mode="before")
@@ -139,16 +220,18 @@ class Predictor(Section):
     @field_validator("path")
     @classmethod
     def _check_path(cls, path: str) -> str:
-        return _relative_path(path, "predictor.path")
+        relative = _relative_path(path)
+        if relative in ("", "."):
+            raise ValueError("must name the predictor file, e.g. predictor.py")
+        return relative
 
     @field_validator("python_path")
     @classmethod
     def _check_python_path(cls, path: str | None) -> str | None:
-        if path is None:
-            return None
-        if path.strip() in (".", "./", "./."):
+        relative = None if path is None else _relative_path(path)
+        if relative in ("", "."):
             raise ValueError("the project root is already on sys.path; remove python_path or name a sub-directory")
-        return _relative_path(path, "python_path")
+        return relative
 
     @field_validator("env")
     @classmethod
@@ -160,15 +243,20 @@ class Predictor(Section):
 
     @model_validator(mode="after")
     def _normalise_models(self) -> Predictor:
-        sources = [name for name in ("model_path", "models", "multi_model_reloading") if getattr(self, name)]
+        rules = Rules("Predictor")
+        sources = [name for name in _MODEL_SOURCES if getattr(self, name) is not None]
         if len(sources) > 1:
-            raise ValueError(f"give one of model_path, models and multi_model_reloading, not {' and '.join(sources)}")
+            rules.add(sources[1], f"cannot be given together with {sources[0]}; give one of model_path (Cortex "
+                                  "v0.22–v0.24), models, or multi_model_reloading (python, v0.25)")
+        if self.model_path is not None and not self.model_path.strip():
+            rules.add("model_path", "cannot be empty")
         models = self.models or self.multi_model_reloading
-        if self.model_path:
+        if self.signature_key and models and models.signature_key not in (None, self.signature_key):
+            rules.add("signature_key", f"differs from {sources[-1]}.signature_key; give it in one place")
+        rules.check()
+        if self.model_path is not None:
             models = Models(path=self.model_path)
-        if self.signature_key and models is not None:
-            if models.signature_key and models.signature_key != self.signature_key:
-                raise ValueError("signature_key is given both in predictor and in its models section")
+        if self.signature_key is not None and models is not None:
             models.signature_key = self.signature_key
         self.models, self.model_path = models, None
         return self
@@ -176,72 +264,60 @@ class Predictor(Section):
     def type_fields_set(self) -> list[str]:
         """The fields given that only some predictor types accept."""
         fields = [name for name in ("tensorflow_serving_image", "multi_model_reloading") if getattr(self, name)]
-        models = self.models
-        if self.signature_key or (models and (models.signature_key or any(p.signature_key for p in models.paths or ()))):
+        if any(self._signature_keys()):
             fields.append("signature_key")
         return fields
+
+    def _signature_keys(self) -> list[str | None]:
+        """Every signature_key given: the predictor's, the models section's and each named model's."""
+        if self.models is None:
+            return [self.signature_key]
+        return [self.signature_key, self.models.signature_key, *(p.signature_key for p in self.models.paths or ())]
 
 
 class Compute(Section):
     """Resources an API asks for; locally only `gpu` and `inf` choose the hardware target."""
 
-    cpu: Quantity | None = None
-    mem: Quantity | None = None
-    gpu: int = Field(0, ge=0)
-    inf: int = Field(0, ge=0)
-
-    @field_validator("cpu")
-    @classmethod
-    def _check_cpu(cls, cpu: float | None) -> float | None:
-        if cpu is not None and cpu < 0.02:
-            raise ValueError("must be at least 20m (0.02 CPU)")
-        return cpu
-
-    @field_validator("mem")
-    @classmethod
-    def _check_mem(cls, mem: float | None) -> float | None:
-        if mem is not None and mem < 20 * 2**20:
-            raise ValueError("must be at least 20Mi")
-        return mem
+    cpu: Cpu | None = None
+    mem: Memory | None = None
+    gpu: Integer = Field(0, ge=0)
+    inf: Integer = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _one_accelerator(self) -> Compute:
+        rules = Rules("Compute")
         if self.gpu and self.inf:
-            raise ValueError("gpu and inf resources cannot be used together")
+            rules.add((), f"gpu and inf resources cannot be used together (given: gpu {self.gpu}, inf {self.inf})")
+        rules.check()
         return self
 
 
 class Autoscaling(Section):
     """Cortex's autoscaler settings; locally only `max_replica_concurrency` applies."""
 
-    min_replicas: int = Field(1, gt=0)
-    max_replicas: int = Field(100, gt=0)
-    init_replicas: int | None = Field(None, gt=0)
+    min_replicas: Integer = Field(1, gt=0)
+    max_replicas: Integer = Field(100, gt=0)
+    init_replicas: Integer | None = Field(None, gt=0)
     target_replica_concurrency: float | None = Field(None, gt=0)
-    max_replica_concurrency: int = Field(1024, gt=0, le=30000)
-    window: Duration = 60.0
-    downscale_stabilization_period: Duration = Field(300.0, ge=0)
-    upscale_stabilization_period: Duration = Field(60.0, ge=0)
+    max_replica_concurrency: Integer = Field(1024, gt=0, le=30000)
+    window: WindowDuration = 60.0
+    downscale_stabilization_period: NonNegativeDuration = 300.0
+    upscale_stabilization_period: NonNegativeDuration = 60.0
     max_downscale_factor: float = Field(0.75, ge=0, lt=1)
     max_upscale_factor: float = Field(1.5, gt=1)
     downscale_tolerance: float = Field(0.05, ge=0, lt=1)
     upscale_tolerance: float = Field(0.05, ge=0)
 
-    @field_validator("window")
-    @classmethod
-    def _check_window(cls, window: float) -> float:
-        if window < 10 or abs(window / 10 - round(window / 10)) > 1e-9:
-            raise ValueError("must be at least 10s and a multiple of 10s")
-        return window
-
     @model_validator(mode="after")
     def _check_replicas(self) -> Autoscaling:
+        rules = Rules("Autoscaling")
         if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
-        init_replicas = self.min_replicas if self.init_replicas is None else self.init_replicas
-        if not self.min_replicas <= init_replicas <= self.max_replicas:
-            raise ValueError(f"init_replicas ({init_replicas}) must be between min_replicas "
-                             f"({self.min_replicas}) and max_replicas ({self.max_replicas})")
+            rules.add("min_replicas", f"must be less than or equal to max_replicas ({self.max_replicas}) "
+                                      f"(given: {self.min_replicas})")
+        if self.init_replicas is not None and not self.min_replicas <= self.init_replicas <= self.max_replicas:
+            rules.add("init_replicas", f"must be between min_replicas ({self.min_replicas}) and max_replicas "
+                                       f"({self.max_replicas}) (given: {self.init_replicas})")
+        rules.check()
         return self
 
 
@@ -250,14 +326,14 @@ class Networking(Section):
 
     endpoint: str | None = None
     api_gateway: Literal["public", "none"] = "public"
-    local_port: int | None = Field(None, gt=0, le=65535)
+    local_port: Integer | None = Field(None, gt=0, le=65535)
 
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, endpoint: str | None) -> str | None:
         if endpoint is None:
             return None
-        if not _ENDPOINT.match(endpoint) or "//" in endpoint or len(endpoint) > 1000:
+        if not _ENDPOINT.fullmatch(endpoint) or "//" in endpoint or len(endpoint) > 1000:
             raise ValueError("may only contain letters, digits and _ - . /, without '//', at most 1000 characters")
         normalised = "/" + endpoint.strip("/")
         if normalised == "/":
@@ -274,17 +350,21 @@ class UpdateStrategy(Section):
     @field_validator("max_surge", "max_unavailable")
     @classmethod
     def _check_amount(cls, value: Any) -> int | str:
-        percent = _PERCENT.match(value) if isinstance(value, str) else None
-        if percent and 0 <= int(percent.group(1)) <= 100:
-            return value
+        if isinstance(value, str) and _COUNT.fullmatch(value.strip()):
+            return int(value)
+        percent = _PERCENT.fullmatch(value.strip()) if isinstance(value, str) else None
+        if percent and int(percent.group(1)) <= 100:
+            return value.strip()
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-        raise ValueError("must be a percentage from 0% to 100% or an integer >= 0")
+        raise ValueError("must be a percentage from 0% to 100% or an integer of 0 or more")
 
     @model_validator(mode="after")
     def _not_both_zero(self) -> UpdateStrategy:
-        if str(self.max_surge).rstrip("%") == "0" and str(self.max_unavailable).rstrip("%") == "0":
-            raise ValueError("max_surge and max_unavailable cannot both be zero")
+        rules = Rules("UpdateStrategy")
+        if _is_zero(self.max_surge) and _is_zero(self.max_unavailable):
+            rules.add((), "max_surge and max_unavailable cannot both be zero")
+        rules.check()
         return self
 
 
@@ -298,7 +378,7 @@ class Monitoring(Section):
 class Api(Section):
     """One RealtimeAPI of cortex.yaml."""
 
-    name: str = Field(max_length=42)
+    name: str = Field(max_length=MAX_NAME_LENGTH)
     kind: str
     predictor: Predictor
     compute: Compute = Field(default_factory=Compute)
@@ -318,7 +398,7 @@ class Api(Section):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        if not _API_NAME.match(name):
+        if not _API_NAME.fullmatch(name):
             raise ValueError("must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter "
                              "and not ending with '-'")
         return name
@@ -334,20 +414,35 @@ class Api(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Api:
-        predictor, scaling = self.predictor, self.autoscaling
-        target = scaling.target_replica_concurrency or predictor.processes_per_replica * predictor.threads_per_process
-        if target > scaling.max_replica_concurrency:
-            raise ValueError(f"autoscaling.target_replica_concurrency ({target:g}) must be "
-                             f"<= autoscaling.max_replica_concurrency ({scaling.max_replica_concurrency})")
-        if self.compute.inf and (self.compute.inf * 4) % predictor.processes_per_replica:
-            allowed = [n for n in range(1, self.compute.inf * 4 + 1) if (self.compute.inf * 4) % n == 0]
-            raise ValueError(f"cannot evenly distribute {self.compute.inf} Inferentia chip(s) "
-                             f"({self.compute.inf * 4} NeuronCores) over {predictor.processes_per_replica} processes; "
-                             f"predictor.processes_per_replica may be one of {allowed}")
-        if predictor.models and predictor.models.caching and predictor.processes_per_replica > 1:
-            raise ValueError("with model caching (cache_size) predictor.processes_per_replica must be 1, "
-                             f"not {predictor.processes_per_replica}")
+        rules = Rules("Api")
+        self._check_concurrency(rules)
+        self._check_processes(rules)
+        rules.check()
         return self
+
+    def _check_concurrency(self, rules: Rules) -> None:
+        """target_replica_concurrency (given or defaulted) is not above max_replica_concurrency."""
+        scaling, predictor = self.autoscaling, self.predictor
+        limit, target = scaling.max_replica_concurrency, scaling.target_replica_concurrency
+        default = predictor.processes_per_replica * predictor.threads_per_process
+        if target is not None and target > limit:
+            rules.add(("autoscaling", "target_replica_concurrency"), f"must be less than or equal to "
+                      f"autoscaling.max_replica_concurrency ({limit}) (given: {target:g})")
+        elif target is None and default > limit:
+            rules.add(("autoscaling", "target_replica_concurrency"), f"defaults to processes_per_replica * "
+                      f"threads_per_process ({default}), which must be less than or equal to "
+                      f"autoscaling.max_replica_concurrency ({limit}); set one of them")
+
+    def _check_processes(self, rules: Rules) -> None:
+        """processes_per_replica fits the Inferentia cores and model caching."""
+        processes, inf = self.predictor.processes_per_replica, self.compute.inf
+        if inf and (inf * 4) % processes:
+            allowed = ", ".join(str(n) for n in range(1, inf * 4 + 1) if (inf * 4) % n == 0)
+            rules.add(("predictor", "processes_per_replica"), f"cannot evenly distribute {inf} Inferentia chip(s) "
+                      f"({inf * 4} NeuronCores) over {processes} processes; allowed: {allowed} (given: {processes})")
+        if self.predictor.models and self.predictor.models.caching and processes > 1:
+            rules.add(("predictor", "processes_per_replica"), "must be 1 when model caching is on (cache_size and "
+                      f"disk_cache_size are set) (given: {processes})")
 
     @property
     def endpoint(self) -> str:
@@ -355,59 +450,131 @@ class Api(Section):
         return self.networking.endpoint or f"/{self.name}"
 
 
-def _relative_path(path: str, field: str) -> str:
-    if not path.strip():
+def _relative_path(path: str) -> str:
+    """`path` without a leading `./` or a trailing `/`; ValueError when it is empty or leaves the project."""
+    path = path.strip()
+    if not path:
         raise ValueError("cannot be empty")
-    if path.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", path):
+    if path.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", path):
         raise ValueError("must be a path relative to the project directory")
-    return path.strip().removeprefix("./").rstrip("/")
+    if ".." in re.split(r"[\\/]", path):
+        raise ValueError("must stay inside the project directory (no '..')")
+    while path.startswith("./"):
+        path = path[2:]
+    return path.rstrip("/")
 
 
-def load_config(config_file: Path) -> list[Api]:
-    """Read and validate cortex.yaml; raise one ConfigError listing every problem."""
-    try:
-        raw = yaml.safe_load(config_file.read_text())
-    except OSError as error:
-        raise ConfigError(f"{config_file}: cannot read the configuration file: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{config_file}: not valid YAML: {error}") from None
-    if raw is None or raw == []:
-        raise ConfigError(f"{config_file}: no APIs are defined; the file must be a YAML list of APIs "
-                          "(each item starting with '- name: ...')")
-    if isinstance(raw, dict):
-        raw = [raw] if "name" in raw and "predictor" in raw else raw
-    if not isinstance(raw, list):
-        raise ConfigError(f"{config_file}: must be a YAML list of APIs (each item starting with '- name: ...'), "
-                          f"not a {type(raw).__name__}")
-    apis, problems = [], []
-    for index, item in enumerate(raw):
-        label = f"api '{item['name']}'" if isinstance(item, dict) and isinstance(item.get("name"), str) \
-            else f"api #{index + 1}"
+def _is_zero(amount: int | str) -> bool:
+    """True for 0 and 0%."""
+    return str(amount).rstrip("%").lstrip("0") == ""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice in one mapping",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_config(config_file: str | Path) -> list[Api]:
+    """Read and validate cortex.yaml; raise one ConfigError listing every problem, one per line."""
+    config_file = Path(config_file)
+    items = _api_items(_read_yaml(config_file), config_file)
+    apis: dict[int, Api] = {}
+    problems: list[str] = []
+    for index, item in enumerate(items):
+        label = _label(item, index)
         if not isinstance(item, dict):
-            problems.append(f"{config_file}: {label}: must be a mapping with name, kind and predictor")
+            problems.append(f"{config_file}: {label}: must be a mapping with name, kind and predictor "
+                            f"(given: {_kind_of(item)})")
             continue
         try:
-            apis.append(Api.model_validate(item))
+            apis[index] = Api.model_validate(item)
         except ValidationError as error:
             problems += [f"{config_file}: {label}: {line}" for line in format_validation_error(error, Api)]
     problems += _check_across_apis(apis, config_file)
     if problems:
         raise ConfigError("\n".join(problems))
-    return apis
+    return list(apis.values())
 
 
-def _check_across_apis(apis: list[Api], config_file: Path) -> list[str]:
-    problems, names, endpoints = [], set(), {}
-    for api in apis:
+def _read_yaml(config_file: Path) -> Any:
+    """The parsed YAML of the file; ConfigError when it cannot be read or parsed."""
+    try:
+        return yaml.load(config_file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except OSError as error:
+        raise ConfigError(f"{config_file}: cannot read the configuration file: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{config_file}: not a text file (it is not valid UTF-8)") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config_file}: not valid YAML: {_yaml_problem(error)}") from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return " ".join(str(error).split())
+    mark = error.problem_mark or error.context_mark
+    context = f" {error.context}" if error.context else ""
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{error.problem or 'syntax error'}{context}{where}"
+
+
+def _api_items(raw: Any, config_file: Path) -> list[Any]:
+    """The list of APIs of the file; ConfigError when the file is empty or is not a list."""
+    if raw is None or raw == []:
+        raise ConfigError(f"{config_file}: no APIs are defined; the file must be a YAML list of APIs "
+                          "(each item starting with '- name: ...')")
+    if isinstance(raw, dict):
+        raise ConfigError(f"{config_file}: must be a YAML list of APIs, but it is a single mapping; start each API "
+                          "with '- ' (e.g. '- name: my-api', with the other keys indented under it)")
+    if not isinstance(raw, list):
+        raise ConfigError(f"{config_file}: must be a YAML list of APIs (each item starting with '- name: ...'), "
+                          f"not {_kind_of(raw)}")
+    return raw
+
+
+def _label(item: Any, index: int) -> str:
+    """How errors name an API: by its name when that is valid, else by its position (`api #2`)."""
+    name = item.get("name") if isinstance(item, dict) else None
+    if isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and _API_NAME.fullmatch(name):
+        return f"api '{name}'"
+    return f"api #{index + 1}"
+
+
+def _kind_of(value: Any) -> str:
+    """A YAML value's kind in words, such as `a string ('abc')`."""
+    kinds = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list"}
+    text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return "nothing (null)" if value is None else f"{kinds.get(type(value), type(value).__name__)} ({text})"
+
+
+def _check_across_apis(apis: dict[int, Api], config_file: Path) -> list[str]:
+    """Names and endpoints are unique and do not collide with engine's own routes (`apis` by position in the file)."""
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    endpoints: dict[str, str] = {}
+    for index, api in apis.items():
+        prefix = f"{config_file}: api '{api.name}'"
         if api.name in names:
-            problems.append(f"{config_file}: api '{api.name}': name: must be unique across APIs")
-        names.add(api.name)
+            problems.append(f"{prefix}: name: '{api.name}' is already the name of api #{names[api.name] + 1}; "
+                            "names must be unique across APIs")
+        names.setdefault(api.name, index)
+        field = "networking.endpoint" if api.networking.endpoint else "name"
         if api.endpoint in SERVER_ROUTES:
-            problems.append(f"{config_file}: api '{api.name}': endpoint {api.endpoint} collides with engine's own "
-                            f"route; rename the API or set networking.endpoint (reserved: {', '.join(SERVER_ROUTES)})")
-        elif api.endpoint in endpoints:
-            problems.append(f"{config_file}: api '{api.name}': networking.endpoint {api.endpoint} is already used "
-                            f"by api '{endpoints[api.endpoint]}'")
+            problems.append(f"{prefix}: {field}: the endpoint {api.endpoint} collides with a route engine serves "
+                            f"itself ({', '.join(SERVER_ROUTES)}); rename the API or set networking.endpoint")
+        elif api.endpoint in endpoints and endpoints[api.endpoint] != api.name:
+            problems.append(f"{prefix}: {field}: the endpoint {api.endpoint} is already used by api "
+                            f"'{endpoints[api.endpoint]}'; endpoints must be unique across APIs")
         endpoints.setdefault(api.endpoint, api.name)
     return problems
 
@@ -415,9 +582,10 @@ def _check_across_apis(apis: list[Api], config_file: Path) -> list[str]:
 def not_applied_locally(api: Api) -> list[str]:
     """Fields the user set that only a Cortex cluster would apply; engine accepts and ignores them."""
     fields = [f"predictor.{name}" for name in ("image", "tensorflow_serving_image") if getattr(api.predictor, name)]
-    fields += [f"compute.{name}" for name in ("cpu", "mem") if name in api.compute.model_fields_set]
-    fields += [f"autoscaling.{name}" for name in sorted(api.autoscaling.model_fields_set)
-               if name != "max_replica_concurrency"]
-    fields += [f"networking.{name}" for name in ("api_gateway", "local_port") if name in api.networking.model_fields_set]
+    fields += [f"compute.{name}" for name in ("cpu", "mem") if getattr(api.compute, name) is not None]
+    fields += [f"autoscaling.{name}" for name in Autoscaling.model_fields
+               if name in api.autoscaling.model_fields_set and name != "max_replica_concurrency"]
+    fields += [f"networking.{name}" for name in ("api_gateway", "local_port")
+               if name in api.networking.model_fields_set]
     fields += [name for name in ("update_strategy", "monitoring") if getattr(api, name) is not None]
     return fields

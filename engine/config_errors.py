@@ -1,11 +1,15 @@
 """Turn pydantic validation errors into one readable line per problem: field path, what is wrong, what was given."""
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+RULE_ERROR = "cortex_rule"
 
 _TEMPLATES = {
     "missing": "is required",
@@ -22,37 +26,75 @@ _TEMPLATES = {
     "float_parsing": "must be a number",
     "bool_type": "must be true or false",
     "dict_type": "must be a mapping (key: value)",
-    "list_type": "must be a list",
+    "list_type": "must be a list (items starting with '- ')",
     "model_type": "must be a mapping (key: value)",
     "model_attributes_type": "must be a mapping (key: value)",
     "literal_error": "must be one of {expected}",
 }
 
 
+class Rules:
+    """The rule violations one model validator finds, raised together so that each gets its own line."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.errors: list[InitErrorDetails] = []
+
+    def add(self, loc: str | tuple[str | int, ...], message: str) -> None:
+        """Record one problem at `loc`, a field name or a path relative to the model (`()` for the model itself)."""
+        loc = (loc,) if isinstance(loc, str) else loc
+        error = PydanticCustomError(RULE_ERROR, "{message}", {"message": message})
+        self.errors.append(InitErrorDetails(type=error, loc=loc, input=None))
+
+    def check(self) -> None:
+        """Raise every recorded problem at once; do nothing when there are none."""
+        if self.errors:
+            raise ValidationError.from_exception_data(self.model, self.errors)
+
+
 def format_validation_error(error: ValidationError, root: type[BaseModel]) -> list[str]:
     """One line per problem, e.g. `predictor.processes_per_replica: must be at most 100 (given: 101)`."""
-    lines = []
-    for problem in error.errors(include_url=False):
-        loc = tuple(problem["loc"])
-        field = _field_path(loc)
-        if problem["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(_allowed_fields(root, loc[:-1])))
-            lines.append(f"{field}: is not a supported field; allowed here: {allowed}")
-            continue
-        message = _describe(problem)
-        given = "" if problem["type"] == "missing" or "input" not in problem or isinstance(problem["input"], dict) \
-            else f" (given: {_short(problem['input'])})"
-        lines.append(f"{field}: {message}{given}" if field else f"{message}{given}")
-    return lines
+    return [_format_problem(problem, root) for problem in error.errors(include_url=False)]
+
+
+def _format_problem(problem: dict[str, Any], root: type[BaseModel]) -> str:
+    loc = tuple(problem["loc"])
+    if problem["type"] == "extra_forbidden":
+        return f"{_field_path(loc)}: {_unknown_field(root, loc)}"
+    if loc and loc[-1] == "[key]":
+        return f"{_field_path(loc[:-2])}: keys must be strings (given: {_short(problem['input'])})"
+    message = _describe(problem)
+    field = _field_path(loc)
+    return f"{field}: {message}{_given(problem)}" if field else f"{message}{_given(problem)}"
+
+
+def _unknown_field(root: type[BaseModel], loc: tuple) -> str:
+    allowed = sorted(_allowed_fields(root, loc[:-1]))
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"is not a supported field; {hint}allowed here: {', '.join(allowed)}"
+
+
+def _given(problem: dict[str, Any]) -> str:
+    if problem["type"] in ("missing", RULE_ERROR) or "input" not in problem or isinstance(problem["input"], dict):
+        return ""
+    return f" (given: {_short(problem['input'])})"
 
 
 def _describe(problem: dict[str, Any]) -> str:
     if problem["type"] in ("value_error", "assertion_error"):
         return str(problem.get("ctx", {}).get("error", problem["msg"]))
+    if problem["type"] == RULE_ERROR:
+        return problem["msg"]
     template = _TEMPLATES.get(problem["type"])
     if template is None:
-        return problem["msg"][0].lower() + problem["msg"][1:]
-    return template.format(**{key: str(value) for key, value in problem.get("ctx", {}).items()})
+        return problem["msg"][:1].lower() + problem["msg"][1:]
+    return template.format(**{key: _plain(value) for key, value in problem.get("ctx", {}).items()})
+
+
+def _plain(value: Any) -> str:
+    """A limit as a person writes it: `1`, not `1.0`."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _field_path(loc: tuple) -> str:

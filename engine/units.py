@@ -1,6 +1,7 @@
 """Parsing of Cortex's duration strings (Go syntax) and Kubernetes quantities."""
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -15,11 +16,13 @@ _QUANTITY_SUFFIXES = {
 
 def parse_duration(text: str) -> float:
     """Seconds in a Go duration string such as `100ms`, `0.5s` or `1h30m`; ValueError otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a duration; use a string with a unit, such as 100ms, 0.5s, 5m or 1h30m")
     value = text.strip()
-    if value in ("0", "+0", "-0"):
-        return 0.0
     sign = -1.0 if value.startswith("-") else 1.0
-    body = value.lstrip("+-")
+    body = value[1:] if value.startswith(("+", "-")) else value
+    if body == "0":
+        return 0.0
     total, position = 0.0, 0
     for match in _DURATION_PART.finditer(body):
         if match.start() != position:
@@ -36,11 +39,18 @@ def parse_quantity(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a quantity")
     if isinstance(value, (int, float)):
-        return float(value)
-    match = _QUANTITY.match(str(value).strip())
+        return _finite(float(value), value)
+    match = _QUANTITY.match(value.strip()) if isinstance(value, str) else None
     if not match:
-        raise ValueError(f"'{value}' is not a quantity; use a number with an optional suffix, such as 500m, 2, "
+        raise ValueError(f"{value!r} is not a quantity; use a number with an optional suffix, such as 500m, 2, "
                          "512Mi or 1Gi")
     number, exponent, suffix = match.groups()
     scale = float("1" + exponent) if exponent else _QUANTITY_SUFFIXES.get(suffix, 1.0)
-    return float(number) * scale
+    return _finite(float(number) * scale, value)
+
+
+def _finite(number: float, given: object) -> float:
+    """`number` unless it is infinite or not a number."""
+    if not math.isfinite(number):
+        raise ValueError(f"{given!r} is not a finite quantity")
+    return number
