@@ -23,24 +23,32 @@ from engine.errors import EngineError
 from engine.metrics import Metrics
 from engine.project import enter_view, remove_view
 from engine.runtime import ApiRuntime, error_response
+from engine.workers import WorkerGroup
 from engine.validate import ValidatedProject, validate_project
 
 log = logging.getLogger("engine")
 
 DEFAULT_MODEL_POLL_INTERVAL = 10.0
+DEFAULT_WORKER_INIT_TIMEOUT = 600.0
 
 
 class AppState:
     """Everything one app serves; kept on `app.state.engine`."""
 
     def __init__(self, validated: ValidatedProject, pm: pluggy.PluginManager, on_fatal: Callable[[str], None],
-                 model_poll_interval: float) -> None:
+                 model_poll_interval: float, worker_init_timeout: float) -> None:
         self.project = validated.project
         self.apis = validated.apis
         self.pm = pm
         self.metrics = Metrics()
-        self.runtimes = [ApiRuntime(api, pm, self.metrics, model_poll_interval) for api in validated.apis]
         self.on_fatal = on_fatal
+        self.backends: list[ApiRuntime | WorkerGroup] = [
+            ApiRuntime(api, pm, self.metrics, model_poll_interval) if api.predictor.processes_per_replica == 1
+            else WorkerGroup(api, self.metrics, config_file=self.project.config_file,
+                             model_poll_interval=model_poll_interval, init_timeout=worker_init_timeout,
+                             on_fatal=on_fatal)
+            for api in validated.apis
+        ]
         self.started_at = time.monotonic()
         self.view: Path | None = None
         self.init_task: asyncio.Task | None = None
@@ -48,7 +56,7 @@ class AppState:
     @property
     def ready(self) -> bool:
         """True once every API's predictor has finished __init__."""
-        return all(runtime.ready for runtime in self.runtimes)
+        return all(backend.ready for backend in self.backends)
 
     async def start(self) -> None:
         """Prepare the process for the predictors, then initialise them in the background."""
@@ -58,37 +66,38 @@ class AppState:
         self.init_task = asyncio.create_task(self._initialise())
 
     async def _initialise(self) -> None:
-        loop = asyncio.get_running_loop()
-        for runtime in self.runtimes:
-            try:
-                await loop.run_in_executor(runtime.pool, runtime.initialise, self.view, self.project.root)
-            except Exception as error:
-                runtime.failure = str(error) if isinstance(error, EngineError) else f"{type(error).__name__}: {error}"
-                details = str(error) if isinstance(error, EngineError) else "".join(traceback.format_exception(error))
-                self.on_fatal(f"api '{runtime.api.name}': {runtime.ptype.class_name} failed to start:\n{details}")
-                return
-        log.info("ready in %.2f s: every predictor has finished __init__", time.monotonic() - self.started_at)
-        await loop.run_in_executor(None, lambda: self.pm.hook.engine_startup(apis=self.apis))
+        results = await asyncio.gather(*(self._start(backend) for backend in self.backends))
+        if all(results):
+            log.info("ready in %.2f s: every predictor has finished __init__", time.monotonic() - self.started_at)
+            await asyncio.get_running_loop().run_in_executor(None, lambda: self.pm.hook.engine_startup(apis=self.apis))
+
+    async def _start(self, backend: ApiRuntime | WorkerGroup) -> bool:
+        try:
+            await backend.start(self.view, self.project.root)
+            return True
+        except Exception as error:
+            backend.failure = str(error) if isinstance(error, EngineError) else f"{type(error).__name__}: {error}"
+            details = str(error) if isinstance(error, EngineError) else "".join(traceback.format_exception(error))
+            class_name = plugins.predictor_type(self.pm, backend.api.predictor.type).class_name
+            self.on_fatal(f"api '{backend.api.name}': {class_name} failed to start:\n{details}")
+            return False
 
     async def stop(self) -> None:
         """Stop initialising, wait for in-flight work and post_predicts, then remove the view."""
         if self.init_task:
             self.init_task.cancel()
-        await asyncio.get_running_loop().run_in_executor(None, self._drain)
+        await asyncio.gather(*(backend.stop() for backend in self.backends))
         if self.view:
             remove_view(self.view)
-
-    def _drain(self) -> None:
-        for runtime in self.runtimes:
-            runtime.drain()
 
 
 def create_app(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
                pm: pluggy.PluginManager | None = None, on_fatal: Callable[[str], None] | None = None,
-               model_poll_interval: float | None = None) -> Starlette:
+               model_poll_interval: float | None = None, worker_init_timeout: float | None = None) -> Starlette:
     """Validate the project and build its app; hostable by any ASGI server, e.g. `hypercorn "engine.app:create_app('.')"`.
 
-    `model_poll_interval` (seconds between looks for new model versions) defaults to $ENGINE_MODEL_POLL_INTERVAL or 10.
+    `model_poll_interval` (seconds between looks for new model versions) defaults to $ENGINE_MODEL_POLL_INTERVAL or 10;
+    `worker_init_timeout` (seconds a worker process may spend in __init__) to $ENGINE_WORKER_INIT_TIMEOUT or 600.
     """
     pm = pm or plugins.make_plugin_manager()
     validated = validate_project(project_dir, config_file, pm)
@@ -96,7 +105,9 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
         log.warning(warning)
     if model_poll_interval is None:
         model_poll_interval = float(os.environ.get("ENGINE_MODEL_POLL_INTERVAL", DEFAULT_MODEL_POLL_INTERVAL))
-    state = AppState(validated, pm, on_fatal or _stop_process, model_poll_interval)
+    if worker_init_timeout is None:
+        worker_init_timeout = float(os.environ.get("ENGINE_WORKER_INIT_TIMEOUT", DEFAULT_WORKER_INIT_TIMEOUT))
+    state = AppState(validated, pm, on_fatal or _stop_process, model_poll_interval, worker_init_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -113,11 +124,11 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
 
 def _routes(state: AppState) -> list[Route]:
     routes = [Route("/healthz", _healthz, methods=["GET"]), Route("/readyz", _readyz, methods=["GET"])]
-    for runtime in state.runtimes:
-        paths = [runtime.api.endpoint] + (["/", "/predict"] if len(state.runtimes) == 1 else [])
+    for backend in state.backends:
+        paths = [backend.api.endpoint] + (["/", "/predict"] if len(state.backends) == 1 else [])
         for path in paths:
-            routes.append(Route(path, runtime.handle_post, methods=["POST"], name=f"{runtime.api.name}:{path}:post"))
-            routes.append(Route(path, runtime.handle_get, methods=["GET"], name=f"{runtime.api.name}:{path}:get"))
+            routes.append(Route(path, backend.handle_post, methods=["POST"], name=f"{backend.api.name}:{path}:post"))
+            routes.append(Route(path, backend.handle_get, methods=["GET"], name=f"{backend.api.name}:{path}:get"))
     for contributed in state.pm.hook.engine_routes():
         routes += contributed or []
     return routes
@@ -129,8 +140,8 @@ async def _healthz(request: Request) -> Response:
 
 async def _readyz(request: Request) -> Response:
     state: AppState = request.app.state.engine
-    apis = {runtime.api.name: "ready" if runtime.ready else f"failed: {runtime.failure}" if runtime.failure
-            else "initialising" for runtime in state.runtimes}
+    apis = {backend.api.name: "ready" if backend.ready else f"failed: {backend.failure}" if backend.failure
+            else "initialising" for backend in state.backends}
     return JSONResponse({"ready": state.ready, "apis": apis}, status_code=200 if state.ready else 503)
 
 

@@ -31,7 +31,8 @@ def _serve(args: argparse.Namespace, started: float) -> int:
 
     log.info("engine %s starting (imports took %.2f s)", __version__, time.monotonic() - started)
     return serve(args.project_dir, args.config_file, host=args.host, port=args.port,
-                 graceful_timeout=args.graceful_timeout, model_poll_interval=args.model_poll_interval)
+                 graceful_timeout=args.graceful_timeout, model_poll_interval=args.model_poll_interval,
+                 worker_init_timeout=args.worker_init_timeout)
 
 
 def _validate(args: argparse.Namespace, started: float) -> int:
@@ -74,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-poll-interval", type=float, default=None, metavar="SECONDS",
                        help="how often model directories are checked for new versions (default: "
                             "$ENGINE_MODEL_POLL_INTERVAL or 10)")
+    serve.add_argument("--worker-init-timeout", type=float, default=None, metavar="SECONDS",
+                       help="with processes_per_replica > 1, how long a worker may take to finish __init__ "
+                            "(default: $ENGINE_WORKER_INIT_TIMEOUT or 600)")
     serve.set_defaults(command=_serve)
 
     validate = commands.add_parser("validate", help="run every check serve runs before it binds a port")

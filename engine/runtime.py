@@ -36,9 +36,11 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
 class ApiRuntime:
     """Serves one API: initialises its predictor on the pool, then answers its POST and GET requests."""
 
-    def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics, model_poll_interval: float = 10.0) -> None:
+    def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics, model_poll_interval: float = 10.0,
+                 process_index: int = 0) -> None:
         self.api = api
         self.model_poll_interval = model_poll_interval
+        self.process_index = process_index
         self.pm = pm
         self.metrics = metrics
         self.ptype = plugins.predictor_type(pm, api.predictor.type)
@@ -59,7 +61,7 @@ class ApiRuntime:
     def initialise(self, view: Path, project_root: Path) -> None:
         """Set up the device and models, build the client, run __init__, load the models (call on the API's pool)."""
         api, ptype = self.api, self.ptype
-        device = plugins.setup_device(self.pm, api, process_index=0)
+        device = plugins.setup_device(self.pm, api, process_index=self.process_index)
         if api.predictor.models is not None:
             if ptype.model_format is None:
                 raise MissingPluginError(f"the {ptype.name} predictor type does not support models")
@@ -79,6 +81,14 @@ class ApiRuntime:
                 self.models.preload()
             self.models.start_polling()
         self.predictor = predictor
+
+    async def start(self, view: Path, project_root: Path) -> None:
+        """Initialise on the API's own pool (so __init__ runs on a request thread, as in Cortex)."""
+        await asyncio.get_running_loop().run_in_executor(self.pool, self.initialise, view, project_root)
+
+    async def stop(self) -> None:
+        """Drain without blocking the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.drain)
 
     async def handle_post(self, request: Request) -> Response:
         """Run predict for one request and count it."""

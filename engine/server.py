@@ -18,13 +18,15 @@ DEFAULT_PORT = 8888
 
 
 def serve(project_dir: str | Path = ".", config_file: str | Path | None = None, host: str = DEFAULT_HOST,
-          port: int = DEFAULT_PORT, graceful_timeout: float = 30.0, model_poll_interval: float | None = None) -> int:
-    """Serve the project's APIs; returns the process exit code. Configuration errors raise EngineError."""
-    return asyncio.run(_serve(project_dir, config_file, host, port, graceful_timeout, model_poll_interval))
+          port: int = DEFAULT_PORT, graceful_timeout: float = 30.0, **app_options: float | None) -> int:
+    """Serve the project's APIs; returns the process exit code. Configuration errors raise EngineError.
+
+    `app_options` are create_app's keyword options (model_poll_interval, worker_init_timeout).
+    """
+    return asyncio.run(_serve(project_dir, config_file, host, port, graceful_timeout, app_options))
 
 
-async def _serve(project_dir, config_file, host: str, port: int, graceful_timeout: float,
-                 model_poll_interval: float | None) -> int:
+async def _serve(project_dir, config_file, host: str, port: int, graceful_timeout: float, app_options: dict) -> int:
     shutdown = asyncio.Event()
     failures: list[str] = []
 
@@ -33,7 +35,7 @@ async def _serve(project_dir, config_file, host: str, port: int, graceful_timeou
         failures.append(message)
         shutdown.set()
 
-    app = create_app(project_dir, config_file, on_fatal=fail, model_poll_interval=model_poll_interval)
+    app = create_app(project_dir, config_file, on_fatal=fail, **app_options)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, shutdown.set)
@@ -44,9 +46,13 @@ async def _serve(project_dir, config_file, host: str, port: int, graceful_timeou
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    for runtime in app.state.engine.runtimes:
-        aliases = " (also / and /predict)" if len(app.state.engine.runtimes) == 1 else ""
-        log.info("api '%s': POST/GET %s%s%s", runtime.api.name, base, runtime.api.endpoint, aliases)
+    backends = app.state.engine.backends
+    for backend in backends:
+        aliases = " (also / and /predict)" if len(backends) == 1 else ""
+        processes = backend.api.predictor.processes_per_replica
+        log.info("api '%s': POST/GET %s%s%s, %d process%s x %d thread%s", backend.api.name, base,
+                 backend.api.endpoint, aliases, processes, "es" if processes > 1 else "",
+                 backend.api.predictor.threads_per_process, "s" if backend.api.predictor.threads_per_process > 1 else "")
     try:
         await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)
     except OSError as error:

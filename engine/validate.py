@@ -94,9 +94,6 @@ def model_locations(api: Api) -> list[str]:
 def not_implemented_yet(api: Api) -> list[str]:
     """Validated settings that this version serves in a simpler way, said at start-up."""
     notes = []
-    if api.predictor.processes_per_replica > 1:
-        notes.append(f"api '{api.name}': processes_per_replica {api.predictor.processes_per_replica} is validated but "
-                     "served with one process for now")
     if api.predictor.server_side_batching:
         notes.append(f"api '{api.name}': server_side_batching is validated but requests are not batched yet")
     return notes

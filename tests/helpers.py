@@ -11,6 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
+
+# processes_per_replica written into every API of a project that does not set it (the `processes` fixture sets it,
+# so that the end-to-end suite runs once with one process and once with worker processes).
+PROCESSES = 1
 
 
 def free_port() -> int:
@@ -25,8 +30,24 @@ def write_project(root: Path, files: dict[str, str]) -> Path:
     for relative, text in files.items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        text = textwrap.dedent(text).lstrip("\n")
+        path.write_text(with_processes(text) if relative.endswith(".yaml") and PROCESSES > 1 else text)
     return root
+
+
+def with_processes(config: str) -> str:
+    """The config with processes_per_replica = PROCESSES in every API that does not choose (and can use it)."""
+    apis = yaml.safe_load(config)
+    if not isinstance(apis, list):
+        return config
+    for api in apis:
+        predictor = api.get("predictor") if isinstance(api, dict) else None
+        if isinstance(predictor, dict):
+            caching = any(isinstance(predictor.get(key), dict) and "cache_size" in predictor[key]
+                          for key in ("models", "multi_model_reloading"))
+            if not caching:
+                predictor.setdefault("processes_per_replica", PROCESSES)
+    return yaml.safe_dump(apis, sort_keys=False)
 
 
 class Server:

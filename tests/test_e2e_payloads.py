@@ -70,12 +70,12 @@ class PythonPredictor:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, processes):
     from helpers import Server, write_project
 
     config = "".join([api_yaml("describe", "describe.py"), api_yaml("args", "args.py"),
                       api_yaml("no-args", "no_args.py"), api_yaml("reordered", "reordered.py")])
-    project = write_project(tmp_path_factory.mktemp("payloads") / "project", {
+    project = write_project(tmp_path_factory.mktemp(f"payloads-{processes}") / "project", {
         "cortex.yaml": config, "describe.py": DESCRIBE, "args.py": ARGS, "no_args.py": NO_ARGS,
         "reordered.py": REORDERED,
     })

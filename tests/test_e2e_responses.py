@@ -49,10 +49,10 @@ class PythonPredictor:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, processes):
     from helpers import Server, write_project
 
-    project = write_project(tmp_path_factory.mktemp("responses") / "project",
+    project = write_project(tmp_path_factory.mktemp(f"responses-{processes}") / "project",
                             {"cortex.yaml": api_yaml("respond"), "predictor.py": RESPONDER})
     server = Server(project)
     server.wait_ready()

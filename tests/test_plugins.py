@@ -70,7 +70,11 @@ def test_engine_predictor_types(pm):
     assert types["python"].client_arg == "python_client"
 
 
-def test_missing_predictor_type_names_what_to_install(pm):
+def test_missing_predictor_type_names_what_to_install():
+    import engine_python_predictor
+
+    pm = make_plugin_manager(load_entry_points=False)  # only the core and the python type, whatever is installed
+    pm.register(engine_python_predictor, name="python")
     with pytest.raises(MissingPluginError, match=r"no plugin provides predictor type 'onnx'; installed: python\. "
                                                  r"Install engine\[onnx\]\."):
         predictor_type(pm, "onnx")

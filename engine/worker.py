@@ -1,0 +1,137 @@
+"""A worker process: builds one API's predictor and serves the requests the front process hands it.
+
+Started by engine.workers as `python -m engine.worker ...` when processes_per_replica > 1. It runs the very same
+ApiRuntime pipeline as a single-process server (payload parsing, predict, response encoding, post_predict), so
+behaviour does not depend on the number of processes.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from starlette.requests import Request
+
+from engine import ipc
+from engine.config import load_config
+from engine.errors import EngineError
+from engine.metrics import Metrics
+from engine.plugins import make_plugin_manager
+from engine.project import enter_view
+from engine.runtime import ApiRuntime
+
+log = logging.getLogger("engine")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a worker process."""
+    parser = argparse.ArgumentParser(prog="python -m engine.worker")
+    for name in ("socket", "config", "api", "view", "project"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--model-poll-interval", type=float, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the front decides
+    logging.basicConfig(level=args.log_level, format=f"%(asctime)s %(name)s[{args.api}:{args.index}] %(levelname)s "
+                                                     "%(message)s")
+    sys.stdout.reconfigure(line_buffering=True)
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    reader, writer = await asyncio.open_unix_connection(args.socket)
+    await ipc.send(writer, ("hello", args.index))
+    runtime = _build_runtime(args)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(runtime.pool, runtime.initialise, Path(args.view), Path(args.project))
+    except Exception as error:
+        details = str(error) if isinstance(error, EngineError) else "".join(traceback.format_exception(error))
+        await ipc.send(writer, ("failed", details))
+        return 1
+    await ipc.send(writer, ("ready",))
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    await _serve(runtime, reader, writer, stopping)
+    await loop.run_in_executor(None, runtime.drain)
+    writer.close()
+    return 0
+
+
+def _build_runtime(args: argparse.Namespace) -> ApiRuntime:
+    api = next(api for api in load_config(Path(args.config)) if api.name == args.api)
+    runtime = ApiRuntime(api, make_plugin_manager(), Metrics(), args.model_poll_interval, process_index=args.index)
+    runtime.max_in_flight = sys.maxsize  # the front process enforces max_replica_concurrency across workers
+    enter_view(Path(args.view), [api.predictor.python_path or ""])
+    return runtime
+
+
+async def _serve(runtime: ApiRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 stopping: asyncio.Event) -> None:
+    acks: dict[int, asyncio.Future] = {}
+    tasks: set[asyncio.Task] = set()
+    stop_task = asyncio.ensure_future(stopping.wait())
+    while True:
+        receive_task = asyncio.ensure_future(ipc.receive(reader))
+        await asyncio.wait({receive_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        message = receive_task.result() if receive_task.done() else None
+        if message is None or message[0] == "stop":
+            receive_task.cancel()
+            break
+        if message[0] == "ack":
+            acks.pop(message[1]).set_result(None)
+        elif message[0] == "request":
+            task = asyncio.create_task(_handle(runtime, writer, acks, *message[1:]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    stop_task.cancel()
+    if tasks:  # requests the front already handed us finish before we go
+        await asyncio.wait(tasks)
+
+
+async def _handle(runtime: ApiRuntime, writer: asyncio.StreamWriter, acks: dict[int, asyncio.Future],
+                  request_id: int, method: str, scope: dict, body: bytes) -> None:
+    body_sent = False
+    finished = asyncio.Event()
+
+    async def receive() -> dict:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await finished.wait()  # like a client that stays connected until the response is complete
+        return {"type": "http.disconnect"}
+
+    request = Request(scope, receive)
+    response = await (runtime.handle_post(request) if method == "POST" else runtime.handle_get(request))
+    wants_ack = response.background is not None  # post_predict must wait until the client has the response
+    start: dict = {}
+    chunks: list[bytes] = []
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            if wants_ack:  # registered before sending: the ack may come back before send() returns
+                acks[request_id] = asyncio.get_running_loop().create_future()
+            await ipc.send(writer, ("response", request_id, start["status"], start["headers"], b"".join(chunks),
+                                    wants_ack))
+            if wants_ack:
+                await acks[request_id]
+
+    try:
+        await response(scope, receive, send)
+    finally:
+        finished.set()
+    await ipc.send(writer, ("done", request_id))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
