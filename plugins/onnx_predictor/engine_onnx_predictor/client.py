@@ -1,0 +1,47 @@
+"""onnx_client: Cortex's ONNXClient (predict, get_model) over the shared model repository."""
+from __future__ import annotations
+
+from typing import Any
+
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from engine import ModelError
+from engine.models import ModelRepository
+from engine_onnx_predictor.convert import describe_value, to_feed
+from engine_onnx_predictor.model_format import OnnxModel
+
+DEFAULT_MODEL_NAME = "_cortex_default"
+
+
+class ONNXClient:
+    """What an ONNXPredictor gets as onnx_client."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self._repository = repository
+
+    def predict(self, model_input: Any, model_name: str | None = None,
+                model_version: str | int | None = "latest") -> list[Any]:
+        """Convert model_input as Cortex did, run the model and return the list of all its outputs."""
+        model: OnnxModel = self._repository.get(model_name, model_version)
+        label = self._label(model, model_name, model_version)
+        feed = to_feed(model_input, model.inputs, label)
+        try:
+            return model.session.run(None, feed)
+        except InvalidArgument as error:  # onnxruntime rejected the converted input (type or shape)
+            given = ", ".join(f"'{name}': {describe_value(value)}" for name, value in feed.items())
+            raise ModelError(f"failed inference with {label}: {error} (inputs given: {given})", 400) from None
+        except Exception as error:
+            raise ModelError(f"failed inference with {label}: {type(error).__name__}: {error}", 500) from error
+
+    def get_model(self, model_name: str | None = None, model_version: str | int | None = "latest") -> dict[str, Any]:
+        """Cortex's {"session": InferenceSession, "signatures": its inputs, "input_signatures": {name: shape, type}}."""
+        model: OnnxModel = self._repository.get(model_name, model_version)
+        return model.cortex_dict()
+
+    def metadata(self) -> dict[str, Any]:
+        """model_metadata of the API's GET summary."""
+        return self._repository.metadata()
+
+    def _label(self, model: OnnxModel, model_name: str | None, model_version: Any) -> str:
+        name = DEFAULT_MODEL_NAME if self._repository.single else model_name
+        return f"model '{name}' of version {model_version if model_version is not None else 'latest'} ({model.path})"

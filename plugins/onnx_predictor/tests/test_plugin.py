@@ -1,0 +1,94 @@
+"""The plugin as engine finds it: entry point, predictor type, config checks, client creation, lazy imports."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import api_yaml, write_project
+
+from engine import ConfigError
+from engine.plugins import make_plugin_manager, plugin_infos, predictor_type
+from engine.validate import validate_project
+from engine_onnx_predictor.client import ONNXClient
+
+PREDICTOR = """
+class ONNXPredictor:
+    def __init__(self, onnx_client, config):
+        self.client = onnx_client
+
+    def predict(self, payload):
+        return self.client.predict(payload)[0]
+"""
+
+
+@pytest.fixture
+def project(tmp_path, models):
+    """Write an onnx project with one model; extra lines go under predictor: and under the API."""
+
+    def make(predictor_extra: str = "model_path: model/", api_extra: str = "", predictor: str = PREDICTOR):
+        models.identity(tmp_path / "p" / "model" / "m.onnx")
+        return write_project(tmp_path / "p", {
+            "cortex.yaml": api_yaml("clf", type_="onnx", predictor_extra=predictor_extra, api_extra=api_extra),
+            "predictor.py": predictor,
+        })
+
+    return make
+
+
+def test_the_entry_point_provides_the_onnx_type():
+    pm = make_plugin_manager()
+    ptype = predictor_type(pm, "onnx")
+    assert (ptype.class_name, ptype.client_arg, ptype.requires_models) == ("ONNXPredictor", "onnx_client", True)
+    assert ptype.model_format is not None and ptype.type_fields == frozenset()
+    (info,) = [info for info in plugin_infos(pm) if info.name == "onnx"]
+    assert info.distribution == "engine-onnx-predictor"
+    assert {"engine_predictor_types", "engine_create_client", "engine_validate_api"} <= set(info.hooks)
+
+
+def test_loading_the_plugin_does_not_import_onnxruntime():
+    code = ("import sys, engine_onnx_predictor as plugin; "
+            "assert [t.name for t in plugin.engine_predictor_types()] == ['onnx']; "
+            "assert 'onnxruntime' not in sys.modules, 'onnxruntime imported at plugin load'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_valid_project_validates(project):
+    validated = validate_project(project())
+    assert [api.predictor.type for api in validated.apis] == ["onnx"]
+
+
+def test_v025_spelling_models_path_to_a_file_validates(project):
+    validate_project(project(predictor_extra="models:\n  path: model/m.onnx"))
+
+
+@pytest.mark.parametrize("predictor_extra, api_extra, expected", [
+    ("model_path: model/", "compute:\n  inf: 1", "the onnx predictor type cannot run on Inferentia"),
+    ("model_path: model/\nserver_side_batching:\n  max_batch_size: 2\n  batch_interval: 0.1s", "",
+     "server_side_batching is not supported for the onnx predictor type"),
+    ("", "", "at least one model must be specified for the onnx predictor type"),
+    ("model_path: model/\nsignature_key: serving_default", "", "signature_key is not a supported field"),
+])
+def test_what_cortex_rejected_for_onnx_is_rejected(project, predictor_extra, api_extra, expected):
+    with pytest.raises(ConfigError, match=expected):
+        validate_project(project(predictor_extra=predictor_extra, api_extra=api_extra))
+
+
+def test_init_must_declare_onnx_client(project):
+    without_client = PREDICTOR.replace("onnx_client, config", "config")
+    with pytest.raises(ConfigError, match=r'ONNXPredictor: __init__\(\) argument "onnx_client" is required'):
+        validate_project(project(predictor=without_client))
+
+
+def test_create_client_only_for_onnx_apis(project, repository, tmp_path):
+    from engine.config import load_config
+
+    root = project()
+    api = load_config(root / "cortex.yaml")[0]
+    repo, _ = repository({"path": "p/model"})
+    pm = make_plugin_manager()
+    assert isinstance(pm.hook.engine_create_client(api=api, device=None, models=repo), ONNXClient)
+    python_api = api.model_copy(update={"predictor": api.predictor.model_copy(update={"type": "python"})})
+    results = [impl.function(api=python_api, device=None, models=repo)
+               for impl in pm.hook.engine_create_client.get_hookimpls() if impl.plugin_name == "onnx"]
+    assert results == [None]
