@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine import plugins
+from engine.batching import concurrent_predicts
 from engine.errors import EngineError
 from engine.metrics import Metrics
 from engine.project import enter_view, remove_view
@@ -45,6 +46,8 @@ class AppState:
         self.backends: list[ApiRuntime | WorkerGroup] = [
             ApiRuntime(api, pm, self.metrics, model_poll_interval) if api.predictor.processes_per_replica == 1
             else WorkerGroup(api, self.metrics, config_file=self.project.config_file,
+                             capacity=concurrent_predicts(api, plugins.predictor_type(pm, api.predictor.type)
+                                                          .client_batching),
                              model_poll_interval=model_poll_interval, init_timeout=worker_init_timeout,
                              on_fatal=on_fatal)
             for api in validated.apis

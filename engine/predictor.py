@@ -212,6 +212,17 @@ class Predictor:
         """Call predict() with the arguments it declared."""
         return self.instance.predict(**{name: arguments.get(name) for name in self.predict_args})
 
+    def predict_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
+        """Call predict() once for a batch: every declared argument is a list, in arrival order; one result each."""
+        results = self.instance.predict(**{name: [arguments.get(name) for arguments in batch]
+                                           for name in self.predict_args})
+        if not isinstance(results, list):
+            raise TypeError(f"please return a list when using server side batching, got {type(results).__name__}")
+        if len(results) != len(batch):
+            raise ValueError(f"predict() returned {len(results)} results for a batch of {len(batch)} requests; with "
+                             "server side batching it must return one result per request, in the order received")
+        return results
+
     def post_predict(self, response: Any, arguments: dict[str, Any]) -> None:
         """Call post_predict() with the arguments it declared."""
         offered = {**arguments, "response": response}

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine import plugins
+from engine.batching import AsyncBatcher, concurrent_predicts
 from engine.config import Api
 from engine.errors import MissingPluginError, ModelError, PayloadError
 from engine.metrics import Metrics
@@ -44,7 +45,11 @@ class ApiRuntime:
         self.pm = pm
         self.metrics = metrics
         self.ptype = plugins.predictor_type(pm, api.predictor.type)
-        self.pool = ThreadPoolExecutor(api.predictor.threads_per_process, thread_name_prefix=f"api-{api.name}")
+        threads = api.predictor.threads_per_process
+        if self.ptype.client_batching and api.predictor.server_side_batching:
+            threads = concurrent_predicts(api, client_batching=True)  # concurrent calls are what the client merges
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"api-{api.name}")
+        self.batcher: AsyncBatcher | None = None
         self.max_in_flight = api.autoscaling.max_replica_concurrency
         self.in_flight = 0
         self.predictor: Predictor | None = None
@@ -80,6 +85,10 @@ class ApiRuntime:
             if self.models.cache_size is None:
                 self.models.preload()
             self.models.start_polling()
+        batching = api.predictor.server_side_batching
+        if batching and not ptype.client_batching:
+            self.batcher = AsyncBatcher(predictor.predict_batch, self.pool, batching.max_batch_size,
+                                        batching.batch_interval)
         self.predictor = predictor
 
     async def start(self, view: Path, project_root: Path) -> None:
@@ -123,7 +132,10 @@ class ApiRuntime:
         arguments: dict[str, Any] = {}
         try:
             arguments = await self._arguments(request, predictor)
-            result = await asyncio.get_running_loop().run_in_executor(self.pool, predictor.predict, arguments)
+            if self.batcher is not None:
+                result = await self.batcher.submit(arguments)
+            else:
+                result = await asyncio.get_running_loop().run_in_executor(self.pool, predictor.predict, arguments)
             response = self.pm.hook.engine_encode_response(result=result, request_headers=request.headers,
                                                            api=self.api)
         except PayloadError as error:

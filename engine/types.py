@@ -24,6 +24,9 @@ class PredictorType:
     type_fields: frozenset[str] = frozenset()
     # Name of the pip extra that installs it, used in error messages.
     extra: str = ""
+    # True when the model client merges concurrent inference calls itself (server_side_batching stays invisible to
+    # predict()); False when the core hands predict() lists of requests, as the python type does.
+    client_batching: bool = False
     # Builds how this type validates, loads and frees one model version (see engine.models.ModelFormat).
     model_format: Callable[[Api, Device], ModelFormat] | None = None
 

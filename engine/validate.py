@@ -52,7 +52,6 @@ def validate_project(project_dir: str | Path = ".", config_file: str | Path | No
         if ignored:
             warnings.append(f"api '{api.name}': not applied locally (accepted for Cortex compatibility): "
                             f"{', '.join(ignored)}")
-        warnings += not_implemented_yet(api)
     if problems:
         raise ConfigError("\n".join(problems))
     return ValidatedProject(project, apis, warnings)
@@ -89,11 +88,3 @@ def model_locations(api: Api) -> list[str]:
     if models is None:
         return []
     return [models.path] if models.path else [models.dir] if models.dir else [entry.path for entry in models.paths]
-
-
-def not_implemented_yet(api: Api) -> list[str]:
-    """Validated settings that this version serves in a simpler way, said at start-up."""
-    notes = []
-    if api.predictor.server_side_batching:
-        notes.append(f"api '{api.name}': server_side_batching is validated but requests are not batched yet")
-    return notes

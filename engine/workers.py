@@ -82,12 +82,12 @@ class ForwardedResponse(Response):
 class WorkerGroup:
     """The processes_per_replica workers of one API, with least-loaded dispatch and replacement of dead workers."""
 
-    def __init__(self, api: Api, metrics: Metrics, *, config_file: Path, model_poll_interval: float,
+    def __init__(self, api: Api, metrics: Metrics, *, capacity: int, config_file: Path, model_poll_interval: float,
                  init_timeout: float, on_fatal: Any) -> None:
         self.api = api
         self.metrics = metrics
         self.size = api.predictor.processes_per_replica
-        self.threads = api.predictor.threads_per_process
+        self.capacity = capacity  # requests one worker can work on at once (threads, times batch size if batching)
         self.max_in_flight = api.autoscaling.max_replica_concurrency
         self.in_flight = 0
         self.failure: str | None = None
@@ -117,7 +117,8 @@ class WorkerGroup:
         self._args += [f"--view={view}", f"--project={project_root}"]
         self._server = await asyncio.start_unix_server(self._accept, path=str(self._socket))
         await asyncio.gather(*(self._start_worker(index) for index in range(self.size)))
-        log.info("api '%s': %d worker processes ready (%d threads each)", self.api.name, self.size, self.threads)
+        log.info("api '%s': %d worker processes ready (%d requests at a time each)", self.api.name, self.size,
+                 self.capacity)
 
     async def _start_worker(self, index: int) -> None:
         loop = asyncio.get_running_loop()
@@ -256,7 +257,7 @@ class WorkerGroup:
             raise
 
     def _least_loaded(self) -> Worker | None:
-        free = [w for w in self.workers.values() if w.ready and w.load < self.threads]
+        free = [w for w in self.workers.values() if w.ready and w.load < self.capacity]
         return min(free, key=lambda w: (w.load, w.index)) if free else None
 
     def _hand_out(self) -> None:

@@ -1,0 +1,159 @@
+"""Server-side batching: gather concurrent work until max_batch_size items wait or batch_interval has passed.
+
+Two gatherers share the rule: AsyncBatcher gathers requests on the event loop (the python predictor's list-in,
+list-out batching), ThreadBatcher gathers calls from worker threads (transparent batching inside model clients).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
+from typing import Any
+
+from engine.config import Api
+
+
+def concurrent_predicts(api: Api, client_batching: bool) -> int:
+    """How many requests one process can usefully hold at once: its threads, times the batch size when batching."""
+    threads = api.predictor.threads_per_process
+    batching = api.predictor.server_side_batching
+    if batching is None:
+        return threads
+    if client_batching:  # calls merge only while that many predict() calls run at the same time
+        return max(threads, batching.max_batch_size)
+    return threads * batching.max_batch_size  # each thread runs one batch while the next one gathers
+
+
+class AsyncBatcher:
+    """Gathers items on the event loop and runs each batch with `run_batch` on an executor."""
+
+    def __init__(self, run_batch: Callable[[list[Any]], list[Any]], executor: Executor, max_batch_size: int,
+                 interval: float) -> None:
+        self.run_batch = run_batch
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.interval = interval
+        self._waiting: list[tuple[Any, asyncio.Future]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def submit(self, item: Any) -> Any:
+        """Wait for the batch holding `item` to run and return its element of the results."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append((item, future))
+        if len(self._waiting) >= self.max_batch_size:
+            self._flush()
+        elif self._timer is None:  # the interval runs from the first request of the batch
+            self._timer = loop.call_later(self.interval, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._waiting = self._waiting[:self.max_batch_size], self._waiting[self.max_batch_size:]
+        if self._waiting:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._flush)
+        if batch:
+            task = asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, [i for i, _ in batch])
+            task.add_done_callback(lambda done: _settle([f for _, f in batch], done))
+
+
+def _settle(futures: list[asyncio.Future], done: asyncio.Future) -> None:
+    error = done.exception()
+    results = None if error else done.result()
+    for index, future in enumerate(futures):
+        if future.done():  # its client went away
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(results[index])
+
+
+class _Slot:
+    """One call waiting in a ThreadBatcher."""
+
+    __slots__ = ("item", "done", "result", "error", "taken")
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.taken = False
+
+
+class ThreadBatcher:
+    """Merges concurrent calls from threads into one `run_batch` call per key (e.g. per model version and shape).
+
+    The thread that fills a batch, or whose batch's interval runs out first, runs it for everyone; the others wait.
+    """
+
+    def __init__(self, run_batch: Callable[[Hashable, list[Any]], list[Any]], max_batch_size: int,
+                 interval: float, on_batch: Callable[[int], None] | None = None) -> None:
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.interval = interval
+        self.on_batch = on_batch
+        self._lock = threading.Condition()
+        self._queues: dict[Hashable, list[_Slot]] = {}
+        self._started: dict[Hashable, float] = {}
+
+    def call(self, key: Hashable, item: Any) -> Any:
+        """Run `item` within a batch of items with the same key; returns its own result."""
+        slot = _Slot(item)
+        batch: list[_Slot] | None = None
+        with self._lock:
+            queue = self._queues.setdefault(key, [])
+            if not queue:
+                self._started[key] = time.monotonic()
+            queue.append(slot)
+            if len(queue) >= self.max_batch_size:
+                batch = self._take(key)
+            else:
+                deadline = self._started[key] + self.interval
+                while not slot.taken:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        batch = self._take(key)  # our batch's time is up: we run it
+                        break
+                    self._lock.wait(remaining)
+                    if key in self._started:
+                        deadline = self._started[key] + self.interval
+        if batch is not None:
+            self._run(key, batch)
+        slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result
+
+    def _take(self, key: Hashable) -> list[_Slot]:
+        queue = self._queues[key]
+        batch, rest = queue[:self.max_batch_size], queue[self.max_batch_size:]
+        for slot in batch:
+            slot.taken = True
+        if rest:
+            self._queues[key] = rest
+            self._started[key] = time.monotonic()
+        else:
+            del self._queues[key]
+            del self._started[key]
+        self._lock.notify_all()
+        return batch
+
+    def _run(self, key: Hashable, batch: list[_Slot]) -> None:
+        try:
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            results = self.run_batch(key, [slot.item for slot in batch])
+            for slot, result in zip(batch, results, strict=True):
+                slot.result = result
+        except BaseException as error:  # every caller in the batch sees the failure
+            for slot in batch:
+                slot.error = error
+        finally:
+            for slot in batch:
+                slot.done.set()

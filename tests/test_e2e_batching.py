@@ -1,0 +1,97 @@
+"""Python predictor server-side batching end to end: lists in, lists out, per-request routing, partial batches."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx
+import pytest
+from helpers import api_yaml
+from test_e2e_server import wait_file
+
+BATCHED = """
+import json
+import os
+
+
+class PythonPredictor:
+    def __init__(self, config):
+        self.dir = config["dir"]
+
+    def predict(self, payload, query_params, headers):
+        kinds = sorted({type(payload).__name__, type(query_params).__name__, type(headers).__name__})
+        first = payload[0]
+        if first.get("fail") == "exception":
+            raise RuntimeError("the whole batch failed")
+        if first.get("fail") == "not_list":
+            return {"not": "a list"}
+        if first.get("fail") == "short":
+            return [1]
+        return [{"id": p["id"], "batch": len(payload), "kinds": kinds, "q": q.get("q"), "h": h.get("x-h"),
+                 "pid": os.getpid()}
+                for p, q, h in zip(payload, query_params, headers)]
+
+    def post_predict(self, response, payload):
+        with open(os.path.join(self.dir, f"post-{payload['id']}"), "w") as out:
+            json.dump(response, out)
+"""
+
+
+def batched_project(tmp_path, max_batch_size, interval, threads=1):
+    extra = (f"threads_per_process: {threads}\nserver_side_batching:\n  max_batch_size: {max_batch_size}\n"
+             f"  batch_interval: {interval}\nconfig:\n  dir: {tmp_path}")
+    return {"cortex.yaml": api_yaml("batch", predictor_extra=extra), "predictor.py": BATCHED}
+
+
+def send_together(server, payloads, **kwargs):
+    with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
+        return list(pool.map(lambda p: httpx.post(server.url + "/batch", json=p, timeout=30, **kwargs), payloads))
+
+
+def test_a_full_batch_runs_at_once_and_each_request_gets_its_own_element(serve, tmp_path, processes):
+    server = serve(batched_project(tmp_path, max_batch_size=4 // processes, interval="30s"))
+    responses = send_together(server, [{"id": i} for i in range(4)], params={"q": "query"},
+                              headers={"X-H": "header"})
+    bodies = [r.json() for r in responses]
+    assert [b["id"] for b in bodies] == [0, 1, 2, 3]
+    assert all(b["batch"] == 4 // processes for b in bodies)  # full batches: no waiting for the 30 s interval
+    assert all(b["kinds"] == ["list"] and b["q"] == "query" and b["h"] == "header" for b in bodies)
+
+
+def test_a_partial_batch_runs_when_the_interval_has_passed(serve, tmp_path):
+    server = serve(batched_project(tmp_path, max_batch_size=64, interval="300ms"))
+    bodies = [r.json() for r in send_together(server, [{"id": i} for i in range(3)])]
+    assert sorted(b["id"] for b in bodies) == [0, 1, 2]
+    for pid in {b["pid"] for b in bodies}:  # each process ran the requests it had as one partial batch
+        mine = [b for b in bodies if b["pid"] == pid]
+        assert all(b["batch"] == len(mine) for b in mine)
+    single = httpx.post(server.url + "/batch", json={"id": 9}, timeout=30).json()
+    assert single["batch"] == 1
+
+
+def test_post_predict_gets_each_request_its_own_element(serve, tmp_path):
+    server = serve(batched_project(tmp_path, max_batch_size=2, interval="200ms"))
+    send_together(server, [{"id": "a"}, {"id": "b"}])
+    for name in ("a", "b"):
+        wait_file(tmp_path / f"post-{name}")
+        assert json.loads((tmp_path / f"post-{name}").read_text())["id"] == name
+
+
+@pytest.mark.parametrize("fail, message", [("exception", "RuntimeError: the whole batch failed"),
+                                           ("not_list", "please return a list when using server side batching"),
+                                           ("short", "returned 1 results for a batch of 2")])
+def test_a_failing_batch_fails_every_request_in_it_with_a_json_500(serve, tmp_path, processes, fail, message):
+    server = serve(batched_project(tmp_path, max_batch_size=2, interval="5s"))
+    responses = send_together(server, [{"id": i, "fail": fail} for i in range(2 * processes)])
+    for response in responses:
+        assert response.status_code == 500
+        assert message in response.json()["error"]
+    assert httpx.post(server.url + "/batch", json={"id": "ok"}, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("threads, max_batch_size", [(1, 4), (3, 2), (4, 4)])
+def test_any_threads_and_batch_size_combination_works(serve, tmp_path, threads, max_batch_size):
+    server = serve(batched_project(tmp_path, max_batch_size=max_batch_size, interval="100ms", threads=threads))
+    responses = send_together(server, [{"id": i} for i in range(10)])
+    assert sorted(r.json()["id"] for r in responses) == list(range(10))
+    assert all(r.json()["batch"] <= max_batch_size for r in responses)
