@@ -17,6 +17,7 @@ class FileEntry:
     path: str
     size: int
     mtime: float
+    tag: str = ""  # what else tells two contents apart: S3's ETag, a local file's inode
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class VersionInfo:
     version: int
     location: str  # the version's directory (or the model file) in its store
     files: tuple[FileEntry, ...]
+    written: float = 0.0  # last write seen under it, hidden files and directories included (see `activity`)
 
     @property
     def timestamp(self) -> float:
@@ -33,9 +35,14 @@ class VersionInfo:
         return max((entry.mtime for entry in self.files), default=0.0)
 
     @property
+    def activity(self) -> float:
+        """When anything under it last changed: its files, hidden files (rsync's temporaries) and directories."""
+        return max(self.timestamp, self.written)
+
+    @property
     def signature(self) -> tuple:
-        """Changes whenever a file is added, removed, resized or rewritten."""
-        return tuple((entry.path, entry.size, entry.mtime) for entry in self.files)
+        """Changes whenever a file is added, removed, resized, rewritten or replaced by another."""
+        return tuple((entry.path, entry.size, entry.mtime, entry.tag) for entry in self.files)
 
 
 class ModelFormat(Protocol):
@@ -57,27 +64,44 @@ class ModelFormat(Protocol):
 
 
 def is_hidden(relative: str) -> bool:
-    """True for paths with a component starting with '.' (editor and OS droppings)."""
+    """True for paths with a component starting with '.' (editor and OS droppings, '.' and '..')."""
     return any(part.startswith(".") for part in relative.split("/"))
 
 
+def is_version_name(name: str) -> bool:
+    """Version directories are named with ASCII digits only ("²" and "١" are digits to str.isdigit, not to int)."""
+    return name.isascii() and name.isdigit()
+
+
 def group_versions(location: str, entries: list[FileEntry], is_file: bool) -> dict[int, VersionInfo]:
-    """Integer top-level directories are versions; otherwise the whole model is version 1; empty versions are skipped."""
+    """Integer top-level directories are versions; otherwise the whole model is version 1; empty versions are skipped.
+
+    Entries whose path ends with "/" are directories and hidden entries are not part of any version; both only
+    count as write activity (VersionInfo.written), so that a version still being copied looks unsettled.
+    """
     if is_file:
-        return {1: VersionInfo(1, location, tuple(entries))}
-    visible = [entry for entry in entries if not is_hidden(entry.path)]
+        return {1: VersionInfo(1, location, tuple(entries), max((e.mtime for e in entries), default=0.0))}
+    visible = [entry for entry in entries if not entry.path.endswith("/") and not is_hidden(entry.path)]
     if not visible:
         return {}
     tops = {entry.path.split("/", 1)[0] for entry in visible}
-    versioned = all(top.isdigit() and any(e.path.startswith(top + "/") for e in visible) for top in tops)
+    versioned = all(is_version_name(top) and any(e.path.startswith(top + "/") for e in visible) for top in tops)
     if not versioned:
-        return {1: VersionInfo(1, location, tuple(visible))}
-    versions = {}
-    for top in tops:
-        files = tuple(FileEntry(e.path[len(top) + 1:], e.size, e.mtime) for e in visible if e.path.startswith(top + "/"))
-        if files:
-            versions[int(top)] = VersionInfo(int(top), f"{location.rstrip('/')}/{top}", files)
+        return {1: VersionInfo(1, location, tuple(visible), _written(entries))}
+    versions: dict[int, VersionInfo] = {}
+    # "1" before "01": when two spellings name one version, the canonical one wins
+    for top in sorted(tops, key=lambda top: (int(top), top != str(int(top)), top)):
+        if int(top) in versions:
+            continue
+        files = tuple(FileEntry(e.path[len(top) + 1:], e.size, e.mtime, e.tag)
+                      for e in visible if e.path.startswith(top + "/"))
+        written = _written([e for e in entries if e.path.startswith(top + "/")])
+        versions[int(top)] = VersionInfo(int(top), f"{location.rstrip('/')}/{top}", files, written)
     return versions
+
+
+def _written(entries: list[FileEntry]) -> float:
+    return max((entry.mtime for entry in entries), default=0.0)
 
 
 def check_layout(name: str, location: str, version: VersionInfo, fmt: ModelFormat, type_name: str) -> None:
@@ -85,7 +109,7 @@ def check_layout(name: str, location: str, version: VersionInfo, fmt: ModelForma
     problem = fmt.validate([entry.path for entry in version.files])
     if problem is None:
         return
-    found = [entry.path or Path(location).name for entry in version.files]
+    found = sorted(entry.path or Path(location).name for entry in version.files)
     shown = "\n".join(f"    {path}" for path in found[:MAX_TREE_LINES])
     more = f"\n    ... and {len(found) - MAX_TREE_LINES} more" if len(found) > MAX_TREE_LINES else ""
     expected = "\n".join(f"    {line}" for line in fmt.expected_tree.splitlines())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -43,7 +44,11 @@ class ModelRepository:
         self.single = models.path is not None
         self._owns_cache_root = cache_root is None
         self.cache_root = cache_root or Path(tempfile.mkdtemp(prefix="engine-models-"))
-        resolve = lambda path: path if path.startswith("s3://") else str((project_root / path).resolve())  # noqa: E731
+
+        def resolve(path: str) -> str:
+            """Absolute, with symlinks kept: a `models -> releases/v5` link switched while serving is followed."""
+            return path if path.startswith("s3://") else os.path.abspath(project_root / path)
+
         self.dir_location = resolve(models.dir) if models.dir else None
         self.locations = {DEFAULT_MODEL_NAME: resolve(models.path)} if models.path else \
             {entry.name: resolve(entry.path) for entry in models.paths or ()}
@@ -54,9 +59,12 @@ class ModelRepository:
         self._loaded: OrderedDict[Key, Loaded] = OrderedDict()  # least recently used first
         self._reserved = 0  # memory slots held by loads in progress
         self._on_disk: OrderedDict[Key, VersionInfo] = OrderedDict()  # downloaded copies, least recently used first
+        self._downloading = 0  # disk slots held by downloads in progress
         self._loading: set[Key] = set()
         self._load_locks: dict[Key, threading.Lock] = {}
-        self._errors: dict[Key, tuple[tuple, str]] = {}  # failed version → (signature that failed, why)
+        # failed version → (signature that failed, or None when worth retrying (a failed download), why)
+        self._errors: dict[Key, tuple[tuple | None, str]] = {}
+        self._pending: dict[Key, tuple[tuple, float, float]] = {}  # unsettled version → (signature, activity, since)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -64,10 +72,19 @@ class ModelRepository:
 
     def scan(self) -> None:
         """Find every model and version; raise ModelError for a missing model or a layout the type cannot load."""
-        tree = self._list_tree()
+        try:
+            tree = self._list_tree()
+        except ModelError:
+            raise
+        except Exception as error:
+            where = self.dir_location or ", ".join(self.locations.values())
+            raise ModelError(f"cannot list the models at {where}: {type(error).__name__}: {error}") from None
         problems = []
-        for name, versions in tree.items():
-            if not versions:
+        for name, versions in list(tree.items()):
+            if not versions and self.dir_location:  # an empty sub-directory: maybe a model still being copied
+                log.warning("models.dir: %s has no files yet; it becomes a model when it has", self._location(name))
+                del tree[name]
+            elif not versions:
                 problems.append(f"model '{name}': nothing found at {self._location(name)}")
             for info in versions.values():
                 try:
@@ -82,18 +99,24 @@ class ModelRepository:
         self._versions = tree
 
     def preload(self) -> None:
-        """Load every version now (used when caching is off); fail if a model has no version that loads."""
+        """Load every version now (used when caching is off); fail if a model has no version that loads.
+
+        As for versions found later, one that fails is not published (not in `versions`, not served by "latest")
+        and is reported under `errors` until its files change."""
         for name, versions in list(self._versions.items()):
-            loaded = 0
+            failed = []
             for version in sorted(versions, reverse=True):
                 try:
                     self._get_version(name, version)
-                    loaded += 1
-                except ModelError as error:
-                    log.error("%s", error)
-            if versions and not loaded:
-                raise ModelError(f"model '{name}': no version could be loaded: "
-                                 f"{'; '.join(message for _, message in self._errors.values())}")
+                except ModelError:
+                    failed.append(version)  # logged by _load
+            if versions and len(failed) == len(versions):
+                reasons = [message for (model, _), (_, message) in self._errors.items() if model == name]
+                raise ModelError(f"model '{name}': no version could be loaded: {'; '.join(reasons)}")
+            with self._lock:
+                for version in failed:
+                    if (name, version) not in self._loaded:
+                        self._versions.get(name, {}).pop(version, None)
 
     def start_polling(self) -> None:
         """Watch the model locations for new, changed and removed versions."""
@@ -107,8 +130,11 @@ class ModelRepository:
             self._poller.join()
         with self._lock:
             loaded, self._loaded = list(self._loaded.values()), OrderedDict()
+            copies, self._on_disk = list(self._on_disk.values()), OrderedDict()
         for entry in loaded:
             self._unload(entry.model)
+        for copy in copies:
+            self._store(copy.location).discard(copy)
         if self._owns_cache_root:
             shutil.rmtree(self.cache_root, ignore_errors=True)
 
@@ -124,16 +150,19 @@ class ModelRepository:
                 raise ModelError(f"model '{name}' wasn't found in the list of available models: "
                                  f"{sorted(self._versions)}", 404)
             if version is not None and version not in versions:
+                failed = self._errors.get((name, version))
+                if failed is not None:  # on disk, but it never loaded
+                    raise ModelError(failed[1])
                 raise ModelError(f"model {name} of version {version} wasn't found; available versions: "
                                  f"{sorted(versions, reverse=True)}", 404)
             candidates = [version] if version is not None else sorted(versions, reverse=True)
-        last_error: ModelError | None = None
+        first_error: ModelError | None = None
         for candidate in candidates:  # "latest" falls back to the newest version that loads
             try:
                 return self._get_version(name, candidate)
             except ModelError as error:
-                last_error = error
-        raise last_error or ModelError(f"model {name} has no versions available", 404)
+                first_error = first_error or error
+        raise first_error or ModelError(f"model {name} has no versions available", 404)
 
     def model_names(self) -> list[str]:
         """The names of the models currently available."""
@@ -205,16 +234,23 @@ class ModelRepository:
             self._loading.add(key)
         self._unload_all(evicted)
         started = time.monotonic()
+        step = "download"
         try:
             path = self._materialise(key, info)
+            step = "load"
             model = self.fmt.load(path)
         except Exception as error:
-            message = f"model {name} of version {version} failed to load: {type(error).__name__}: {error}"
+            message = f"model {name} of version {version} failed to {step}: {type(error).__name__}: {error}"
             log.exception("%s", message)
             with self._lock:
                 self._release_slot(key)
-                self._errors[key] = (info.signature, message)
+                # a load failure sticks until the files change; a failed download is tried again next time
+                self._errors[key] = (info.signature if step == "load" else None, message)
             raise ModelError(message) from None
+        except BaseException:  # KeyboardInterrupt, SystemExit: give the slot back all the same
+            with self._lock:
+                self._release_slot(key)
+            raise
         with self._lock:
             self._release_slot(key)
             replaced = self._loaded.pop(key, None)
@@ -245,6 +281,8 @@ class ModelRepository:
         evicted = []
         while self.cache_size is not None and len(self._loaded) + self._reserved >= self.cache_size:
             victim = next((k for k in self._loaded if k != key), None)
+            if victim is None and key in self._loaded:
+                victim = key  # only the outdated copy of this very version is left to make room
             if victim is None:
                 self._slot_freed.wait()
                 continue
@@ -259,25 +297,41 @@ class ModelRepository:
         self._slot_freed.notify_all()
 
     def _materialise(self, key: Key, info: VersionInfo) -> Path:
+        """A local path of the version; downloads hold a disk slot from before they start (disk_cache_size)."""
         store = self._store(info.location)
         if not store.keeps_copies:
             return store.materialise(info)
+        doomed: list[VersionInfo] = []
         with self._lock:
-            doomed = []
-            while self.disk_cache_size is not None and key not in self._on_disk \
-                    and len(self._on_disk) >= self.disk_cache_size:
-                victim = next((k for k in self._on_disk if k not in self._loaded and k not in self._loading), None)
-                if victim is None:
-                    break
-                doomed.append(self._on_disk.pop(victim))
+            copy = self._on_disk.get(key)
+            reserved = copy is None or copy.signature != info.signature
+            if reserved:
+                if copy is not None:
+                    doomed.append(self._on_disk.pop(key))  # an outdated copy of this version
+                while self.disk_cache_size is not None \
+                        and len(self._on_disk) + self._downloading >= self.disk_cache_size:
+                    victim = next((k for k in self._on_disk if k not in self._loaded and k not in self._loading), None)
+                    if victim is None:
+                        log.warning("disk_cache_size %d: every downloaded model is in use", self.disk_cache_size)
+                        break
+                    doomed.append(self._on_disk.pop(victim))
+                    log.info("model %s of version %s evicted from disk (disk_cache_size %d)", *victim,
+                             self.disk_cache_size)
+                self._downloading += 1
         for old in doomed:
             store.discard(old)
-        path = store.materialise(info)
+        try:
+            path = store.materialise(info)
+        except BaseException:
+            if reserved:
+                with self._lock:
+                    self._downloading -= 1
+            raise
         with self._lock:
-            stale = self._on_disk.pop(key, None)
+            if reserved:
+                self._downloading -= 1
             self._on_disk[key] = info
-        if stale is not None and stale.signature != info.signature:
-            store.discard(stale)
+            self._on_disk.move_to_end(key)
         return path
 
     def _unload(self, model: Any) -> None:
@@ -311,7 +365,7 @@ class ModelRepository:
             return None
         if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
             return version
-        if isinstance(version, str) and version.isascii() and version.isdigit():
+        if isinstance(version, str) and version.isascii() and version.isdigit() and len(version) <= 100:
             return int(version)
         raise ModelError(f"model_version must be either a parse-able numeric value or 'latest', not {version!r}", 400)
 
@@ -340,8 +394,11 @@ class ModelRepository:
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_interval):
-            while self.refresh() and not self._stop.wait(self.settle):
-                pass  # something was still being written: look again soon
+            try:
+                while self.refresh() and not self._stop.wait(self.settle):
+                    pass  # something was still being written: look again soon
+            except Exception:  # never let one bad pass end live reloading
+                log.exception("model reloading failed; trying again in %s s", self.poll_interval)
 
     def refresh(self) -> bool:
         """Apply what changed in the model locations; True while some version still looks half-written."""
@@ -350,26 +407,42 @@ class ModelRepository:
         except Exception:
             log.exception("could not list the models; keeping the current ones")
             return False
-        now, unsettled, accepted = time.time(), False, []
+        now, clock, unsettled, accepted, pending = time.time(), time.monotonic(), False, [], {}
         with self._lock:
             for name, versions in tree.items():
                 for version, info in versions.items():
                     known = self._versions.get(name, {}).get(version)
                     if known is not None and known.signature == info.signature:
                         continue
-                    if now - info.timestamp < self.settle:
+                    failed = self._errors.get((name, version))
+                    if failed is not None and failed[0] == info.signature:
+                        continue  # known broken until its files change
+                    if not self._settled((name, version), info, now, clock, pending):
                         unsettled = True
                         continue
                     accepted.append((name, info))
+            self._pending = pending
             removed = [(name, v) for name, versions in self._versions.items() for v in versions
                        if v not in tree.get(name, {})]
-            for key in [key for key in self._errors if key[1] not in tree.get(key[0], {})]:
-                del self._errors[key]  # a broken version that is gone is no longer worth reporting
+            for key, (signature, _) in list(self._errors.items()):
+                info = tree.get(key[0], {}).get(key[1])
+                if info is None or signature not in (None, info.signature):
+                    del self._errors[key]  # gone or changed since it failed: no longer worth reporting
         for name, info in accepted:
             self._accept(name, info)
         for key in removed:
             self._remove(key)
         return unsettled
+
+    def _settled(self, key: Key, info: VersionInfo, now: float, clock: float, pending: dict) -> bool:
+        """Nothing under the version was written for `settle` seconds: by its modification times, or, where those
+        are ahead of our clock (another machine's, S3's), by listing it unchanged for that long."""
+        if now - info.activity >= self.settle:
+            return True
+        seen = self._pending.get(key)
+        since = seen[2] if seen is not None and seen[:2] == (info.signature, info.activity) else clock
+        pending[key] = (info.signature, info.activity, since)
+        return clock - since >= self.settle
 
     def _accept(self, name: str, info: VersionInfo) -> None:
         key = (name, info.version)
@@ -381,10 +454,7 @@ class ModelRepository:
                 self._errors[key] = (info.signature, str(error))
             return
         with self._lock:
-            if self._errors.get(key, (None,))[0] == info.signature:
-                return
             is_new = info.version not in self._versions.get(name, {})
-        with self._lock:
             lock = self._load_locks.setdefault(key, threading.Lock())
         with lock:
             if self.cache_size is None:  # without caching, a version is published only once it has loaded
@@ -398,6 +468,8 @@ class ModelRepository:
 
     def _remove(self, key: Key) -> None:
         with self._lock:
+            lock = self._load_locks.setdefault(key, threading.Lock())
+        with lock, self._lock:  # after any load of it in progress, so that nothing it loads outlives it
             versions = self._versions.get(key[0], {})
             info = versions.pop(key[1], None)
             if not versions:

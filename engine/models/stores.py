@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -10,6 +11,8 @@ from typing import Protocol
 
 from engine.errors import ModelError
 from engine.models.layout import FileEntry, VersionInfo, is_hidden
+
+log = logging.getLogger("engine.models")
 
 
 class Store(Protocol):
@@ -41,23 +44,31 @@ class LocalStore:
     keeps_copies = False
 
     def listing(self, location: str) -> tuple[list[FileEntry], bool] | None:
-        """Walk the directory (or stat the file)."""
+        """Walk the directory (or stat the file); sub-directories are listed too, as "path/" entries."""
         root = Path(location)
         if root.is_file():
             stat = root.stat()
-            return [FileEntry("", stat.st_size, stat.st_mtime)], True
+            return [FileEntry("", stat.st_size, stat.st_mtime, _inode(stat))], True
         if not root.is_dir():
             return None
         entries = []
-        for current, dirs, files in os.walk(root):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in files:
+        seen = {_identity(root)}  # symlinked directories are followed, each real directory once (no loops)
+        for current, dirs, files in os.walk(root, followlinks=True):
+            kept = []
+            for name, is_dir in [(d, True) for d in dirs if not d.startswith(".")] + [(f, False) for f in files]:
                 path = Path(current, name)
                 try:
                     stat = path.stat()
-                except FileNotFoundError:  # removed while we walked
+                except OSError:  # removed while we walked, or a dangling link
                     continue
-                entries.append(FileEntry(path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime))
+                relative = path.relative_to(root).as_posix()
+                if not is_dir:
+                    entries.append(FileEntry(relative, stat.st_size, stat.st_mtime, _inode(stat)))
+                elif (stat.st_dev, stat.st_ino) not in seen:
+                    seen.add((stat.st_dev, stat.st_ino))
+                    kept.append(name)
+                    entries.append(FileEntry(relative + "/", 0, stat.st_mtime))
+            dirs[:] = kept
         return entries, False
 
     def subdirectories(self, location: str) -> list[str]:
@@ -104,10 +115,17 @@ class S3Store:
         objects = self._objects(bucket, key.rstrip("/"))
         exact = [o for o in objects if o["Key"] == key.rstrip("/")]
         if exact and key and not key.endswith("/"):
-            return [FileEntry("", exact[0]["Size"], exact[0]["LastModified"].timestamp())], True
+            return [_object_entry("", exact[0])], True
         prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-        entries = [FileEntry(o["Key"][len(prefix):], o["Size"], o["LastModified"].timestamp())
-                   for o in objects if o["Key"].startswith(prefix) and not o["Key"].endswith("/")]
+        entries = []
+        for obj in objects:
+            if not obj["Key"].startswith(prefix) or obj["Key"].endswith("/"):
+                continue  # a sibling sharing the prefix, or a "directory" marker object
+            relative = obj["Key"][len(prefix):]
+            if not is_safe_relative(relative):
+                log.warning("ignoring s3://%s/%s: its key cannot be a local path", bucket, obj["Key"])
+                continue
+            entries.append(_object_entry(relative, obj))
         return (entries, False) if entries else None
 
     def subdirectories(self, location: str) -> list[str]:
@@ -126,10 +144,13 @@ class S3Store:
         single_file = PurePosixPath(key).name if version.files[0].path == "" else None
         if target.exists():
             return target / single_file if single_file else target
+        self.cache_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_root))
         try:
             for entry in version.files:
                 object_key = key if entry.path == "" else f"{key.rstrip('/')}/{entry.path}"
+                if not is_safe_relative(entry.path or single_file):
+                    raise ModelError(f"s3://{bucket}/{object_key}: its key cannot be a local path")
                 local = staging / (entry.path or single_file)
                 local.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(bucket, object_key, str(local))
@@ -152,6 +173,25 @@ class S3Store:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
             objects += page.get("Contents", [])
         return objects
+
+
+def is_safe_relative(path: str) -> bool:
+    """A relative path that stays where it is joined: no '', '.' or '..' component, no leading '/'."""
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _inode(stat: os.stat_result) -> str:
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _object_entry(relative: str, obj: dict) -> FileEntry:
+    """An S3 object; LastModified has whole seconds only, so its ETag tells same-second rewrites apart."""
+    return FileEntry(relative, obj["Size"], obj["LastModified"].timestamp(), obj.get("ETag", "").strip('"'))
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
 
 
 def split_s3(location: str) -> tuple[str, str]:

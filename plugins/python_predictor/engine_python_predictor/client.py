@@ -5,6 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.errors import ModelError
 from engine.models import ModelRepository
 
 
@@ -43,6 +44,9 @@ class PythonClient:
 
     def get_model(self, model_name: str | None = None, model_version: str | int | None = "latest") -> Any:
         """What load_model returned for that version ("latest" by default, also when model_version is None)."""
+        if self._format.load_method is None:  # checked here, so that no version is marked broken for it
+            raise ModelError("python_client.get_model() works only after the predictor's __init__ has returned "
+                             "(models are loaded with its load_model method); call it from predict()")
         return self._repository.get(model_name, model_version)
 
     def set_load_method(self, load_model: Callable[[str], Any]) -> None:
