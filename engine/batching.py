@@ -30,8 +30,9 @@ class AsyncBatcher:
     """Gathers items on the event loop and runs each batch with `run_batch` on an executor."""
 
     def __init__(self, run_batch: Callable[[list[Any]], list[Any]], executor: Executor, max_batch_size: int,
-                 interval: float) -> None:
+                 interval: float, on_batch: Callable[[int], None] | None = None) -> None:
         self.run_batch = run_batch
+        self.on_batch = on_batch
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.interval = interval
@@ -57,6 +58,8 @@ class AsyncBatcher:
         if self._waiting:
             self._timer = asyncio.get_running_loop().call_later(self.interval, self._flush)
         if batch:
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             task = asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, [i for i, _ in batch])
             task.add_done_callback(lambda done: _settle([f for _, f in batch], done))
 

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
 
 from engine import __version__
 from engine.errors import EngineError
 
 log = logging.getLogger("engine")
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # engine.metrics reads it; importing that module here would be too early
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +32,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, started: float) -> int:
+    metrics_dir = None
+    if not os.environ.get(MULTIPROCESS_ENV):  # must be set before prometheus_client is imported
+        metrics_dir = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="engine-metrics-")
+    try:
+        return _serve_project(args, started)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_project(args: argparse.Namespace, started: float) -> int:
     from engine.server import serve
 
     log.info("engine %s starting (imports took %.2f s)", __version__, time.monotonic() - started)

@@ -1,22 +1,96 @@
-"""Prometheus metrics of one app, in a registry of its own so several apps can live in one process."""
+"""Prometheus metrics and access logs.
+
+`engine serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before prometheus_client is imported, so that
+worker processes (processes_per_replica > 1) write their samples there and GET /metrics adds up every process.
+Without it (an app hosted in-process, as tests do), each app keeps its samples in a registry of its own.
+"""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
+import logging
+import os
+import time
+import uuid
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from starlette.requests import Request
+from starlette.responses import Response
 
 disable_created_metrics()  # the *_created series double the output and no dashboard of ours reads them
 
+access_log = logging.getLogger("engine.access")
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+REQUEST_ID_HEADER = "x-request-id"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = tuple(float(2**n) for n in range(11))  # 1 … 1024, max_batch_size's range
+
 
 class Metrics:
-    """The counters the request pipeline updates and GET /metrics exposes."""
+    """Every metric engine exports. Labels are API and model names from the configuration, never request data."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        registry = self.registry
         self.requests = Counter("engine_requests", "Requests answered, by API, method and status code",
-                                ["api", "method", "status_code"], registry=self.registry)
+                                ["api", "method", "status_code"], registry=registry)
+        self.latency = Histogram("engine_request_duration_seconds", "Time from request to response, by API",
+                                 ["api"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.in_flight = Gauge("engine_requests_in_flight", "Requests being served, by API", ["api"],
+                               multiprocess_mode="livesum", registry=registry)
+        self.rejected = Counter("engine_requests_rejected", "Requests answered 503 because max_replica_concurrency "
+                                "requests were in flight, by API", ["api"], registry=registry)
+        self.predictor_exceptions = Counter("engine_predictor_exceptions", "Exceptions raised by predict(), by API",
+                                            ["api"], registry=registry)
+        self.batch_size = Histogram("engine_batch_size", "Requests (or inference calls) merged into one batch",
+                                    ["api"], buckets=_BATCH_BUCKETS, registry=registry)
+        self.model_loads = Counter("engine_model_loads", "Model version loads, by API, model, kind (load or "
+                                   "reload) and outcome (ok or error)", ["api", "model", "kind", "outcome"],
+                                   registry=registry)
+        self.model_load_seconds = Histogram("engine_model_load_duration_seconds", "Time to load a model version",
+                                            ["api", "model"], buckets=_LATENCY_BUCKETS, registry=registry)
 
     def render(self) -> bytes:
-        """The registry in Prometheus text format."""
+        """Every sample in Prometheus text format, summed over worker processes when there are any."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
+
+    def observe_request(self, api: str, request: Request, response: Response, started: float) -> None:
+        """Count and log one answered request, and return its request id to the client."""
+        seconds = time.perf_counter() - started
+        status = str(response.status_code)
+        self.requests.labels(api, request.method, status).inc()
+        self.latency.labels(api).observe(seconds)
+        request_id = request.headers.get(REQUEST_ID_HEADER, "")
+        response.headers[REQUEST_ID_HEADER] = request_id
+        access_log.info("%s %s %s %s %.1fms request_id=%s", api, request.method, request.url.path, status,
+                        seconds * 1e3, request_id)
+
+    def model_loaded(self, api: str, model: str, reload: bool, ok: bool, seconds: float) -> None:
+        """Count one model version load."""
+        self.model_loads.labels(api, model, "reload" if reload else "load", "ok" if ok else "error").inc()
+        if ok:
+            self.model_load_seconds.labels(api, model).observe(seconds)
+
+
+def ensure_request_id(request: Request) -> str:
+    """The request's X-Request-ID, or a new one added to its headers (so the predictor and workers see it too)."""
+    existing = request.headers.get(REQUEST_ID_HEADER)
+    if existing:
+        return existing
+    request_id = uuid.uuid4().hex
+    request.scope["headers"] = [*request.scope["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
+    request.__dict__.pop("_headers", None)  # Starlette caches the parsed headers
+    return request_id
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges from the sums."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        mark_process_dead(pid)

@@ -5,6 +5,7 @@ import asyncio
 import inspect
 import logging
 import re
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from engine import plugins
 from engine.batching import AsyncBatcher, concurrent_predicts
 from engine.config import Api
 from engine.errors import MissingPluginError, ModelError, PayloadError
-from engine.metrics import Metrics
+from engine.metrics import Metrics, ensure_request_id
 from engine.models import ModelRepository
 from engine.predictor import Predictor, check_class, import_class, runtime_methods
 
@@ -38,8 +39,9 @@ class ApiRuntime:
     """Serves one API: initialises its predictor on the pool, then answers its POST and GET requests."""
 
     def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics, model_poll_interval: float = 10.0,
-                 process_index: int = 0) -> None:
+                 process_index: int = 0, observe_requests: bool = True) -> None:
         self.api = api
+        self.observe_requests = observe_requests  # False in worker processes: the front process counts and logs
         self.model_poll_interval = model_poll_interval
         self.process_index = process_index
         self.pm = pm
@@ -88,7 +90,7 @@ class ApiRuntime:
         batching = api.predictor.server_side_batching
         if batching and not ptype.client_batching:
             self.batcher = AsyncBatcher(predictor.predict_batch, self.pool, batching.max_batch_size,
-                                        batching.batch_interval)
+                                        batching.batch_interval, on_batch=self.metrics.batch_size.labels(api.name).observe)
         self.predictor = predictor
 
     async def start(self, view: Path, project_root: Path) -> None:
@@ -100,13 +102,20 @@ class ApiRuntime:
         await asyncio.get_running_loop().run_in_executor(None, self.drain)
 
     async def handle_post(self, request: Request) -> Response:
-        """Run predict for one request and count it."""
+        """Run predict for one request, then count and log it."""
+        started = time.perf_counter()
+        if self.observe_requests:
+            ensure_request_id(request)
         response = await self._predict(request)
-        self.metrics.requests.labels(self.api.name, "POST", str(response.status_code)).inc()
+        if self.observe_requests:
+            self.metrics.observe_request(self.api.name, request, response, started)
         return response
 
     async def handle_get(self, request: Request) -> Response:
         """The API's summary: Cortex's message, and its models' metadata when it has a model client."""
+        started = time.perf_counter()
+        if self.observe_requests:
+            ensure_request_id(request)
         if not self.ready:
             response = self._not_ready()
         else:
@@ -114,7 +123,8 @@ class ApiRuntime:
             if self.client is not None and hasattr(self.client, "metadata"):
                 body["model_metadata"] = self.client.metadata()
             response = JSONResponse(body)
-        self.metrics.requests.labels(self.api.name, "GET", str(response.status_code)).inc()
+        if self.observe_requests:
+            self.metrics.observe_request(self.api.name, request, response, started)
         return response
 
     def _not_ready(self) -> Response:
@@ -123,12 +133,15 @@ class ApiRuntime:
 
     async def _predict(self, request: Request) -> Response:
         if self.in_flight >= self.max_in_flight:
+            self.metrics.rejected.labels(self.api.name).inc()
             return error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, its "
                                        "max_replica_concurrency; retry later")
         predictor = self.predictor
         if predictor is None:
             return self._not_ready()
         self.in_flight += 1
+        if self.observe_requests:
+            self.metrics.in_flight.labels(self.api.name).inc()
         arguments: dict[str, Any] = {}
         try:
             arguments = await self._arguments(request, predictor)
@@ -150,10 +163,13 @@ class ApiRuntime:
             return error_response(error.status_code, str(error))
         except Exception as error:
             _close_uploads(arguments)
+            self.metrics.predictor_exceptions.labels(self.api.name).inc()
             log.exception("api '%s': predict failed", self.api.name)
             return error_response(500, f"{type(error).__name__}: {error}")
         finally:
             self.in_flight -= 1
+            if self.observe_requests:
+                self.metrics.in_flight.labels(self.api.name).dec()
         if predictor.post_predict_args is not None:
             _add_background(response, BackgroundTask(self._submit_post_predict, predictor, result, arguments))
         elif isinstance(arguments.get("payload"), FormData):

@@ -65,7 +65,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _build_runtime(args: argparse.Namespace) -> ApiRuntime:
     api = next(api for api in load_config(Path(args.config)) if api.name == args.api)
-    runtime = ApiRuntime(api, make_plugin_manager(), Metrics(), args.model_poll_interval, process_index=args.index)
+    runtime = ApiRuntime(api, make_plugin_manager(), Metrics(), args.model_poll_interval, process_index=args.index,
+                         observe_requests=False)
     runtime.max_in_flight = sys.maxsize  # the front process enforces max_replica_concurrency across workers
     enter_view(Path(args.view), [api.predictor.python_path or ""])
     return runtime

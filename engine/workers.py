@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from starlette.responses import Response
 from engine import ipc
 from engine.config import Api
 from engine.errors import EngineError
-from engine.metrics import Metrics
+from engine.metrics import Metrics, ensure_request_id, worker_exited
 from engine.runtime import error_response
 
 log = logging.getLogger("engine")
@@ -88,6 +89,7 @@ class WorkerGroup:
         self.metrics = metrics
         self.size = api.predictor.processes_per_replica
         self.capacity = capacity  # requests one worker can work on at once (threads, times batch size if batching)
+        self.batching = api.predictor.server_side_batching is not None
         self.max_in_flight = api.autoscaling.max_replica_concurrency
         self.in_flight = 0
         self.failure: str | None = None
@@ -173,6 +175,7 @@ class WorkerGroup:
 
     async def _watch(self, worker: Worker) -> None:
         code = await worker.process.wait()
+        worker_exited(worker.process.pid)
         worker.ready = False
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
@@ -207,22 +210,30 @@ class WorkerGroup:
 
     async def handle_post(self, request: Request) -> Response:
         """Forward a prediction to a worker with a free thread."""
+        started = time.perf_counter()
+        ensure_request_id(request)
         if self.in_flight >= self.max_in_flight:
+            self.metrics.rejected.labels(self.api.name).inc()
             response = error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, "
                                             "its max_replica_concurrency; retry later")
         else:
             self.in_flight += 1
+            gauge = self.metrics.in_flight.labels(self.api.name)
+            gauge.inc()
             try:
                 response = await self._forward(request)
             finally:
                 self.in_flight -= 1
-        self.metrics.requests.labels(self.api.name, "POST", str(response.status_code)).inc()
+                gauge.dec()
+        self.metrics.observe_request(self.api.name, request, response, started)
         return response
 
     async def handle_get(self, request: Request) -> Response:
         """The API's summary, from one of its workers."""
+        started = time.perf_counter()
+        ensure_request_id(request)
         response = await self._forward(request)
-        self.metrics.requests.labels(self.api.name, "GET", str(response.status_code)).inc()
+        self.metrics.observe_request(self.api.name, request, response, started)
         return response
 
     async def _forward(self, request: Request) -> Response:
@@ -240,7 +251,7 @@ class WorkerGroup:
         return ForwardedResponse(status, headers, content, (lambda: worker.ack(request_id)) if wants_ack else None)
 
     async def _acquire(self) -> Worker:
-        """The least-loaded worker with a free thread; requests wait in arrival order when all are busy."""
+        """A worker with a free thread (the least loaded; with batching the fullest); requests wait in arrival order."""
         if not self._waiting:
             worker = self._least_loaded()
             if worker is not None:
@@ -258,7 +269,11 @@ class WorkerGroup:
 
     def _least_loaded(self) -> Worker | None:
         free = [w for w in self.workers.values() if w.ready and w.load < self.capacity]
-        return min(free, key=lambda w: (w.load, w.index)) if free else None
+        if not free:
+            return None
+        if self.batching:  # fill one worker's batch before starting another's, so batches fill at full rate
+            return max(free, key=lambda w: (w.load, -w.index))
+        return min(free, key=lambda w: (w.load, w.index))
 
     def _hand_out(self) -> None:
         """Give free threads to waiting requests, first come first served."""
