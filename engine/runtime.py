@@ -72,8 +72,11 @@ class ApiRuntime:
         if api.predictor.models is not None:
             if ptype.model_format is None:
                 raise MissingPluginError(f"the {ptype.name} predictor type does not support models")
-            self.models = ModelRepository(api.predictor.models, project_root, ptype.model_format(api, device),
-                                          ptype.name, poll_interval=self.model_poll_interval)
+            self.models = ModelRepository(
+                api.predictor.models, project_root, ptype.model_format(api, device), ptype.name,
+                poll_interval=self.model_poll_interval,
+                on_load=lambda model, reload, ok, seconds: self.metrics.model_loaded(api.name, model, reload, ok,
+                                                                                     seconds))
             self.models.scan()
         self.client = plugins.create_client(self.pm, api, device, self.models)
         module_name = "engine_predictor_" + re.sub(r"\W", "_", api.name)

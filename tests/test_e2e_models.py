@@ -173,3 +173,18 @@ def test_s3_models_versions_and_live_reload(s3_server, tmp_path):
         wait_until(lambda: predict(server).json()["prediction"] == 20.0)
     finally:
         assert server.stop() == 0
+
+
+def test_model_load_metrics(mpg):
+    from test_e2e_metrics import samples, value
+
+    _, server = mpg
+    for region in ("usa", "europe", "usa"):
+        assert predict(server, "/mpg-regional", region=region).status_code == 200
+    found = samples(server)
+    loads = {(model, kind): value(found, "engine_model_loads_total", api="mpg-regional", model=model, kind=kind,
+                                  outcome="ok") for model in ("usa", "europe") for kind in ("load", "reload")}
+    assert loads == {("usa", "load"): 1, ("usa", "reload"): 1, ("europe", "load"): 1, ("europe", "reload"): 0}
+    assert value(found, "engine_model_load_duration_seconds_count", api="mpg-regional", model="usa") == 2
+    assert value(found, "engine_model_loads_total", api="mpg-estimator", model="_cortex_default", kind="load",
+                 outcome="ok") == 2  # versions 1 and 2 preloaded

@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,11 @@ class ModelRepository:
     """Finds, loads, reloads and evicts the models of one API; shared by every client type."""
 
     def __init__(self, models: Models, project_root: Path, fmt: ModelFormat, type_name: str, *,
-                 poll_interval: float = 10.0, cache_root: Path | None = None) -> None:
+                 poll_interval: float = 10.0, cache_root: Path | None = None,
+                 on_load: Callable[[str, bool, bool, float], None] | None = None) -> None:
         self.fmt = fmt
+        self.on_load = on_load  # (model name, reload, ok, seconds) after every load attempt, for metrics
+        self._ever_loaded: set[Key] = set()
         self.type_name = type_name
         self.poll_interval = poll_interval
         self.settle = min(1.0, poll_interval / 2)  # a version whose files changed this recently may be half-written
@@ -242,6 +246,7 @@ class ModelRepository:
         except Exception as error:
             message = f"model {name} of version {version} failed to {step}: {type(error).__name__}: {error}"
             log.exception("%s", message)
+            self._report_load(key, False, started)
             with self._lock:
                 self._release_slot(key)
                 # a load failure sticks until the files change; a failed download is tried again next time
@@ -259,7 +264,15 @@ class ModelRepository:
         if replaced is not None:
             self._unload(replaced.model)
         log.info("model %s of version %s loaded in %.2f s", name, version, time.monotonic() - started)
+        self._report_load(key, True, started)
         return model
+
+    def _report_load(self, key: Key, ok: bool, started: float) -> None:
+        reload = key in self._ever_loaded  # after an eviction or a change in place
+        if ok:
+            self._ever_loaded.add(key)
+        if self.on_load is not None:
+            self.on_load(key[0], reload, ok, time.monotonic() - started)
 
     def _current(self, key: Key) -> VersionInfo:
         info = self._versions.get(key[0], {}).get(key[1])
