@@ -79,6 +79,8 @@ class ApiRuntime:
                                                                                      seconds))
             self.models.scan()
         self.client = plugins.create_client(self.pm, api, device, self.models)
+        if getattr(self.client, "batcher", None) is not None:  # a client that batches inference calls itself
+            self.client.batcher.on_batch = self.metrics.batch_size.labels(api.name).observe
         module_name = "engine_predictor_" + re.sub(r"\W", "_", api.name)
         predictor_class = import_class(view / api.predictor.path, ptype.class_name, module_name)
         methods = runtime_methods(predictor_class)

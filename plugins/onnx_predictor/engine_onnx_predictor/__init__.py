@@ -17,6 +17,7 @@ ONNX = PredictorType(
     class_name="ONNXPredictor",
     client_arg="onnx_client",
     requires_models=True,
+    client_batching=True,
     extra="engine[onnx]",
     model_format=_model_format,
 )
@@ -30,17 +31,11 @@ def engine_predictor_types():
 
 @hookimpl
 def engine_validate_api(api, project_root):
-    """What Cortex rejected for ONNX APIs: Inferentia and server-side batching."""
-    if api.predictor.type != ONNX.name:
+    """What Cortex rejected for ONNX APIs: Inferentia."""
+    if api.predictor.type != ONNX.name or not api.compute.inf:
         return []
-    problems = []
-    if api.compute.inf:
-        problems.append(f"compute.inf: {api.compute.inf}: the onnx predictor type cannot run on Inferentia (Cortex "
-                        "rejected it too); remove compute.inf (use compute.gpu with engine[gpu] for a GPU)")
-    if api.predictor.server_side_batching:
-        problems.append("predictor.server_side_batching is not supported for the onnx predictor type (Cortex never "
-                        "batched ONNX requests); remove it, or batch inside predict()")
-    return problems
+    return [f"compute.inf: {api.compute.inf}: the onnx predictor type cannot run on Inferentia (Cortex rejected it "
+            "too); remove compute.inf (use compute.gpu with engine[gpu] for a GPU)"]
 
 
 @hookimpl
@@ -50,4 +45,4 @@ def engine_create_client(api, device, models):
         return None
     from engine_onnx_predictor.client import ONNXClient
 
-    return ONNXClient(models)
+    return ONNXClient(models, api.predictor.server_side_batching)

@@ -6,7 +6,10 @@ from typing import Any
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from engine import ModelError
+from engine.batching import ThreadBatcher
+from engine.config import ServerSideBatching
 from engine.models import ModelRepository
+from engine_onnx_predictor.batching import batch_key, run_batch, unwrap
 from engine_onnx_predictor.convert import describe_value, to_feed
 from engine_onnx_predictor.model_format import OnnxModel
 
@@ -16,8 +19,11 @@ DEFAULT_MODEL_NAME = "_cortex_default"
 class ONNXClient:
     """What an ONNXPredictor gets as onnx_client."""
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, batching: ServerSideBatching | None = None) -> None:
         self._repository = repository
+        # engine counts batch sizes through this attribute (see docs/plugin_hooks.md, engine_create_client)
+        self.batcher = ThreadBatcher(lambda key, calls: run_batch(calls), batching.max_batch_size,
+                                     batching.batch_interval) if batching else None
 
     def predict(self, model_input: Any, model_name: str | None = None,
                 model_version: str | int | None = "latest") -> list[Any]:
@@ -25,7 +31,10 @@ class ONNXClient:
         model: OnnxModel = self._repository.get(model_name, model_version)
         label = self._label(model, model_name, model_version)
         feed = to_feed(model_input, model.inputs, label)
+        key = batch_key(model, feed) if self.batcher is not None else None
         try:
+            if key is not None:
+                return unwrap(self.batcher.call(key, (model, feed)))
             return model.session.run(None, feed)
         except InvalidArgument as error:  # onnxruntime rejected the converted input (type or shape)
             given = ", ".join(f"'{name}': {describe_value(value)}" for name, value in feed.items())

@@ -64,8 +64,6 @@ def test_v025_spelling_models_path_to_a_file_validates(project):
 
 @pytest.mark.parametrize("predictor_extra, api_extra, expected", [
     ("model_path: model/", "compute:\n  inf: 1", "the onnx predictor type cannot run on Inferentia"),
-    ("model_path: model/\nserver_side_batching:\n  max_batch_size: 2\n  batch_interval: 0.1s", "",
-     "server_side_batching is not supported for the onnx predictor type"),
     ("", "", "at least one model must be specified for the onnx predictor type"),
     ("model_path: model/\nsignature_key: serving_default", "", "signature_key is not a supported field"),
 ])
