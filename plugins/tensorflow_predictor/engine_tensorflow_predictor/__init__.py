@@ -1,0 +1,55 @@
+"""The `tensorflow` predictor type: class TensorFlowPredictor, given tensorflow_client; SavedModels run in-process.
+
+Importing this module must not import TensorFlow (it is imported at every engine start, through the entry point):
+TensorFlow is imported when a tensorflow API builds its model format, on the API's thread, before /readyz.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+from engine import PredictorType, hookimpl
+from engine_tensorflow_predictor.signatures import SignatureKeys
+
+INSTALL_HINT = "pip install 'engine[tensorflow]' (or pip install tensorflow-cpu)"
+
+
+def _model_format(api, device):
+    from engine_tensorflow_predictor.model import TensorFlowModelFormat
+
+    return TensorFlowModelFormat(SignatureKeys.from_models(api.predictor.models), device)
+
+
+TENSORFLOW = PredictorType(
+    name="tensorflow",
+    class_name="TensorFlowPredictor",
+    client_arg="tensorflow_client",
+    requires_models=True,
+    type_fields=frozenset({"signature_key", "tensorflow_serving_image"}),
+    extra="engine[tensorflow]",
+    client_batching=True,  # server_side_batching merges concurrent client calls; predict() sees one request
+    model_format=_model_format,
+)
+
+
+@hookimpl
+def engine_predictor_types():
+    """Provide the tensorflow predictor type."""
+    return [TENSORFLOW]
+
+
+@hookimpl
+def engine_validate_api(api, project_root):
+    """A tensorflow API needs TensorFlow installed (found without importing it)."""
+    if api.predictor.type != TENSORFLOW.name or importlib.util.find_spec("tensorflow") is not None:
+        return []
+    return [f"predictor.type: tensorflow needs TensorFlow, which is not installed: {INSTALL_HINT}"]
+
+
+@hookimpl
+def engine_create_client(api, device, models):
+    """The tensorflow_client of a tensorflow API, over its model repository."""
+    if api.predictor.type != TENSORFLOW.name:
+        return None
+    from engine_tensorflow_predictor.client import TensorFlowClient
+
+    return TensorFlowClient(models, SignatureKeys.from_models(api.predictor.models), api.predictor.server_side_batching)

@@ -1,0 +1,62 @@
+"""tensorflow_client: runs a SavedModel's signature in this process, answering as Cortex's client did."""
+from __future__ import annotations
+
+from typing import Any
+
+from engine import ModelError
+from engine.config import DEFAULT_MODEL_NAME, ServerSideBatching
+from engine.models import ModelRepository
+from engine_tensorflow_predictor.batching import SignatureBatcher
+from engine_tensorflow_predictor.inputs import convert_inputs
+from engine_tensorflow_predictor.model import SavedModel
+from engine_tensorflow_predictor.outputs import cortex_outputs
+from engine_tensorflow_predictor.signatures import SignatureError, SignatureKeys, select_signature
+
+
+class TensorFlowClient:
+    """What a TensorFlowPredictor gets as tensorflow_client."""
+
+    def __init__(self, repository: ModelRepository, keys: SignatureKeys,
+                 batching: ServerSideBatching | None = None) -> None:
+        self._repository = repository
+        self._keys = keys
+        self._batcher = SignatureBatcher(batching) if batching is not None else None
+
+    def predict(self, model_input: dict[str, Any], model_name: str | None = None,
+                model_version: str | int | None = "latest", *, raw: bool = False) -> dict[str, Any]:
+        """Run the model's signature on a dict of its inputs; outputs as Cortex gave them, or numpy arrays if raw."""
+        model: SavedModel = self._repository.get(model_name, model_version)
+        name = DEFAULT_MODEL_NAME if self._repository.single else model_name
+        version = "latest" if model_version is None else model_version
+        where = f"model '{name}' of version '{version}'"
+        try:
+            signature = model.signature(self._keys.for_model(name))
+        except SignatureError as error:
+            raise ModelError(f"{where}: {error}") from None
+        arrays = convert_inputs(model_input, signature.inputs, f"{where} (signature '{signature.key}')")
+        try:
+            outputs = self._batcher.run(signature, arrays) if self._batcher else signature.run(arrays)
+        except Exception as error:
+            message = getattr(error, "message", None) or str(error)
+            raise ModelError(f"inference failed for {where} (signature '{signature.key}'): "
+                             f"{type(error).__name__}: {message}") from error
+        return outputs if raw else cortex_outputs(outputs)
+
+    def metadata(self) -> dict[str, Any]:
+        """model_metadata of the API's GET summary: versions, and per loaded version its signature and inputs."""
+        summary = self._repository.metadata()
+        for name, entry in summary.items():
+            for described in entry.get("details", {}).values():
+                self._choose(name, described)
+        return summary
+
+    def _choose(self, name: str, described: dict[str, Any]) -> None:
+        signatures = described.get("signatures", {})
+        try:
+            key = select_signature(list(signatures), self._keys.for_model(name))
+        except SignatureError as error:
+            described["signature_error"] = str(error)
+            return
+        described["signature_key"] = key
+        described["input_signatures"] = signatures[key]["inputs"]
+
