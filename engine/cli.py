@@ -33,13 +33,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, started: float) -> int:
     metrics_dir = None
-    if not os.environ.get(MULTIPROCESS_ENV):  # must be set before prometheus_client is imported
+    if not os.environ.get(MULTIPROCESS_ENV) and _has_worker_processes(args):  # set before prometheus_client loads
         metrics_dir = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="engine-metrics-")
     try:
         return _serve_project(args, started)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _has_worker_processes(args: argparse.Namespace) -> bool:
+    """True when some API asks for processes_per_replica > 1 (an invalid config is reported later, by serve)."""
+    from engine.config import load_config
+    from engine.validate import find_config
+
+    try:
+        apis = load_config(find_config(args.project_dir, args.config_file))
+    except EngineError:
+        return False
+    return any(api.predictor.processes_per_replica > 1 for api in apis)
 
 
 def _serve_project(args: argparse.Namespace, started: float) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,15 @@ def create_client(pm: pluggy.PluginManager, api: Api, device: Device, models: An
             f"{_install_hint(ptype.name)}"
         )
     return client
+
+
+def fast_caller(hook: pluggy.HookCaller) -> Callable[..., Any]:
+    """A firstresult hook, or its only implementation when nothing else is installed (a per-request saving)."""
+    implementations = hook.get_hookimpls()
+    if len(implementations) == 1 and tuple(implementations[0].argnames) == tuple(hook.spec.argnames) \
+            and hook.spec.opts.get("firstresult"):
+        return implementations[0].function
+    return hook
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ class ApiRuntime:
         if self.ptype.client_batching and api.predictor.server_side_batching:
             threads = concurrent_predicts(api, client_batching=True)  # concurrent calls are what the client merges
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"api-{api.name}")
+        self.parse_payload = plugins.fast_caller(pm.hook.engine_parse_payload)
+        self.encode_response = plugins.fast_caller(pm.hook.engine_encode_response)
         self.batcher: AsyncBatcher | None = None
         self.max_in_flight = api.autoscaling.max_replica_concurrency
         self.in_flight = 0
@@ -80,7 +82,7 @@ class ApiRuntime:
             self.models.scan()
         self.client = plugins.create_client(self.pm, api, device, self.models)
         if getattr(self.client, "batcher", None) is not None:  # a client that batches inference calls itself
-            self.client.batcher.on_batch = self.metrics.batch_size.labels(api.name).observe
+            self.client.batcher.on_batch = self.metrics.child(self.metrics.batch_size, api.name).observe
         module_name = "engine_predictor_" + re.sub(r"\W", "_", api.name)
         predictor_class = import_class(view / api.predictor.path, ptype.class_name, module_name)
         methods = runtime_methods(predictor_class)
@@ -95,7 +97,8 @@ class ApiRuntime:
         batching = api.predictor.server_side_batching
         if batching and not ptype.client_batching:
             self.batcher = AsyncBatcher(predictor.predict_batch, self.pool, batching.max_batch_size,
-                                        batching.batch_interval, on_batch=self.metrics.batch_size.labels(api.name).observe)
+                                        batching.batch_interval,
+                                        on_batch=self.metrics.child(self.metrics.batch_size, api.name).observe)
         self.predictor = predictor
 
     async def start(self, view: Path, project_root: Path) -> None:
@@ -138,7 +141,7 @@ class ApiRuntime:
 
     async def _predict(self, request: Request) -> Response:
         if self.in_flight >= self.max_in_flight:
-            self.metrics.rejected.labels(self.api.name).inc()
+            self.metrics.child(self.metrics.rejected, self.api.name).inc()
             return error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, its "
                                        "max_replica_concurrency; retry later")
         predictor = self.predictor
@@ -146,7 +149,7 @@ class ApiRuntime:
             return self._not_ready()
         self.in_flight += 1
         if self.observe_requests:
-            self.metrics.in_flight.labels(self.api.name).inc()
+            self.metrics.child(self.metrics.in_flight, self.api.name).inc()
         arguments: dict[str, Any] = {}
         try:
             arguments = await self._arguments(request, predictor)
@@ -154,8 +157,7 @@ class ApiRuntime:
                 result = await self.batcher.submit(arguments)
             else:
                 result = await asyncio.get_running_loop().run_in_executor(self.pool, predictor.predict, arguments)
-            response = self.pm.hook.engine_encode_response(result=result, request_headers=request.headers,
-                                                           api=self.api)
+            response = self.encode_response(result=result, request_headers=request.headers, api=self.api)
         except PayloadError as error:
             return error_response(400, str(error))
         except HTTPException as error:
@@ -168,13 +170,13 @@ class ApiRuntime:
             return error_response(error.status_code, str(error))
         except Exception as error:
             _close_uploads(arguments)
-            self.metrics.predictor_exceptions.labels(self.api.name).inc()
+            self.metrics.child(self.metrics.predictor_exceptions, self.api.name).inc()
             log.exception("api '%s': predict failed", self.api.name)
             return error_response(500, f"{type(error).__name__}: {error}")
         finally:
             self.in_flight -= 1
             if self.observe_requests:
-                self.metrics.in_flight.labels(self.api.name).dec()
+                self.metrics.child(self.metrics.in_flight, self.api.name).dec()
         if predictor.post_predict_args is not None:
             _add_background(response, BackgroundTask(self._submit_post_predict, predictor, result, arguments))
         elif isinstance(arguments.get("payload"), FormData):
@@ -184,9 +186,8 @@ class ApiRuntime:
     async def _arguments(self, request: Request, predictor: Predictor) -> dict[str, Any]:
         arguments: dict[str, Any] = {}
         if predictor.wants_payload:
-            payload = self.pm.hook.engine_parse_payload(body=await request.body(),
-                                                        content_type=request.headers.get("content-type", ""),
-                                                        headers=request.headers, api=self.api)
+            payload = self.parse_payload(body=await request.body(), content_type=request.headers.get("content-type", ""),
+                                         headers=request.headers, api=self.api)
             arguments["payload"] = await payload if inspect.isawaitable(payload) else payload
         if predictor.wants_query_params:
             arguments["query_params"] = request.query_params

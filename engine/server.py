@@ -4,7 +4,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
@@ -23,7 +25,16 @@ def serve(project_dir: str | Path = ".", config_file: str | Path | None = None, 
 
     `app_options` are create_app's keyword options (model_poll_interval, worker_init_timeout).
     """
-    return asyncio.run(_serve(project_dir, config_file, host, port, graceful_timeout, app_options))
+    return run_event_loop(_serve(project_dir, config_file, host, port, graceful_timeout, app_options))
+
+
+def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where it is installed (a faster event loop), else on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def _serve(project_dir, config_file, host: str, port: int, graceful_timeout: float, app_options: dict) -> int:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -23,8 +26,11 @@ from engine.metrics import Metrics
 from engine.plugins import make_plugin_manager
 from engine.project import enter_view
 from engine.runtime import ApiRuntime
+from engine.server import run_event_loop
 
 log = logging.getLogger("engine")
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,12 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--model-poll-interval", type=float, required=True)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--parent", type=int, required=True, help="the front process's pid")
     args = parser.parse_args(argv)
+    _die_with(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the front decides
     logging.basicConfig(level=args.log_level, format=f"%(asctime)s %(name)s[{args.api}:{args.index}] %(levelname)s "
                                                      "%(message)s")
     sys.stdout.reconfigure(line_buffering=True)
-    return asyncio.run(_run(args))
+    return run_event_loop(_run(args))
+
+
+def _die_with(parent: int) -> None:
+    """Ask Linux to kill this worker if the front process dies without stopping it (e.g. SIGKILL, OOM)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: losing the connection to the front still ends the worker
+        pass
+    if os.getppid() != parent:  # the front died before we asked
+        os._exit(1)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -91,6 +110,10 @@ async def _serve(runtime: ApiRuntime, reader: asyncio.StreamReader, writer: asyn
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     stop_task.cancel()
+    if message is None:  # the front is gone: nobody will acknowledge responses any more
+        for ack in acks.values():
+            if not ack.done():
+                ack.set_result(None)
     if tasks:  # requests the front already handed us finish before we go
         await asyncio.wait(tasks)
 

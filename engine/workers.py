@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -126,7 +127,8 @@ class WorkerGroup:
         loop = asyncio.get_running_loop()
         self._connections[index] = loop.create_future()
         process = await asyncio.create_subprocess_exec(sys.executable, "-m", "engine.worker",
-                                                       f"--socket={self._socket}", f"--index={index}", *self._args)
+                                                       f"--socket={self._socket}", f"--index={index}",
+                                                       f"--parent={os.getpid()}", *self._args)
         worker = self.workers[index] = Worker(index, process)
         loop.create_task(self._watch(worker))
         message = await self._first_message(worker)
@@ -213,12 +215,12 @@ class WorkerGroup:
         started = time.perf_counter()
         ensure_request_id(request)
         if self.in_flight >= self.max_in_flight:
-            self.metrics.rejected.labels(self.api.name).inc()
+            self.metrics.child(self.metrics.rejected, self.api.name).inc()
             response = error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, "
                                             "its max_replica_concurrency; retry later")
         else:
             self.in_flight += 1
-            gauge = self.metrics.in_flight.labels(self.api.name)
+            gauge = self.metrics.child(self.metrics.in_flight, self.api.name)
             gauge.inc()
             try:
                 response = await self._forward(request)

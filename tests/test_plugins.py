@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import msgpack
+import pluggy
 import pytest
 from helpers import Server, api_yaml, write_project
 from starlette.responses import PlainTextResponse, Response
@@ -70,11 +71,17 @@ def test_engine_predictor_types(pm):
     assert types["python"].client_arg == "python_client"
 
 
-def test_missing_predictor_type_names_what_to_install():
+def core_and_python_only() -> pluggy.PluginManager:
+    """A manager with the core and the python type only, whatever else is installed."""
     import engine_python_predictor
 
-    pm = make_plugin_manager(load_entry_points=False)  # only the core and the python type, whatever is installed
+    pm = make_plugin_manager(load_entry_points=False)
     pm.register(engine_python_predictor, name="python")
+    return pm
+
+
+def test_missing_predictor_type_names_what_to_install():
+    pm = core_and_python_only()
     with pytest.raises(MissingPluginError, match=r"no plugin provides predictor type 'onnx'; installed: python\. "
                                                  r"Install engine\[onnx\]\."):
         predictor_type(pm, "onnx")
@@ -92,14 +99,16 @@ def test_engine_setup_device_cpu_default(pm, monkeypatch):
     assert single.threads == 4 and single.env == {}
 
 
-def test_engine_hardware_targets_missing_gpu_plugin(pm):
+def test_engine_hardware_targets_missing_gpu_plugin():
+    pm = core_and_python_only()
     api = Api.model_validate({"name": "x", "kind": "RealtimeAPI", "compute": {"gpu": 1},
                               "predictor": {"type": "python", "path": "p.py"}})
     with pytest.raises(MissingPluginError, match=r"hardware target 'gpu'.*installed: cpu\. Install engine\[gpu\]"):
         setup_device(pm, api, 0)
 
 
-def test_an_installed_hardware_plugin_owns_its_target(pm):
+def test_an_installed_hardware_plugin_owns_its_target():
+    pm = core_and_python_only()
     class FakeGpu:
         @hookimpl
         def engine_hardware_targets(self):

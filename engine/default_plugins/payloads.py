@@ -1,13 +1,12 @@
 """Cortex's payload parsing: JSON, form data, plain text, and raw bytes for everything else."""
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 
 from starlette.datastructures import FormData, Headers
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 
-from engine import hookimpl
+from engine import hookimpl, jsoncodec
 from engine.errors import PayloadError
 
 
@@ -27,7 +26,7 @@ def engine_parse_payload(body, content_type, headers, api):
 def parse_json(body: bytes):
     """Parse a JSON body; any JSON value is a valid payload."""
     try:
-        return json.loads(body)
+        return jsoncodec.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise PayloadError(f"invalid JSON body: {error}") from None
 
