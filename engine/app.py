@@ -21,6 +21,7 @@ from starlette.routing import Route
 from engine import plugins
 from engine.batching import concurrent_predicts
 from engine.errors import EngineError
+from engine.memory import settle_after_start_up
 from engine.metrics import Metrics
 from engine.project import enter_view, remove_view
 from engine.runtime import ApiRuntime, error_response
@@ -71,6 +72,7 @@ class AppState:
     async def _initialise(self) -> None:
         results = await asyncio.gather(*(self._start(backend) for backend in self.backends))
         if all(results):
+            settle_after_start_up()
             log.info("ready in %.2f s: every predictor has finished __init__", time.monotonic() - self.started_at)
             await asyncio.get_running_loop().run_in_executor(None, lambda: self.pm.hook.engine_startup(apis=self.apis))
 

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from engine import ipc
 from engine.config import load_config
 from engine.errors import EngineError
+from engine.memory import settle_after_start_up
 from engine.metrics import Metrics
 from engine.plugins import make_plugin_manager
 from engine.project import enter_view
@@ -73,6 +74,7 @@ async def _run(args: argparse.Namespace) -> int:
         details = str(error) if isinstance(error, EngineError) else "".join(traceback.format_exception(error))
         await ipc.send(writer, ("failed", details))
         return 1
+    settle_after_start_up()
     await ipc.send(writer, ("ready",))
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)

@@ -1,0 +1,33 @@
+"""Write the heavy MLP of the benchmark: 1024 → 4096 → 4096 → 10, float32, random weights, batch dimension free.
+
+    python benchmarks/mlp/make_model.py OUTPUT.onnx
+"""
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+SIZES = (1024, 4096, 4096, 10)
+
+
+def build() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    nodes, initializers, current = [], [], "x"
+    for layer, (inputs, outputs) in enumerate(zip(SIZES, SIZES[1:])):
+        weight = (rng.standard_normal((inputs, outputs)) / np.sqrt(inputs)).astype(np.float32)
+        initializers.append(numpy_helper.from_array(weight, f"w{layer}"))
+        nodes.append(helper.make_node("MatMul", [current, f"w{layer}"], [f"h{layer}"]))
+        current = f"h{layer}"
+        if layer < len(SIZES) - 2:
+            nodes.append(helper.make_node("Relu", [current], [f"r{layer}"]))
+            current = f"r{layer}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1024])],
+                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["batch", 10])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+if __name__ == "__main__":
+    onnx.save(build(), sys.argv[1])
