@@ -1,4 +1,4 @@
-"""The Starlette app: one route per API, server routes, start-up of the predictors and a graceful stop."""
+"""The ASGI app: one route per API, server routes, start-up of the predictors and a graceful stop."""
 from __future__ import annotations
 
 import asyncio

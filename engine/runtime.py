@@ -6,7 +6,8 @@ import inspect
 import logging
 import re
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,6 @@ class ApiRuntime:
         self.client: Any = None
         self.models: ModelRepository | None = None
         self.failure: str | None = None
-        self.post_predicts: set[Future] = set()
 
     @property
     def ready(self) -> bool:
@@ -110,30 +110,29 @@ class ApiRuntime:
         await asyncio.get_running_loop().run_in_executor(None, self.drain)
 
     async def handle_post(self, request: Request) -> Response:
-        """Run predict for one request, then count and log it."""
-        started = time.perf_counter()
-        if self.observe_requests:
-            ensure_request_id(request)
-        response = await self._predict(request)
-        if self.observe_requests:
-            self.metrics.observe_request(self.api.name, request, response, started)
-        return response
+        """Run predict for one request."""
+        return await self._observed(request, self._predict)
 
     async def handle_get(self, request: Request) -> Response:
         """The API's summary: Cortex's message, and its models' metadata when it has a model client."""
+        return await self._observed(request, self._summary)
+
+    async def _observed(self, request: Request, answer: Callable[[Request], Awaitable[Response]]) -> Response:
+        if not self.observe_requests:
+            return await answer(request)
         started = time.perf_counter()
-        if self.observe_requests:
-            ensure_request_id(request)
-        if not self.ready:
-            response = self._not_ready()
-        else:
-            body: dict[str, Any] = {"message": GET_MESSAGE}
-            if self.client is not None and hasattr(self.client, "metadata"):
-                body["model_metadata"] = self.client.metadata()
-            response = JSONResponse(body)
-        if self.observe_requests:
-            self.metrics.observe_request(self.api.name, request, response, started)
+        ensure_request_id(request)
+        response = await answer(request)
+        self.metrics.observe_request(self.api.name, request, response, started)
         return response
+
+    async def _summary(self, request: Request) -> Response:
+        if not self.ready:
+            return self._not_ready()
+        body: dict[str, Any] = {"message": GET_MESSAGE}
+        if self.client is not None and hasattr(self.client, "metadata"):
+            body["model_metadata"] = self.client.metadata()
+        return JSONResponse(body)
 
     def _not_ready(self) -> Response:
         reason = f"failed to start: {self.failure}" if self.failure else "its predictor is still initialising"
@@ -196,10 +195,9 @@ class ApiRuntime:
         return arguments
 
     async def _submit_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
-        # Submitted, not awaited: the connection is free for its next request while post_predict runs.
-        future = self.pool.submit(self._run_post_predict, predictor, result, arguments)
-        self.post_predicts.add(future)
-        future.add_done_callback(self.post_predicts.discard)
+        # Submitted, not awaited: the connection is free for its next request while post_predict runs; drain()
+        # waits for it at shutdown.
+        self.pool.submit(self._run_post_predict, predictor, result, arguments)
 
     def _run_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
         try:

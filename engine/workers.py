@@ -103,10 +103,10 @@ class WorkerGroup:
         self._connections: dict[int, asyncio.Future] = {}
         self._request_ids = itertools.count()
         self._stopping = False
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="engine-workers-"))
-        self._socket = self._socket_dir / "workers.sock"
+        self._socket_dir: Path | None = None
         self._server: asyncio.AbstractServer | None = None
         self._started_once: set[int] = set()
+        self._tasks: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
 
     @property
     def ready(self) -> bool:
@@ -117,8 +117,10 @@ class WorkerGroup:
 
     async def start(self, view: Path, project_root: Path) -> None:
         """Start every worker in parallel and wait until all have finished __init__."""
-        self._args += [f"--view={view}", f"--project={project_root}"]
-        self._server = await asyncio.start_unix_server(self._accept, path=str(self._socket))
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="engine-workers-"))
+        socket = self._socket_dir / "workers.sock"
+        self._args += [f"--socket={socket}", f"--view={view}", f"--project={project_root}"]
+        self._server = await asyncio.start_unix_server(self._accept, path=str(socket))
         await asyncio.gather(*(self._start_worker(index) for index in range(self.size)))
         log.info("api '%s': %d worker processes ready (%d requests at a time each)", self.api.name, self.size,
                  self.capacity)
@@ -126,19 +128,23 @@ class WorkerGroup:
     async def _start_worker(self, index: int) -> None:
         loop = asyncio.get_running_loop()
         self._connections[index] = loop.create_future()
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "engine.worker",
-                                                       f"--socket={self._socket}", f"--index={index}",
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "engine.worker", f"--index={index}",
                                                        f"--parent={os.getpid()}", *self._args)
         worker = self.workers[index] = Worker(index, process)
-        loop.create_task(self._watch(worker))
+        self._keep(self._watch(worker))
         message = await self._first_message(worker)
         if message is None or message[0] != "ready":
             reason = message[1] if message else f"the process exited with code {await process.wait()}"
             raise EngineError(f"api '{self.api.name}': worker {index} failed to start:\n{reason}")
         worker.ready = True
         self._started_once.add(index)
-        loop.create_task(self._read(worker))
+        self._keep(self._read(worker))
         self._hand_out()
+
+    def _keep(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _first_message(self, worker: Worker) -> tuple | None:
         """The worker's verdict on its __init__ ("ready" or "failed"); None if it exits first; timeout is fatal."""
@@ -206,7 +212,8 @@ class WorkerGroup:
                 worker.process.kill()
         if self._server is not None:
             self._server.close()
-        shutil.rmtree(self._socket_dir, ignore_errors=True)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     # --- requests ------------------------------------------------------------------------------------
 

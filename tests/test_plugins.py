@@ -1,10 +1,13 @@
 """The plugin system: every hook, built-in defaults losing to installed plugins, and third-party discovery."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -42,6 +45,17 @@ def isolated_process(monkeypatch):
     monkeypatch.chdir(os.getcwd())
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(os, "environ", os.environ.copy())
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[TestClient]:
+    """The app hosted in-process, once its predictors are ready (they initialise in the background)."""
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.01)
+        yield client
 
 
 def make_api(**predictor) -> Api:
@@ -145,7 +159,7 @@ def test_engine_create_client_and_a_third_party_predictor_type(pm, tmp_path, iso
             return {"client": self.client, "payload": payload}
     """
     write_project(tmp_path, {"cortex.yaml": api_yaml("echo", type_="echo"), "predictor.py": source})
-    with TestClient(create_app(tmp_path, pm=pm)) as client:
+    with serving(create_app(tmp_path, pm=pm)) as client:
         assert client.post("/echo", json=3).json() == {"client": {"device": "cpu"}, "payload": 3}
     assert create_client(pm, make_api(), Device(kind="cpu"), None) is None  # python without models: no client
 
@@ -162,7 +176,7 @@ def test_engine_parse_payload_and_encode_response_plugins_win_over_defaults(pm, 
 
     pm.register(Shouting())
     write_project(tmp_path, {"cortex.yaml": api_yaml("echo"), "predictor.py": ECHO})
-    with TestClient(create_app(tmp_path, pm=pm)) as client:
+    with serving(create_app(tmp_path, pm=pm)) as client:
         assert client.post("/echo", content=b"hi", headers={"Content-Type": "text/shout"}).json() == {"payload": "HI"}
         assert client.post("/echo", json={"a": 1}).json() == {"payload": {"a": 1}}  # the defaults still answer
         assert client.post("/echo", json="x", headers={"X-Wrap": "1"}).text == "<x>"
@@ -182,7 +196,7 @@ def test_engine_routes_and_engine_startup(pm, tmp_path, isolated_process):
 
     pm.register(Extras())
     write_project(tmp_path, {"cortex.yaml": api_yaml("echo"), "predictor.py": ECHO})
-    with TestClient(create_app(tmp_path, pm=pm)) as client:
+    with serving(create_app(tmp_path, pm=pm)) as client:
         assert client.get("/version").text == "1.2.3"
         assert client.get("/metrics").status_code == 200  # the built-in route is still there
         assert client.post("/echo", json=1).status_code == 200
