@@ -42,7 +42,7 @@ VALUES = [
     {"a": 1, "b": [1, 2.5, None, True], "c": "é😀"},
     [2**70, -(2**64), 2**63 - 1],
     [float("nan"), float("inf"), -float("inf")],
-    {1: "int key", 2.5: "float key", None: "none key", True: "bool key"},
+    {1: "int key", 2.5: "float key", None: "none key", False: "bool key"},
     ("tuple", 1),
     {"f32": np.float32(0.1), "f16": np.float16(0.5), "i64": np.int64(7), "bool": np.bool_(True)},
     {"array": np.arange(6, dtype=np.float32).reshape(2, 3) / 3, "ints": np.array([1, 2], dtype=np.uint8)},
