@@ -99,7 +99,9 @@ class AppState:
 def create_app(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
                pm: pluggy.PluginManager | None = None, on_fatal: Callable[[str], None] | None = None,
                model_poll_interval: float | None = None, worker_init_timeout: float | None = None) -> EngineApp:
-    """Validate the project and build its app; hostable by any ASGI server, e.g. `hypercorn "engine.app:create_app('.')"`.
+    """Validate the project and build its app, which any ASGI server can host.
+
+    For example: `hypercorn "engine.app:create_app('.')"`.
 
     `model_poll_interval` (seconds between looks for new model versions) defaults to $ENGINE_MODEL_POLL_INTERVAL or 10;
     `worker_init_timeout` (seconds a worker process may spend in __init__) to $ENGINE_WORKER_INIT_TIMEOUT or 600.

@@ -22,7 +22,7 @@ class PayloadError(ValueError):
 
 
 class ModelError(EngineError):
-    """A model is missing, unloadable or asked for wrongly; `status_code` is the HTTP answer when a request caused it."""
+    """A model is missing, unloadable or asked for wrongly; `status_code` answers the request that caused it."""
 
     def __init__(self, message: str, status_code: int = 500) -> None:
         super().__init__(message)

@@ -46,7 +46,7 @@ def engine_routes() -> list[BaseRoute]:
 
 @hookspec(firstresult=True)
 def engine_setup_device(api: Api, process_index: int) -> Device | None:
-    """Set up the hardware of one worker process for `api` (env before any framework import); the owner returns a Device."""
+    """Set up one worker process's hardware for `api`, before any framework import; its owner returns a Device."""
 
 
 @hookspec(firstresult=True)

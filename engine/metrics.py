@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -71,6 +72,15 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    async def observed(self, api: str, request: Request,
+                       answer: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Answer a request with its id ensured, then count and log it and return its id to the client."""
+        started = time.perf_counter()
+        ensure_request_id(request)
+        response = await answer(request)
+        self.observe_request(api, request, response, started)
+        return response
 
     def observe_request(self, api: str, request: Request, response: Response, started: float) -> None:
         """Count and log one answered request, and return its request id to the client."""

@@ -56,7 +56,8 @@ def predictor_type(pm: pluggy.PluginManager, name: str) -> PredictorType:
     if name in types:
         return types[name]
     installed = ", ".join(sorted(types)) or "none"
-    raise MissingPluginError(f"no plugin provides predictor type '{name}'; installed: {installed}. {_install_hint(name)}")
+    raise MissingPluginError(f"no plugin provides predictor type '{name}'; installed: {installed}. "
+                             f"{_install_hint(name)}")
 
 
 def compute_target(api: Api) -> str:

@@ -92,7 +92,7 @@ class Project:
         return _normalise(relative) in self._dir_set
 
     def create_view(self) -> Path:
-        """A temporary directory mirroring the visible files as symlinks (nothing is copied); delete with remove_view."""
+        """A temporary directory of symlinks to the visible files (nothing is copied); delete it with remove_view."""
         view = Path(tempfile.mkdtemp(prefix="engine-project-"))
         for directory in self.dirs:
             (view / directory).mkdir()

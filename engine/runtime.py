@@ -5,7 +5,6 @@ import asyncio
 import inspect
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from engine import plugins
 from engine.batching import AsyncBatcher, concurrent_predicts
 from engine.config import Api
 from engine.errors import MissingPluginError, ModelError, PayloadError
-from engine.metrics import Metrics, ensure_request_id
+from engine.metrics import Metrics
 from engine.models import ModelRepository
 from engine.predictor import Predictor, check_class, import_class, runtime_methods
 
@@ -34,6 +33,13 @@ GET_MESSAGE = "make a prediction by sending a post request to this endpoint with
 def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """A JSON error body: {"error": message}."""
     return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+
+
+def too_many_in_flight(api: str, in_flight: int, metrics: Metrics) -> Response:
+    """The immediate 503 for a request beyond max_replica_concurrency, counted."""
+    metrics.child(metrics.rejected, api).inc()
+    return error_response(503, f"api '{api}' already has {in_flight} requests in flight, its "
+                               "max_replica_concurrency; retry later")
 
 
 class ApiRuntime:
@@ -120,11 +126,7 @@ class ApiRuntime:
     async def _observed(self, request: Request, answer: Callable[[Request], Awaitable[Response]]) -> Response:
         if not self.observe_requests:
             return await answer(request)
-        started = time.perf_counter()
-        ensure_request_id(request)
-        response = await answer(request)
-        self.metrics.observe_request(self.api.name, request, response, started)
-        return response
+        return await self.metrics.observed(self.api.name, request, answer)
 
     async def _summary(self, request: Request) -> Response:
         if not self.ready:
@@ -140,9 +142,7 @@ class ApiRuntime:
 
     async def _predict(self, request: Request) -> Response:
         if self.in_flight >= self.max_in_flight:
-            self.metrics.child(self.metrics.rejected, self.api.name).inc()
-            return error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, its "
-                                       "max_replica_concurrency; retry later")
+            return too_many_in_flight(self.api.name, self.in_flight, self.metrics)
         predictor = self.predictor
         if predictor is None:
             return self._not_ready()
@@ -185,7 +185,8 @@ class ApiRuntime:
     async def _arguments(self, request: Request, predictor: Predictor) -> dict[str, Any]:
         arguments: dict[str, Any] = {}
         if predictor.wants_payload:
-            payload = self.parse_payload(body=await request.body(), content_type=request.headers.get("content-type", ""),
+            payload = self.parse_payload(body=await request.body(),
+                                         content_type=request.headers.get("content-type", ""),
                                          headers=request.headers, api=self.api)
             arguments["payload"] = await payload if inspect.isawaitable(payload) else payload
         if predictor.wants_query_params:

@@ -60,10 +60,10 @@ async def _serve(project_dir, config_file, host: str, port: int, graceful_timeou
     backends = app.state.engine.backends
     for backend in backends:
         aliases = " (also / and /predict)" if len(backends) == 1 else ""
-        processes = backend.api.predictor.processes_per_replica
+        processes, threads = backend.api.predictor.processes_per_replica, backend.api.predictor.threads_per_process
         log.info("api '%s': POST/GET %s%s%s, %d process%s x %d thread%s", backend.api.name, base,
-                 backend.api.endpoint, aliases, processes, "es" if processes > 1 else "",
-                 backend.api.predictor.threads_per_process, "s" if backend.api.predictor.threads_per_process > 1 else "")
+                 backend.api.endpoint, aliases, processes, "es" if processes > 1 else "", threads,
+                 "s" if threads > 1 else "")
     try:
         await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)
     except OSError as error:

@@ -28,7 +28,8 @@ def find_config(project_dir: str | Path = ".", config_file: str | Path | None = 
     """The config file: `config_file` (relative to the working directory) or PROJECT_DIR/cortex.yaml."""
     path = Path(config_file) if config_file else Path(project_dir) / CONFIG_FILE_NAME
     if not path.is_file():
-        where = "" if config_file else f" (looked for {CONFIG_FILE_NAME} in {Path(project_dir).resolve()}; use -f to name another file)"
+        where = "" if config_file else \
+            f" (looked for {CONFIG_FILE_NAME} in {Path(project_dir).resolve()}; use -f to name another file)"
         raise ConfigError(f"{path}: configuration file not found{where}")
     return path.resolve()
 
@@ -46,8 +47,8 @@ def validate_project(project_dir: str | Path = ".", config_file: str | Path | No
             check_api(api, project, pm)
         except EngineError as error:
             problems.append(f"{path}: api '{api.name}': {error}")
-        problems += [f"{path}: api '{api.name}': {problem}"
-                     for found in pm.hook.engine_validate_api(api=api, project_root=project.root) for problem in found or ()]
+        found = pm.hook.engine_validate_api(api=api, project_root=project.root)
+        problems += [f"{path}: api '{api.name}': {problem}" for answer in found for problem in answer or ()]
         ignored = not_applied_locally(api)
         if ignored:
             warnings.append(f"api '{api.name}': not applied locally (accepted for Cortex compatibility): "

@@ -8,7 +8,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ from starlette.responses import Response
 from engine import ipc
 from engine.config import Api
 from engine.errors import EngineError
-from engine.metrics import Metrics, ensure_request_id, worker_exited
-from engine.runtime import error_response
+from engine.metrics import Metrics, worker_exited
+from engine.runtime import error_response, too_many_in_flight
 
 log = logging.getLogger("engine")
 
@@ -219,31 +218,23 @@ class WorkerGroup:
 
     async def handle_post(self, request: Request) -> Response:
         """Forward a prediction to a worker with a free thread."""
-        started = time.perf_counter()
-        ensure_request_id(request)
-        if self.in_flight >= self.max_in_flight:
-            self.metrics.child(self.metrics.rejected, self.api.name).inc()
-            response = error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, "
-                                            "its max_replica_concurrency; retry later")
-        else:
-            self.in_flight += 1
-            gauge = self.metrics.child(self.metrics.in_flight, self.api.name)
-            gauge.inc()
-            try:
-                response = await self._forward(request)
-            finally:
-                self.in_flight -= 1
-                gauge.dec()
-        self.metrics.observe_request(self.api.name, request, response, started)
-        return response
+        return await self.metrics.observed(self.api.name, request, self._limited_forward)
 
     async def handle_get(self, request: Request) -> Response:
         """The API's summary, from one of its workers."""
-        started = time.perf_counter()
-        ensure_request_id(request)
-        response = await self._forward(request)
-        self.metrics.observe_request(self.api.name, request, response, started)
-        return response
+        return await self.metrics.observed(self.api.name, request, self._forward)
+
+    async def _limited_forward(self, request: Request) -> Response:
+        if self.in_flight >= self.max_in_flight:
+            return too_many_in_flight(self.api.name, self.in_flight, self.metrics)
+        self.in_flight += 1
+        gauge = self.metrics.child(self.metrics.in_flight, self.api.name)
+        gauge.inc()
+        try:
+            return await self._forward(request)
+        finally:
+            self.in_flight -= 1
+            gauge.dec()
 
     async def _forward(self, request: Request) -> Response:
         if not self.ready:
