@@ -22,8 +22,6 @@ class PredictorType:
     user_loads_models: bool = False
     # Predictor fields only this type accepts (signature_key, tensorflow_serving_image, multi_model_reloading).
     type_fields: frozenset[str] = frozenset()
-    # Name of the pip extra that installs it, used in error messages.
-    extra: str = ""
     # True when the model client merges concurrent inference calls itself (server_side_batching stays invisible to
     # predict()); False when the core hands predict() lists of requests, as the python type does.
     client_batching: bool = False

@@ -18,7 +18,6 @@ ONNX = PredictorType(
     client_arg="onnx_client",
     requires_models=True,
     client_batching=True,
-    extra="engine[onnx]",
     model_format=_model_format,
 )
 

@@ -16,7 +16,6 @@ PYTHON = PredictorType(
     requires_models=False,
     user_loads_models=True,
     type_fields=frozenset({"multi_model_reloading"}),
-    extra="engine-python-predictor",
     model_format=_model_format,
 )
 

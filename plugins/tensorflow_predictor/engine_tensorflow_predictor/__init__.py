@@ -25,7 +25,6 @@ TENSORFLOW = PredictorType(
     client_arg="tensorflow_client",
     requires_models=True,
     type_fields=frozenset({"signature_key", "tensorflow_serving_image"}),
-    extra="engine[tensorflow]",
     client_batching=True,  # server_side_batching merges concurrent client calls; predict() sees one request
     model_format=_model_format,
 )
