@@ -17,6 +17,7 @@ from test_models_repository import JsonFormat
 from engine.config import Models
 from engine.errors import ModelError
 from engine.models import ModelRepository
+from engine.models.stores import S3Store
 
 pytest.importorskip("moto.server")
 
@@ -320,6 +321,41 @@ def test_disk_and_memory_limits_hold_under_concurrent_access(bucket, repos, tmp_
     assert max(on_disk) <= 3, f"{max(on_disk)} copies on disk at once"
     assert repository.fmt.max_alive <= 2
     assert repository.memory_usage()[1] <= 3 and len(copies(cache)) == repository.memory_usage()[1]
+
+
+def test_a_copy_being_deleted_is_never_handed_to_a_load(bucket, repos, tmp_path, monkeypatch):
+    """Regression: a version evicted from disk was deleted outside the lock while another thread, loading that same
+    version again, was handed the doomed copy's path (the cause of a FileNotFoundError one run in ten above)."""
+    for name in ("m0", "m1", "m2"):
+        bucket.put(f"all/{name}/1/model.json", name)
+    repository = repos(dir=bucket.uri("all"), cache_size=2, disk_cache_size=2, cache_root=tmp_path / "cache")
+    assert [repository.get(name).value for name in ("m0", "m1")] == ["m0", "m1"]
+    deleting, handed_out, deleted = threading.Event(), threading.Event(), threading.Event()
+    discard, materialise = S3Store.discard, S3Store.materialise
+
+    def gated_discard(store, version):
+        if deleting.is_set():
+            return discard(store, version)
+        deleting.set()
+        handed_out.wait(timeout=1)  # the race: the other load gets this copy's path before it is deleted...
+        discard(store, version)
+        deleted.set()
+
+    def watched_materialise(store, version):
+        path = materialise(store, version)
+        if deleting.is_set() and not deleted.is_set():
+            handed_out.set()
+            deleted.wait(timeout=10)  # ...and reads it only after the deletion
+        return path
+
+    monkeypatch.setattr(S3Store, "discard", gated_discard)
+    monkeypatch.setattr(S3Store, "materialise", watched_materialise)
+    loading = threading.Thread(target=repository.get, args=("m2",))  # evicts m0 from memory, then from disk
+    loading.start()
+    assert deleting.wait(10)
+    assert repository.get("m0").value == "m0"  # waits for the old copy to go, then downloads it afresh
+    loading.join(10)
+    assert not handed_out.is_set()
 
 
 # --- python_client ------------------------------------------------------------------------------------------

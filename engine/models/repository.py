@@ -64,6 +64,7 @@ class ModelRepository:
         self._reserved = 0  # memory slots held by loads in progress
         self._on_disk: OrderedDict[Key, VersionInfo] = OrderedDict()  # downloaded copies, least recently used first
         self._downloading = 0  # disk slots held by downloads in progress
+        self._discarding: set[Key] = set()  # versions whose downloaded copy is being deleted
         self._loading: set[Key] = set()
         self._load_locks: dict[Key, threading.Lock] = {}
         # failed version → (signature that failed, or None when worth retrying (a failed download), why)
@@ -314,25 +315,27 @@ class ModelRepository:
         store = self._store(info.location)
         if not store.keeps_copies:
             return store.materialise(info)
-        doomed: list[VersionInfo] = []
+        doomed: list[tuple[Key, VersionInfo]] = []
         with self._lock:
+            while key in self._discarding:  # its evicted copy is still being deleted: never hand out that path
+                self._slot_freed.wait()
             copy = self._on_disk.get(key)
             reserved = copy is None or copy.signature != info.signature
             if reserved:
                 if copy is not None:
-                    doomed.append(self._on_disk.pop(key))  # an outdated copy of this version
+                    doomed.append((key, self._on_disk.pop(key)))  # an outdated copy of this version
                 while self.disk_cache_size is not None \
                         and len(self._on_disk) + self._downloading >= self.disk_cache_size:
                     victim = next((k for k in self._on_disk if k not in self._loaded and k not in self._loading), None)
                     if victim is None:
                         log.warning("disk_cache_size %d: every downloaded model is in use", self.disk_cache_size)
                         break
-                    doomed.append(self._on_disk.pop(victim))
+                    doomed.append((victim, self._on_disk.pop(victim)))
                     log.info("model %s of version %s evicted from disk (disk_cache_size %d)", *victim,
                              self.disk_cache_size)
                 self._downloading += 1
-        for old in doomed:
-            store.discard(old)
+            self._discarding.update(doomed_key for doomed_key, _ in doomed)
+        self._discard(doomed)
         try:
             path = store.materialise(info)
         except BaseException:
@@ -346,6 +349,16 @@ class ModelRepository:
             self._on_disk[key] = info
             self._on_disk.move_to_end(key)
         return path
+
+    def _discard(self, copies: list[tuple[Key, VersionInfo]]) -> None:
+        """Delete downloaded copies marked in `_discarding` (outside the lock: it may take a while), then unmark."""
+        for key, info in copies:
+            try:
+                self._store(info.location).discard(info)
+            finally:
+                with self._lock:
+                    self._discarding.discard(key)
+                    self._slot_freed.notify_all()
 
     def _unload(self, model: Any) -> None:
         try:
@@ -490,9 +503,11 @@ class ModelRepository:
             loaded = self._loaded.pop(key, None)
             on_disk = self._on_disk.pop(key, None)
             self._errors.pop(key, None)
+            if on_disk is not None:
+                self._discarding.add(key)
         if loaded is not None:
             self._unload(loaded.model)
         if on_disk is not None:
-            self._store(on_disk.location).discard(on_disk)
+            self._discard([(key, on_disk)])
         if info is not None:
             log.info("model %s of version %s was removed", *key)
