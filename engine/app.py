@@ -7,8 +7,7 @@ import logging
 import os
 import signal
 import time
-import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pluggy
@@ -18,39 +17,37 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine import plugins
+from engine import plugins, tempdirs, tracebacks
 from engine.batching import concurrent_predicts
 from engine.errors import EngineError
 from engine.memory import settle_after_start_up
 from engine.metrics import Metrics
 from engine.project import enter_view, remove_view
 from engine.runtime import ApiRuntime, error_response
-from engine.workers import WorkerGroup
+from engine.settings import ServeSettings
 from engine.validate import ValidatedProject, validate_project
+from engine.workers import WorkerGroup
 
 log = logging.getLogger("engine")
-
-DEFAULT_MODEL_POLL_INTERVAL = 10.0
-DEFAULT_WORKER_INIT_TIMEOUT = 600.0
 
 
 class AppState:
     """Everything one app serves; kept on `app.state.engine`."""
 
     def __init__(self, validated: ValidatedProject, pm: pluggy.PluginManager, on_fatal: Callable[[str], None],
-                 model_poll_interval: float, worker_init_timeout: float) -> None:
+                 settings: ServeSettings) -> None:
         self.project = validated.project
         self.apis = validated.apis
         self.pm = pm
         self.metrics = Metrics()
         self.on_fatal = on_fatal
         self.backends: list[ApiRuntime | WorkerGroup] = [
-            ApiRuntime(api, pm, self.metrics, model_poll_interval) if api.predictor.processes_per_replica == 1
+            ApiRuntime(api, pm, self.metrics, settings.model_poll_interval)
+            if api.predictor.processes_per_replica == 1
             else WorkerGroup(api, self.metrics, config_file=self.project.config_file,
                              capacity=concurrent_predicts(api, plugins.predictor_type(pm, api.predictor.type)
                                                           .client_batching),
-                             model_poll_interval=model_poll_interval, init_timeout=worker_init_timeout,
-                             on_fatal=on_fatal)
+                             settings=settings, on_fatal=on_fatal)
             for api in validated.apis
         ]
         self.started_at = time.monotonic()
@@ -64,6 +61,7 @@ class AppState:
 
     async def start(self) -> None:
         """Prepare the process for the predictors, then initialise them in the background."""
+        tempdirs.remove_stale()
         self.view = self.project.create_view()
         self.project.apply_environment({api.name: api.predictor.env for api in self.apis})
         enter_view(self.view, [api.predictor.python_path or "" for api in self.apis])
@@ -82,7 +80,7 @@ class AppState:
             return True
         except Exception as error:
             backend.failure = str(error) if isinstance(error, EngineError) else f"{type(error).__name__}: {error}"
-            details = str(error) if isinstance(error, EngineError) else "".join(traceback.format_exception(error))
+            details = str(error) if isinstance(error, EngineError) else tracebacks.format_exception(error)
             class_name = plugins.predictor_type(self.pm, backend.api.predictor.type).class_name
             self.on_fatal(f"api '{backend.api.name}': {class_name} failed to start:\n{details}")
             return False
@@ -97,24 +95,19 @@ class AppState:
 
 
 def create_app(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
-               pm: pluggy.PluginManager | None = None, on_fatal: Callable[[str], None] | None = None,
-               model_poll_interval: float | None = None, worker_init_timeout: float | None = None) -> EngineApp:
+               settings: ServeSettings | None = None, pm: pluggy.PluginManager | None = None,
+               on_fatal: Callable[[str], None] | None = None) -> EngineApp:
     """Validate the project and build its app, which any ASGI server can host.
 
-    For example: `hypercorn "engine.app:create_app('.')"`.
-
-    `model_poll_interval` (seconds between looks for new model versions) defaults to $ENGINE_MODEL_POLL_INTERVAL or 10;
-    `worker_init_timeout` (seconds a worker process may spend in __init__) to $ENGINE_WORKER_INIT_TIMEOUT or 600.
+    For example: `hypercorn "engine.app:create_app('.')"`. Without `settings`, the ENGINE_* environment variables
+    and the defaults apply (see engine.settings).
     """
+    settings = settings or ServeSettings.load()
     pm = pm or plugins.make_plugin_manager()
-    validated = validate_project(project_dir, config_file, pm)
+    validated = validate_project(project_dir, config_file, pm, cpu=settings.cpu)
     for warning in validated.warnings:
         log.warning(warning)
-    if model_poll_interval is None:
-        model_poll_interval = float(os.environ.get("ENGINE_MODEL_POLL_INTERVAL", DEFAULT_MODEL_POLL_INTERVAL))
-    if worker_init_timeout is None:
-        worker_init_timeout = float(os.environ.get("ENGINE_WORKER_INIT_TIMEOUT", DEFAULT_WORKER_INIT_TIMEOUT))
-    state = AppState(validated, pm, on_fatal or _stop_process, model_poll_interval, worker_init_timeout)
+    state = AppState(validated, pm, on_fatal or _stop_process, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -161,12 +154,18 @@ def _api_paths(backend: ApiRuntime | WorkerGroup, state: AppState) -> list[str]:
 def _routes(state: AppState) -> list[Route]:
     routes = [Route("/healthz", _healthz, methods=["GET"]), Route("/readyz", _readyz, methods=["GET"])]
     for backend in state.backends:
-        for path in _api_paths(backend, state):
-            routes.append(Route(path, backend.handle_post, methods=["POST"], name=f"{backend.api.name}:{path}:post"))
-            routes.append(Route(path, backend.handle_get, methods=["GET"], name=f"{backend.api.name}:{path}:get"))
+        for path in _api_paths(backend, state):  # one route per path, so that a 405 lists every method it takes
+            routes.append(Route(path, _by_method(backend), methods=["GET", "POST"], name=f"{backend.api.name}:{path}"))
     for contributed in state.pm.hook.engine_routes():
         routes += contributed or []
     return routes
+
+
+def _by_method(backend: ApiRuntime | WorkerGroup) -> Callable[[Request], Awaitable[Response]]:
+    """An API's endpoint for Starlette (HEAD included); GET and POST usually take EngineApp's direct path."""
+    async def endpoint(request: Request) -> Response:
+        return await (backend.handle_post(request) if request.method == "POST" else backend.handle_get(request))
+    return endpoint
 
 
 async def _healthz(request: Request) -> Response:

@@ -4,17 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 
-from engine import __version__
+from engine import __version__, settings, tempdirs
 from engine.errors import EngineError
 
 log = logging.getLogger("engine")
-
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # engine.metrics reads it; importing that module here would be too early
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,9 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     args = _parser().parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # the predictor's print() shows up as it happens, as in Cortex
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        level = args.log_level or settings.ServeSettings.load().log_level
+        from engine.tracebacks import configure_logging
+
+        configure_logging(level)
         return args.command(args, started)
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -32,14 +30,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, started: float) -> int:
+    serve_settings = settings.ServeSettings.load(vars(args))
     metrics_dir = None
-    if not os.environ.get(MULTIPROCESS_ENV) and _has_worker_processes(args):  # set before prometheus_client loads
-        metrics_dir = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="engine-metrics-")
+    if not os.environ.get(settings.MULTIPROCESS_ENV) and _has_worker_processes(args):  # before prometheus_client
+        metrics_dir = tempdirs.make("metrics")
+        os.environ[settings.MULTIPROCESS_ENV] = str(metrics_dir)
     try:
-        return _serve_project(args, started)
+        from engine.server import serve
+
+        log.info("engine %s starting (imports took %.2f s)", __version__, time.monotonic() - started)
+        return serve(args.project_dir, args.config_file, serve_settings)
     finally:
         if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+            tempdirs.remove(metrics_dir)
 
 
 def _has_worker_processes(args: argparse.Namespace) -> bool:
@@ -54,21 +57,19 @@ def _has_worker_processes(args: argparse.Namespace) -> bool:
     return any(api.predictor.processes_per_replica > 1 for api in apis)
 
 
-def _serve_project(args: argparse.Namespace, started: float) -> int:
-    from engine.server import serve
-
-    log.info("engine %s starting (imports took %.2f s)", __version__, time.monotonic() - started)
-    return serve(args.project_dir, args.config_file, host=args.host, port=args.port,
-                 graceful_timeout=args.graceful_timeout, model_poll_interval=args.model_poll_interval,
-                 worker_init_timeout=args.worker_init_timeout)
-
-
 def _validate(args: argparse.Namespace, started: float) -> int:
+    from engine.errors import ConfigError
+    from engine.import_check import check_imports
     from engine.validate import validate_project
 
-    validated = validate_project(args.project_dir, args.config_file)
+    cpu = settings.ServeSettings.load(vars(args)).cpu
+    validated = validate_project(args.project_dir, args.config_file, cpu=cpu)
     for warning in validated.warnings:
         print(f"warning: {warning}")
+    config_file = validated.project.config_file
+    problems = check_imports(config_file, [api.name for api in validated.apis], cpu, args.import_timeout)
+    if problems:
+        raise ConfigError("\n".join(f"{config_file}: api '{name}': {problem}" for name, problem in problems.items()))
     for api in validated.apis:
         print(f"ok: api '{api.name}' ({api.predictor.type} predictor, {api.predictor.path}) at {api.endpoint}")
     return 0
@@ -88,31 +89,37 @@ def _plugins(args: argparse.Namespace, started: float) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="engine", description="Serve Cortex-style predictors over HTTP.")
-    parser.add_argument("--version", action="version", version=f"engine {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors said in one line and exit code 1 like every other start-up error."""
 
-    serve = commands.add_parser("serve", help="serve the APIs of a project")
+    def error(self, message: str):
+        self.exit(1, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="engine", description="Serve Cortex-style predictors over HTTP.")
+    parser.add_argument("--version", action="version", version=f"engine {__version__}")
+    settings.add_arguments(parser, ("log_level",))
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    # Every command also takes --log-level after its name; given there, it wins over one given before it.
+    log_level = _Parser(add_help=False)
+    settings.add_arguments(log_level, ("log_level",), default=argparse.SUPPRESS)
+
+    serve = commands.add_parser("serve", help="serve the APIs of a project", parents=[log_level])
     _project_args(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8888, help="port to listen on (default: 8888)")
-    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="SECONDS",
-                       help="on SIGTERM, how long to wait for in-flight requests (default: 30)")
-    serve.add_argument("--model-poll-interval", type=float, default=None, metavar="SECONDS",
-                       help="how often model directories are checked for new versions (default: "
-                            "$ENGINE_MODEL_POLL_INTERVAL or 10)")
-    serve.add_argument("--worker-init-timeout", type=float, default=None, metavar="SECONDS",
-                       help="with processes_per_replica > 1, how long a worker may take to finish __init__ "
-                            "(default: $ENGINE_WORKER_INIT_TIMEOUT or 600)")
+    settings.add_arguments(serve, tuple(name for name in settings.setting_names() if name != "log_level"))
     serve.set_defaults(command=_serve)
 
-    validate = commands.add_parser("validate", help="run every check serve runs before it binds a port")
+    validate = commands.add_parser("validate", help="run every check serve runs before it binds a port",
+                                   parents=[log_level])
     _project_args(validate)
+    settings.add_arguments(validate, ("cpu",))
+    validate.add_argument("--import-timeout", type=float, default=120.0, metavar="SECONDS",
+                          help="how long importing each predictor module may take (default: 120)")
     validate.set_defaults(command=_validate)
 
-    plugins = commands.add_parser("plugins", help="list installed plugins, their versions and hooks")
+    plugins = commands.add_parser("plugins", help="list installed plugins, their versions and hooks",
+                                  parents=[log_level])
     plugins.set_defaults(command=_plugins)
     return parser
 

@@ -305,8 +305,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_config(config_file: str | Path) -> list[Api]:
-    """Read and validate cortex.yaml; raise one ConfigError listing every problem, one per line."""
+def load_config(config_file: str | Path, hints: dict[str, str] | None = None) -> list[Api]:
+    """Read and validate cortex.yaml; raise one ConfigError listing every problem, one per line.
+
+    `hints` adds a sentence to the problems of a field (by its dotted path, e.g. "predictor.type")."""
     config_file = Path(config_file)
     items = _api_items(_read_yaml(config_file), config_file)
     apis: dict[int, Api] = {}
@@ -320,11 +322,17 @@ def load_config(config_file: str | Path) -> list[Api]:
         try:
             apis[index] = Api.model_validate(item)
         except ValidationError as error:
-            problems += [f"{config_file}: {label}: {line}" for line in format_validation_error(error, Api)]
+            problems += [f"{config_file}: {label}: {_with_hint(line, hints or {})}"
+                         for line in format_validation_error(error, Api)]
     problems += _check_across_apis(apis, config_file)
     if problems:
         raise ConfigError("\n".join(problems))
     return list(apis.values())
+
+
+def _with_hint(problem: str, hints: dict[str, str]) -> str:
+    field = problem.partition(": ")[0]
+    return f"{problem}; {hints[field]}" if field in hints else problem
 
 
 def _read_yaml(config_file: Path) -> Any:

@@ -8,13 +8,16 @@ import importlib.util
 import inspect
 import re
 import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from engine import tracebacks
 from engine.errors import PredictorLoadError
 from engine.types import PredictorType
+
+if TYPE_CHECKING:
+    from engine.config import Api
 
 PREDICT_ARGS = frozenset({"payload", "query_params", "headers", "batch_id"})
 POST_PREDICT_ARGS = frozenset({"response", "payload", "query_params", "headers"})
@@ -89,14 +92,29 @@ def static_methods(source_file: Path, class_name: str) -> dict[str, Signature] |
         raise PredictorLoadError(f"multiple definitions for {class_name} class found in {where} "
                                  f"(lines {', '.join(str(c.lineno) for c in classes)})")
     if not classes:
-        if re.search(rf"\b{re.escape(class_name)}\b", source):
-            return None  # imported or assigned: only importing the module can tell
+        if _may_bind(tree, class_name):
+            return None  # imported, assigned or defined conditionally: only importing the module can tell
         raise PredictorLoadError(f"{class_name} class is not defined in {where}")
     cls = classes[0]
     if not _statically_known(cls):
         return None  # inherited, decorated or computed methods: only importing the module can tell
     return {node.name: _ast_signature(node) for node in cls.body
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def _may_bind(tree: ast.Module, name: str) -> bool:
+    """True when some statement of the module could bind `name` (a mention in a comment or a string cannot)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" or (alias.asname or alias.name.split(".")[0]) == name for alias in node.names):
+                return True
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id == name:
+            return True
+        elif isinstance(node, ast.ClassDef) and node.name == name:
+            return True  # defined inside an if, a try or a function
+        elif isinstance(node, ast.Name) and node.id in ("globals", "exec", "setattr", "__import__"):
+            return True
+    return False
 
 
 def _statically_known(cls: ast.ClassDef) -> bool:
@@ -153,6 +171,15 @@ def _runtime_signature(cls: type, name: str, method: Any) -> Signature:
                      frozenset(p.name for p in named if p.kind is p.POSITIONAL_ONLY))
 
 
+def load_class(view: Path, api: Api, ptype: PredictorType) -> tuple[type, dict[str, Signature]]:
+    """Import an API's predictor class from the project view and check its methods' signatures."""
+    module_name = "engine_predictor_" + re.sub(r"\W", "_", api.name)
+    predictor_class = import_class(view / api.predictor.path, ptype.class_name, module_name)
+    methods = runtime_methods(predictor_class)
+    check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}")
+    return predictor_class, methods
+
+
 def import_class(source_file: Path, class_name: str, module_name: str) -> type:
     """Import the predictor module and return its class; import errors name the file and carry the traceback."""
     loader = importlib.machinery.SourceFileLoader(module_name, str(source_file))  # any file name, as imp.load_source
@@ -164,20 +191,11 @@ def import_class(source_file: Path, class_name: str, module_name: str) -> type:
     except (Exception, SystemExit) as error:
         del sys.modules[module_name]
         raise PredictorLoadError(f"error in {source_file.name} while importing it to load {class_name}: "
-                                 f"{type(error).__name__}: {error}\n{_user_traceback(error)}") from None
+                                 f"{type(error).__name__}: {error}\n{tracebacks.format_exception(error)}") from None
     cls = getattr(module, class_name, None)
     if not inspect.isclass(cls):
         raise PredictorLoadError(f"{class_name} class is not defined in {source_file.name}")
     return cls
-
-
-def _user_traceback(error: BaseException) -> str:
-    """The traceback of an import error without the frames of engine and importlib."""
-    summary = traceback.TracebackException.from_exception(error)
-    frames = [frame for frame in summary.stack
-              if frame.filename != __file__ and not frame.filename.startswith("<frozen importlib")]
-    summary.stack = traceback.StackSummary.from_list(frames)
-    return "".join(summary.format())
 
 
 class Predictor:

@@ -5,14 +5,14 @@ import logging
 import os
 import posixpath
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import dotenv.parser
 import pathspec
+
+from engine import tempdirs, tracebacks
 
 log = logging.getLogger("engine")
 
@@ -93,7 +93,8 @@ class Project:
 
     def create_view(self) -> Path:
         """A temporary directory of symlinks to the visible files (nothing is copied); delete it with remove_view."""
-        view = Path(tempfile.mkdtemp(prefix="engine-project-"))
+        view = tempdirs.make("project")
+        tracebacks.register_view(view, self.root)
         for directory in self.dirs:
             (view / directory).mkdir()
         for file in self.files:
@@ -157,8 +158,8 @@ def _normalise(relative: str) -> str:
 
 
 def remove_view(view: Path) -> None:
-    """Delete a view made by Project.create_view (the project itself is untouched)."""
-    shutil.rmtree(view, ignore_errors=True)
+    """Delete a view made by Project.create_view (the project itself is untouched: symlinks are not followed)."""
+    tempdirs.remove(view)
 
 
 def enter_view(view: Path, python_paths: list[str]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +22,7 @@ from engine.config import Api
 from engine.errors import MissingPluginError, ModelError, PayloadError
 from engine.metrics import Metrics
 from engine.models import ModelRepository
-from engine.predictor import Predictor, check_class, import_class, runtime_methods
+from engine.predictor import Predictor, load_class
 
 log = logging.getLogger("engine")
 
@@ -89,10 +88,7 @@ class ApiRuntime:
         self.client = plugins.create_client(self.pm, api, device, self.models)
         if getattr(self.client, "batcher", None) is not None:  # a client that batches inference calls itself
             self.client.batcher.on_batch = self.metrics.child(self.metrics.batch_size, api.name).observe
-        module_name = "engine_predictor_" + re.sub(r"\W", "_", api.name)
-        predictor_class = import_class(view / api.predictor.path, ptype.class_name, module_name)
-        methods = runtime_methods(predictor_class)
-        check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}")
+        predictor_class, methods = load_class(view, api, ptype)
         predictor = Predictor.construct(predictor_class, methods, api.predictor.config, ptype.client_arg, self.client)
         if self.models is not None:
             if ptype.user_loads_models:

@@ -2,30 +2,26 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
+import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.config import Config as HypercornConfig
-
-from engine.app import create_app
+from engine.errors import EngineError
+from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8888
+BACKLOG = 1024
 
 
-def serve(project_dir: str | Path = ".", config_file: str | Path | None = None, host: str = DEFAULT_HOST,
-          port: int = DEFAULT_PORT, graceful_timeout: float = 30.0, **app_options: float | None) -> int:
-    """Serve the project's APIs; returns the process exit code. Configuration errors raise EngineError.
-
-    `app_options` are create_app's keyword options (model_poll_interval, worker_init_timeout).
-    """
-    return run_event_loop(_serve(project_dir, config_file, host, port, graceful_timeout, app_options))
+def serve(project_dir: str | Path = ".", config_file: str | Path | None = None,
+          settings: ServeSettings | None = None) -> int:
+    """Serve the project's APIs; returns the process exit code. Start-up errors raise EngineError."""
+    return run_event_loop(_serve(project_dir, config_file, settings or ServeSettings.load()))
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -37,7 +33,46 @@ def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-async def _serve(project_dir, config_file, host: str, port: int, graceful_timeout: float, app_options: dict) -> int:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port; EngineError saying why when there cannot be one."""
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, socket.gaierror) else str(error)
+        raise EngineError(f"cannot listen on {where}: {host!r} is not an address or a host name of this machine "
+                          f"({reason}); give --host an address such as 127.0.0.1 or 0.0.0.0") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections
+        listener.bind(address)
+        listener.listen(BACKLOG)
+    except OSError as error:
+        listener.close()
+        hint = "another process is listening there; stop it or choose another --port" \
+            if error.errno == 98 else "choose another --host or --port"
+        raise EngineError(f"cannot listen on {where}: {error.strerror or error}; {hint}") from None
+    return listener
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is reachable only from this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _serve(project_dir: str | Path, config_file: str | Path | None, settings: ServeSettings) -> int:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config as HypercornConfig
+
+    from engine.app import create_app
+
     shutdown = asyncio.Event()
     failures: list[str] = []
 
@@ -46,16 +81,28 @@ async def _serve(project_dir, config_file, host: str, port: int, graceful_timeou
         failures.append(message)
         shutdown.set()
 
-    app = create_app(project_dir, config_file, on_fatal=fail, **app_options)
+    app = create_app(project_dir, config_file, settings=settings, on_fatal=fail)
+    listener = bind(settings.host, settings.port)  # before anything starts, so that its errors are the only output
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, shutdown.set)
 
     config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.graceful_timeout = graceful_timeout
+    _announce(app, settings.host, listener.getsockname()[1])
+    config.bind = [f"fd://{listener.detach()}"]
+    config.graceful_timeout = settings.graceful_timeout
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+
+    async def stop_when_asked() -> None:
+        await shutdown.wait()
+        log.info("stopping: no new connections; requests in flight have %g s to finish", settings.graceful_timeout)
+
+    await hypercorn_serve(app, config, shutdown_trigger=stop_when_asked)
+    return 1 if failures else 0
+
+
+def _announce(app: Any, host: str, port: int) -> None:
     base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     backends = app.state.engine.backends
     for backend in backends:
@@ -64,9 +111,5 @@ async def _serve(project_dir, config_file, host: str, port: int, graceful_timeou
         log.info("api '%s': POST/GET %s%s%s, %d process%s x %d thread%s", backend.api.name, base,
                  backend.api.endpoint, aliases, processes, "es" if processes > 1 else "", threads,
                  "s" if threads > 1 else "")
-    try:
-        await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)
-    except OSError as error:
-        log.error("cannot listen on %s:%s: %s; choose another --port or --host", host, port, error.strerror or error)
-        return 1
-    return 1 if failures else 0
+    if not is_loopback(host):
+        log.warning("listening on %s: the APIs are reachable from the network, without authentication", host)

@@ -11,6 +11,7 @@ from engine.config import Api, load_config, not_applied_locally
 from engine.errors import ConfigError, EngineError
 from engine.predictor import check_class, static_methods
 from engine.project import Project
+from engine.settings import env_name
 
 CONFIG_FILE_NAME = "cortex.yaml"
 
@@ -35,20 +36,28 @@ def find_config(project_dir: str | Path = ".", config_file: str | Path | None = 
 
 
 def validate_project(project_dir: str | Path = ".", config_file: str | Path | None = None,
-                     pm: pluggy.PluginManager | None = None) -> ValidatedProject:
-    """Load cortex.yaml and check it against the project files and the installed plugins."""
+                     pm: pluggy.PluginManager | None = None, cpu: bool = False) -> ValidatedProject:
+    """Load cortex.yaml and check it against the project files and the installed plugins.
+
+    With `cpu`, APIs that ask for GPUs or Inferentia chips are served on the CPU instead (with a warning each)."""
     pm = pm or plugins.make_plugin_manager()
     path = find_config(project_dir, config_file)
-    apis = load_config(path)
+    apis = load_config(path, hints={"predictor.type": "installed predictor types: "
+                                                      + ", ".join(sorted(plugins.predictor_types(pm)))})
     project = Project(path.parent, path)
-    problems, warnings = [], []
+    problems: list[str] = []
+    warnings = on_cpu(apis) if cpu else []
     for api in apis:
+        found: list[str] = []
         try:
             check_api(api, project, pm)
         except EngineError as error:
-            problems.append(f"{path}: api '{api.name}': {error}")
-        found = pm.hook.engine_validate_api(api=api, project_root=project.root)
-        problems += [f"{path}: api '{api.name}': {problem}" for answer in found for problem in answer or ()]
+            found.append(str(error))
+        found += [problem for answer in pm.hook.engine_validate_api(api=api, project_root=project.root)
+                  for problem in answer or ()]
+        if found and plugins.compute_target(api) != "cpu":
+            found.append(f"to serve it on the CPU instead, run engine serve --cpu (or set {env_name('cpu')}=1)")
+        problems += [f"{path}: api '{api.name}': {problem}" for problem in found]
         ignored = not_applied_locally(api)
         if ignored:
             warnings.append(f"api '{api.name}': not applied locally (accepted for Cortex compatibility): "
@@ -56,6 +65,18 @@ def validate_project(project_dir: str | Path = ".", config_file: str | Path | No
     if problems:
         raise ConfigError("\n".join(problems))
     return ValidatedProject(project, apis, warnings)
+
+
+def on_cpu(apis: list[Api]) -> list[str]:
+    """Serve every API on the CPU: drop compute.gpu and compute.inf; one warning per API changed."""
+    warnings = []
+    for api in apis:
+        changed = [f"compute.{name}: {getattr(api.compute, name)}" for name in ("gpu", "inf")
+                   if getattr(api.compute, name)]
+        if changed:
+            api.compute.gpu = api.compute.inf = 0
+            warnings.append(f"api '{api.name}': served on the CPU (--cpu), ignoring {' and '.join(changed)}")
+    return warnings
 
 
 def check_api(api: Api, project: Project, pm: pluggy.PluginManager) -> None:

@@ -14,12 +14,11 @@ import logging
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 from starlette.requests import Request
 
-from engine import ipc
+from engine import ipc, tracebacks
 from engine.config import load_config
 from engine.errors import EngineError
 from engine.memory import settle_after_start_up
@@ -28,6 +27,7 @@ from engine.plugins import make_plugin_manager
 from engine.project import enter_view
 from engine.runtime import ApiRuntime
 from engine.server import run_event_loop
+from engine.validate import on_cpu
 
 log = logging.getLogger("engine")
 
@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-poll-interval", type=float, required=True)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--parent", type=int, required=True, help="the front process's pid")
+    parser.add_argument("--cpu", action="store_true", help="serve on the CPU whatever the API's compute asks for")
     args = parser.parse_args(argv)
     _die_with(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the front decides
-    logging.basicConfig(level=args.log_level, format=f"%(asctime)s %(name)s[{args.api}:{args.index}] %(levelname)s "
-                                                     "%(message)s")
+    tracebacks.configure_logging(args.log_level, name=f"%(name)s[{args.api}:{args.index}]")
     sys.stdout.reconfigure(line_buffering=True)
     return run_event_loop(_run(args))
 
@@ -71,7 +71,7 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         await loop.run_in_executor(runtime.pool, runtime.initialise, Path(args.view), Path(args.project))
     except Exception as error:
-        details = str(error) if isinstance(error, EngineError) else "".join(traceback.format_exception(error))
+        details = str(error) if isinstance(error, EngineError) else tracebacks.format_exception(error)
         await ipc.send(writer, ("failed", details))
         return 1
     settle_after_start_up()
@@ -85,11 +85,15 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _build_runtime(args: argparse.Namespace) -> ApiRuntime:
-    api = next(api for api in load_config(Path(args.config)) if api.name == args.api)
+    apis = load_config(Path(args.config))
+    if args.cpu:
+        on_cpu(apis)
+    api = next(api for api in apis if api.name == args.api)
     runtime = ApiRuntime(api, make_plugin_manager(), Metrics(), args.model_poll_interval, process_index=args.index,
                          observe_requests=False)
     runtime.max_in_flight = sys.maxsize  # the front process enforces max_replica_concurrency across workers
     enter_view(Path(args.view), [api.predictor.python_path or ""])
+    tracebacks.register_view(Path(args.view), Path(args.project))
     return runtime
 
 

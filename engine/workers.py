@@ -5,9 +5,7 @@ import asyncio
 import itertools
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -15,11 +13,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine import ipc
+from engine import ipc, tempdirs
 from engine.config import Api
 from engine.errors import EngineError
 from engine.metrics import Metrics, worker_exited
 from engine.runtime import error_response, too_many_in_flight
+from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")
 
@@ -83,8 +82,8 @@ class ForwardedResponse(Response):
 class WorkerGroup:
     """The processes_per_replica workers of one API, with least-loaded dispatch and replacement of dead workers."""
 
-    def __init__(self, api: Api, metrics: Metrics, *, capacity: int, config_file: Path, model_poll_interval: float,
-                 init_timeout: float, on_fatal: Any) -> None:
+    def __init__(self, api: Api, metrics: Metrics, *, capacity: int, config_file: Path, settings: ServeSettings,
+                 on_fatal: Any) -> None:
         self.api = api
         self.metrics = metrics
         self.size = api.predictor.processes_per_replica
@@ -94,9 +93,11 @@ class WorkerGroup:
         self.in_flight = 0
         self.failure: str | None = None
         self.workers: dict[int, Worker] = {}
-        self._args = [f"--config={config_file}", f"--api={api.name}", f"--model-poll-interval={model_poll_interval}",
-                      f"--log-level={logging.getLevelName(logging.getLogger().level)}"]
-        self._init_timeout = init_timeout
+        self._args = [f"--config={config_file}", f"--api={api.name}",
+                      f"--model-poll-interval={settings.model_poll_interval}",
+                      f"--log-level={logging.getLevelName(logging.getLogger().level)}",
+                      *(["--cpu"] if settings.cpu else [])]
+        self._init_timeout = settings.worker_init_timeout
         self._on_fatal = on_fatal
         self._waiting: deque[asyncio.Future] = deque()
         self._connections: dict[int, asyncio.Future] = {}
@@ -116,7 +117,7 @@ class WorkerGroup:
 
     async def start(self, view: Path, project_root: Path) -> None:
         """Start every worker in parallel and wait until all have finished __init__."""
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="engine-workers-"))
+        self._socket_dir = tempdirs.make("workers")
         socket = self._socket_dir / "workers.sock"
         self._args += [f"--socket={socket}", f"--view={view}", f"--project={project_root}"]
         self._server = await asyncio.start_unix_server(self._accept, path=str(socket))
@@ -212,7 +213,7 @@ class WorkerGroup:
         if self._server is not None:
             self._server.close()
         if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            tempdirs.remove(self._socket_dir)
 
     # --- requests ------------------------------------------------------------------------------------
 

@@ -88,12 +88,29 @@ class Server:
         self.wait_alive(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.client.get("/readyz").status_code == 200:
-                return
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:  # it died after /healthz answered: say why below
+                pass
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.output}")
             time.sleep(0.05)
         raise AssertionError(f"server did not become ready:\n{self.output}")
+
+    def wait_output(self, text: str, timeout: float = 30) -> None:
+        """Wait until the server has printed `text`."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert time.monotonic() < deadline, f"the server never printed {text!r}:\n{self.output}"
+            time.sleep(0.02)
+
+    def wait_metric(self, sample: str, timeout: float = 30) -> None:
+        """Wait until GET /metrics shows `sample` (a whole line, e.g. `engine_requests_in_flight{api="x"} 3.0`)."""
+        deadline = time.monotonic() + timeout
+        while sample not in self.client.get("/metrics").text.splitlines():
+            assert time.monotonic() < deadline, f"/metrics never showed {sample!r}"
+            time.sleep(0.02)
 
     def wait_exit(self, timeout: float = 30) -> int:
         """Wait for the process to exit on its own; return its exit code."""

@@ -53,8 +53,10 @@ class PythonPredictor:
             raise RuntimeError("post_predict exploded")
         if payload.get("post_wait"):
             wait_for(os.path.join(self.dir, f"release-post-{payload['id']}"))
-        with open(os.path.join(self.dir, f"post-{payload['id']}"), "w") as out:
+        path = os.path.join(self.dir, f"post-{payload['id']}")
+        with open(path + ".tmp", "w") as out:
             out.write(str(response["id"]))
+        os.replace(path + ".tmp", path)  # the test waits for this file: it must appear whole
 """
 
 
@@ -187,7 +189,7 @@ def test_sigterm_finishes_in_flight_requests_and_post_predicts(serve, tmp_path):
     thread, result = in_thread(httpx.post, server.url + "/gated", json={"id": "s", "wait": True})
     wait_file(tmp_path / "entered-s")
     server.process.terminate()
-    time.sleep(0.3)  # let the signal land before the request can finish
+    server.wait_output("stopping: no new connections")
     assert server.process.poll() is None, "the server must wait for its in-flight request"
     (tmp_path / "release-s").touch()
     thread.join()

@@ -46,8 +46,10 @@ class PythonPredictor:
     def post_predict(self, response, payload):
         if payload.get("post_wait"):
             wait_for(os.path.join(self.dir, f"release-post-{payload['id']}"))
-        with open(os.path.join(self.dir, f"post-{payload['id']}"), "w") as out:
+        path = os.path.join(self.dir, f"post-{payload['id']}")
+        with open(path + ".tmp", "w") as out:
             out.write(str(response["pid"]))
+        os.replace(path + ".tmp", path)  # the test waits for this file: it must appear whole
 """
 
 
@@ -90,7 +92,7 @@ def test_requests_queue_for_a_free_worker_thread(serve, tmp_path):
     wait_file(tmp_path / "entered-a")
     wait_file(tmp_path / "entered-b")
     queued, queued_result = in_thread(post, server, id="c")
-    time.sleep(0.3)
+    server.wait_metric('engine_requests_in_flight{api="work"} 3.0')  # c has reached the front process
     assert not (tmp_path / "entered-c").exists(), "no worker has a free thread, so c must wait in the front process"
     (tmp_path / "release-a").touch()
     queued.join()
@@ -153,7 +155,8 @@ def test_sigterm_drains_every_worker(serve, tmp_path):
     thread, result = in_thread(post, server, id="s", do="wait", post_wait=True)
     wait_file(tmp_path / "entered-s")
     server.process.terminate()
-    time.sleep(0.3)
+    server.wait_output("stopping: no new connections")
+    assert server.process.poll() is None, "the server must wait for its in-flight request"
     (tmp_path / "release-s").touch()
     thread.join()
     assert result["value"].status_code == 200

@@ -98,9 +98,27 @@ def test_missing_class_names_the_file_and_class(tmp_path, source):
 
 def test_a_name_that_is_not_a_class_is_not_the_predictor(tmp_path):
     path = write(tmp_path, "def PythonPredictor(config):\n    return None\n")
-    assert static_methods(path, "PythonPredictor") is None  # a mention: the import decides
+    with pytest.raises(PredictorLoadError, match="PythonPredictor class is not defined in predictor.py"):
+        static_methods(path, "PythonPredictor")
     with pytest.raises(PredictorLoadError, match="PythonPredictor class is not defined in predictor.py"):
         load(path)
+
+
+@pytest.mark.parametrize("mention", ["# PythonPredictor is below", '"""no PythonPredictor here"""',
+                                     "NAME = 'PythonPredictor'", "print(PythonPredictor)"])
+def test_a_mention_that_binds_nothing_is_not_a_definition(tmp_path, mention):
+    path = write(tmp_path, f"{mention}\nclass Predictor:\n    def predict(self): pass\n")
+    with pytest.raises(PredictorLoadError, match="PythonPredictor class is not defined in predictor.py"):
+        static_methods(path, "PythonPredictor")
+
+
+@pytest.mark.parametrize("binding", ["from elsewhere import PythonPredictor", "from elsewhere import *",
+                                     "import PythonPredictor", "PythonPredictor = make()",
+                                     "try:\n    class PythonPredictor: pass\nexcept ImportError: pass",
+                                     "globals()['PythonPredictor'] = type('P', (), {})"])
+def test_a_statement_that_may_bind_the_name_leaves_it_to_the_import(tmp_path, binding):
+    path = write(tmp_path, binding + "\n")
+    assert static_methods(path, "PythonPredictor") is None
 
 
 def test_two_definitions_are_an_error(tmp_path):

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -13,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import tempdirs
 from engine.config import DEFAULT_MODEL_NAME, Models
 from engine.errors import ModelError
 from engine.models.layout import ModelFormat, VersionInfo, check_layout, group_versions
@@ -47,7 +46,7 @@ class ModelRepository:
         self.disk_cache_size = models.disk_cache_size
         self.single = models.path is not None
         self._owns_cache_root = cache_root is None
-        self.cache_root = cache_root or Path(tempfile.mkdtemp(prefix="engine-models-"))
+        self.cache_root = cache_root or tempdirs.make("models")
 
         def resolve(path: str) -> str:
             """Absolute, with symlinks kept: a `models -> releases/v5` link switched while serving is followed."""
@@ -141,7 +140,7 @@ class ModelRepository:
         for copy in copies:
             self._store(copy.location).discard(copy)
         if self._owns_cache_root:
-            shutil.rmtree(self.cache_root, ignore_errors=True)
+            tempdirs.remove(self.cache_root)
 
     # --- requests ------------------------------------------------------------------------------------
 

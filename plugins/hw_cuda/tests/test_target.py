@@ -91,8 +91,9 @@ def test_engine_validate_reports_the_gpu_problem_with_file_and_api(plugin_manage
     pm.register(engine_python_predictor)
     with pytest.raises(ConfigError) as raised:
         validate_project(tmp_path, pm=pm)
-    assert str(raised.value) == \
-        f"{tmp_path / 'cortex.yaml'}: api 'clf': compute.gpu: 2 requested, 1 GPU found (0: {H100})"
+    where = f"{tmp_path / 'cortex.yaml'}: api 'clf'"
+    assert str(raised.value) == f"{where}: compute.gpu: 2 requested, 1 GPU found (0: {H100})\n" \
+                                f"{where}: to serve it on the CPU instead, run engine serve --cpu (or set ENGINE_CPU=1)"
     pm2 = plugin_manager(gpus(H100, H100))
     pm2.register(engine_python_predictor)
     assert [api.name for api in validate_project(tmp_path, pm=pm2).apis] == ["clf"]

@@ -134,8 +134,10 @@ def test_engine_validate_reports_inferentia_problems_with_file_and_api(machine, 
     pm.register(engine_python_predictor)
     with pytest.raises(ConfigError) as raised:
         validate_project(project, pm=pm)
-    assert str(raised.value) == (f"{project / 'cortex.yaml'}: api 'clf': compute.inf: 2 requested (8 NeuronCores), "
-                                 "1 Neuron device found (0: 4 NeuronCores (0-3))")
+    where = f"{project / 'cortex.yaml'}: api 'clf'"
+    assert str(raised.value) == (f"{where}: compute.inf: 2 requested (8 NeuronCores), 1 Neuron device found "
+                                 f"(0: 4 NeuronCores (0-3))\n{where}: to serve it on the CPU instead, run engine "
+                                 "serve --cpu (or set ENGINE_CPU=1)")
 
 
 # --- NeuronCores per worker ----------------------------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""Every `engine serve` setting, defined once: its default, its flag (`--name`) and its variable (`ENGINE_NAME`).
+
+A flag given on the command line wins over the environment variable, which wins over the default. `create_app`,
+hosted by another ASGI server, reads the same variables.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+ENV_PREFIX = "ENGINE_"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where worker processes write their metrics (prometheus_client's)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def port_number(text: str) -> int:
+    """A TCP port: an integer from 0 to 65535."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text} is not a TCP port (0 to 65535)")
+    return port
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, 0 or more."""
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"{text} is negative")
+    return value
+
+
+def boolean(text: str) -> bool:
+    """1/true/yes/on or 0/false/no/off (the environment's spelling of a switch)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use 1 or 0)")
+
+
+def log_level(text: str) -> str:
+    """One of debug, info, warning, error."""
+    if text.lower() not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.lower()
+
+
+def _setting(default: Any, parse: Callable[[str], Any], help: str, metavar: str | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"parse": parse, "help": help, "metavar": metavar})
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSettings:
+    """How `engine serve` runs a project (not what it serves: that is cortex.yaml)."""
+
+    host: str = _setting("127.0.0.1", str, "address to listen on", "ADDRESS")
+    port: int = _setting(8888, port_number, "port to listen on", "PORT")
+    log_level: str = _setting("info", log_level, "debug, info, warning (no access log) or error", "LEVEL")
+    graceful_timeout: float = _setting(30.0, seconds, "on SIGTERM, how long to wait for in-flight requests",
+                                       "SECONDS")
+    model_poll_interval: float = _setting(10.0, seconds, "how often model directories are checked for new "
+                                          "versions", "SECONDS")
+    worker_init_timeout: float = _setting(600.0, seconds, "with processes_per_replica > 1, how long a worker may "
+                                          "take to finish __init__", "SECONDS")
+    cpu: bool = _setting(False, boolean, "serve APIs that ask for compute.gpu or compute.inf on the CPU instead, "
+                         "with a warning for each")
+
+    @classmethod
+    def load(cls, given: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServeSettings:
+        """Settings from `given` values (None: not given), else the environment, else the defaults."""
+        given = given or {}
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in dataclasses.fields(cls):
+            if given.get(field.name) is not None:
+                values[field.name] = given[field.name]
+            elif env_name(field.name) in environ:
+                text = environ[env_name(field.name)]
+                try:
+                    values[field.name] = field.metadata["parse"](text)
+                except ValueError as error:
+                    from engine.errors import ConfigError
+
+                    raise ConfigError(f"environment variable {env_name(field.name)}={text!r}: {error}") from None
+        return cls(**values)
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: ENGINE_ and its name in capitals."""
+    return ENV_PREFIX + name.upper()
+
+
+def setting_names() -> tuple[str, ...]:
+    """The name of every setting."""
+    return tuple(field.name for field in dataclasses.fields(ServeSettings))
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...], default: Any = None) -> None:
+    """Add the flags of the settings named; an unset flag is `default` (None: the environment answers)."""
+    for field in dataclasses.fields(ServeSettings):
+        if field.name not in names:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{field.metadata['help']} (default: ${env_name(field.name)} or {_shown(field.default)})"
+        if field.type == "bool":
+            parser.add_argument(flag, action="store_const", const=True, default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=_argparse_type(field.metadata["parse"]), default=default,
+                                metavar=field.metadata["metavar"], help=help_text)
+
+
+def _shown(default: Any) -> str:
+    return "off" if default is False else f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse reports ArgumentTypeError's message as it is."""
+    def checked(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    checked.__name__ = parse.__name__
+    return checked

@@ -1,0 +1,75 @@
+"""Tracebacks of the user's code as the user knows it: their project's real paths, without engine's frames first.
+
+A predictor runs from a temporary view of the project (symlinks, see engine.project), so Python reports its files
+under that view; here they are shown under the project directory again. The frames that lead into the user's code
+(engine's request pipeline, thread pools, importlib) are dropped unless the log level is debug.
+"""
+from __future__ import annotations
+
+import logging
+import sysconfig
+import traceback
+from pathlib import Path
+
+_views: dict[str, str] = {}  # "<view>/" → "<project root>/"
+_ENGINE_DIR = f"{Path(__file__).resolve().parent}/"
+_STDLIB = sysconfig.get_paths()["stdlib"]
+_PLUMBING = ("<frozen importlib", *(f"{_STDLIB}/{name}" for name in ("concurrent/futures/", "asyncio/", "threading.py")))
+
+
+def register_view(view: Path, project_root: Path) -> None:
+    """Show files under `view` as the project's own from now on."""
+    _views[f"{view}/"] = f"{project_root}/"
+
+
+def real_paths(text: str) -> str:
+    """`text` with every path in a view replaced by the project's path."""
+    for view, root in _views.items():
+        text = text.replace(view, root)
+    return text
+
+
+def format_exception(error: BaseException, full: bool | None = None) -> str:
+    """The traceback, starting at the user's first frame (unless `full`, which defaults to debug logging)."""
+    if full is None:
+        full = logging.getLogger("engine").isEnabledFor(logging.DEBUG)
+    summary = traceback.TracebackException.from_exception(error)
+    if not full:
+        _trim(summary, set())
+    return real_paths("".join(summary.format()))
+
+
+def _trim(summary: traceback.TracebackException, seen: set[int]) -> None:
+    """Drop the frames that lead into the user's code, in this exception and those chained to it."""
+    if id(summary) in seen:
+        return
+    seen.add(id(summary))
+    frames = list(summary.stack)
+    first = next((index for index, frame in enumerate(frames) if not _leads_in(frame.filename)), None)
+    if first:  # None: all of it is engine's (a bug of engine's own, shown whole)
+        summary.stack = traceback.StackSummary.from_list(frames[first:])
+    for chained in (summary.__cause__, summary.__context__):
+        if chained is not None:
+            _trim(chained, seen)
+
+
+def _leads_in(filename: str) -> bool:
+    """True for engine's own files and the standard library's machinery that calls the user's code."""
+    return filename.startswith(_ENGINE_DIR) or filename.startswith(_PLUMBING)
+
+
+class Formatter(logging.Formatter):
+    """Log lines whose tracebacks show the user's paths and start at the user's code."""
+
+    def formatException(self, exc_info) -> str:  # noqa: N802 (logging's name)
+        """The traceback of a logged exception, as format_exception shows it."""
+        return format_exception(exc_info[1]).rstrip("\n")
+
+
+def configure_logging(level: str, name: str = "%(name)s") -> None:
+    """Log to stderr at `level` with the user-facing formatter (`name` shows who logs, e.g. a worker's label)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(Formatter(f"%(asctime)s {name} %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
