@@ -2,25 +2,38 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pip says nothing but errors
+PIP := $(BIN)/python -m pip -qq --disable-pip-version-check
 EXAMPLE ?= examples/greeter
 PORT ?= 8888
-# Every plugin distribution of this repository, installed editable next to the core.
+# Every plugin distribution of this repository, installed editable next to the core for the tests.
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+# The predictor types the example uses besides python; each comes from plugins/<type>_predictor.
+EXAMPLE_TYPES := $(filter-out python,$(shell sed -n 's/^ *type: *\([a-z_]*\).*/\1/p' $(EXAMPLE)/cortex.yaml 2>/dev/null))
 
 .PHONY: setup serve test clean
 
-$(BIN)/engine: pyproject.toml $(wildcard plugins/*/pyproject.toml)
+# The core and the python predictor type: all that serving most examples needs.
+$(VENV)/.core: pyproject.toml plugins/python_predictor/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
+	$(PIP) install -e . -e plugins/python_predictor
 	touch $@
 
-setup: $(BIN)/engine  ## create .venv with engine, its plugins and the test tools
+$(VENV)/.type-%: $(VENV)/.core plugins/%_predictor/pyproject.toml
+	$(PIP) install -e plugins/$*_predictor
+	touch $@
 
-serve: setup  ## serve an example: make serve [EXAMPLE=examples/payloads] [PORT=8888]
+# Everything: every plugin and the test tools (TensorFlow included, for its plugin's suite).
+$(VENV)/.test: $(VENV)/.core pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PIP) install -e '.[test]' $(foreach p,$(PLUGINS),-e $(p))
+	touch $@
+
+setup: $(VENV)/.test  ## create .venv with engine, its plugins and the test tools
+
+serve: $(VENV)/.core $(foreach t,$(EXAMPLE_TYPES),$(VENV)/.type-$(t))  ## make serve [EXAMPLE=...] [PORT=8888]
 	$(BIN)/engine serve $(EXAMPLE) --port $(PORT)
 
-test: setup  ## run the whole test suite
+test: $(VENV)/.test  ## run the whole test suite
 	$(BIN)/python -m pytest
 
 clean:
