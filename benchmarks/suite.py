@@ -1,6 +1,6 @@
 """The benchmark suite: engine against the stack Cortex shipped and against the floor of Hypercorn, side by side.
 
-    .venv/bin/python benchmarks/suite.py [--duration 10] [--rounds 2] [--only echo|mlp]
+    .venv/bin/python benchmarks/suite.py [--duration 10] [--rounds 2] [--only echo|mlp] [--baseline PYTHON]
 
 Every server runs pinned to core 0 and wrk to core 1 (taskset); each measurement is preceded by a warm-up, and the
 servers alternate within one run so that they share the machine's state. Needs wrk (Debian: apt-get install wrk)
@@ -181,8 +181,8 @@ def table(results: dict[tuple[str, int], list[Result]]) -> None:
               f"{r.cpu_us_per_request:>11.0f} {r.peak_rss_mb:>8.0f}")
 
 
-def engine_command(project: Path) -> list[str]:
-    return [sys.executable, "-m", "engine", "--log-level", "warning", "serve", str(project), "--port", "{port}"]
+def engine_command(project: Path, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "engine", "--log-level", "warning", "serve", str(project), "--port", "{port}"]
 
 
 def echo(args: argparse.Namespace) -> None:
@@ -195,9 +195,15 @@ def echo(args: argparse.Namespace) -> None:
         Server("Cortex-style FastAPI+uvicorn", [sys.executable, str(HERE / "cortex_style.py"), str(HERE / "echo"),
                                                 "{port}"], "/predict"),
     ]
+    if args.baseline:
+        servers.append(Server("engine (baseline)", engine_command(HERE / "echo", args.baseline), "/echo"))
     results = measure(servers, ECHO_BODY, [1, 32], args.duration, args.rounds)
     table(results)
-    bare, engine, cortex = (best(results, s.name, 32) for s in servers)
+    if args.baseline:
+        for connections in (1, 32):
+            ratio = best(results, "engine", connections).rps / best(results, "engine (baseline)", connections).rps
+            print(f"at {connections} connection(s): engine / engine (baseline) throughput = {ratio:.3f}x")
+    bare, engine, cortex = (best(results, s.name, 32) for s in servers[:3])
     print(f"\nat 32 connections: engine / bare Hypercorn throughput = {engine.rps / bare.rps:.2f}x (goal >= 0.9x); "
           f"engine / Cortex-style = {engine.rps / cortex.rps:.2f}x; bare / Cortex-style = {bare.rps / cortex.rps:.2f}x")
     print(f"p99 engine / bare = {engine.p99_ms / bare.p99_ms:.2f}x (goal <= 1.2x); server CPU per request: engine "
@@ -261,6 +267,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
     parser.add_argument("--rounds", type=int, default=2, help="times each server is measured (default 2)")
     parser.add_argument("--only", choices=["echo", "mlp"], help="run one workload")
+    parser.add_argument("--baseline", metavar="PYTHON", help="echo: also measure the engine installed for this "
+                        "Python (e.g. another checkout's .venv/bin/python), side by side")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")

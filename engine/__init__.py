@@ -1,4 +1,14 @@
-"""engine: serve Cortex-style predictors over HTTP. Public API for plugins and users."""
+"""engine: serve Cortex-style predictors over HTTP.
+
+This package's names are the public API for plugins: a plugin imports from `engine` (and, in its tests, from
+`engine.testing`) and from nothing else of engine's, so that it keeps working whatever engine renames inside.
+Names other than `hookimpl` and the errors are imported on first use, so that `import engine` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import pluggy
 
 from engine.errors import (
@@ -7,23 +17,55 @@ from engine.errors import (
     MissingPluginError,
     ModelError,
     PayloadError,
+    PluginError,
     PredictorLoadError,
 )
-from engine.types import Device, PredictorType
 
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("engine")
 
-__all__ = [
-    "ConfigError",
-    "Device",
-    "EngineError",
-    "MissingPluginError",
-    "ModelError",
-    "PayloadError",
-    "PredictorLoadError",
-    "PredictorType",
-    "__version__",
-    "hookimpl",
-]
+# name → the module that defines it
+_LAZY = {
+    # what plugins exchange with the core
+    "PredictorType": "engine.types",
+    "Device": "engine.types",
+    "Api": "engine.config",
+    "Models": "engine.config",
+    "ServerSideBatching": "engine.config",
+    "DEFAULT_MODEL_NAME": "engine.config",
+    # model clients: the repository they read, and the optional parts engine looks for on them
+    "ModelRepository": "engine.models",
+    "ModelFormat": "engine.models",
+    "Store": "engine.models",
+    "FileEntry": "engine.models",
+    "VersionInfo": "engine.models",
+    "DescribesModels": "engine.plugin_api",
+    "LoadsUserModels": "engine.plugin_api",
+    # batching inside a client
+    "Batching": "engine.batching",
+    "ThreadBatcher": "engine.batching",
+    # hardware targets
+    "usable_cores": "engine.default_plugins.cpu",
+    "THREAD_ENV_VARS": "engine.default_plugins.cpu",
+}
+
+__all__ = ["ConfigError", "EngineError", "MissingPluginError", "ModelError", "PayloadError", "PluginError",
+           "PredictorLoadError", "__version__", "hookimpl", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from engine.batching import Batching, ThreadBatcher  # noqa: F401
+    from engine.config import DEFAULT_MODEL_NAME, Api, Models, ServerSideBatching  # noqa: F401
+    from engine.default_plugins.cpu import THREAD_ENV_VARS, usable_cores  # noqa: F401
+    from engine.models import FileEntry, ModelFormat, ModelRepository, Store, VersionInfo  # noqa: F401
+    from engine.plugin_api import DescribesModels, LoadsUserModels  # noqa: F401
+    from engine.types import Device, PredictorType  # noqa: F401

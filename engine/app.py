@@ -1,4 +1,5 @@
-"""The ASGI app: one route per API, server routes, start-up of the predictors and a graceful stop."""
+"""The ASGI app: each API's routes through its admission layer to its backend, server and plugin routes through
+Starlette, and the start and stop of the predictors."""
 from __future__ import annotations
 
 import asyncio
@@ -7,10 +8,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import pluggy
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,12 +18,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine import plugins, tempdirs, tracebacks
+from engine.admission import Admission
+from engine.backend import Backend
 from engine.batching import concurrent_predicts
 from engine.errors import EngineError
 from engine.memory import settle_after_start_up
 from engine.metrics import Metrics
+from engine.pipeline import Pipeline, error_response
 from engine.project import enter_view, remove_view
-from engine.runtime import ApiRuntime, error_response
 from engine.settings import ServeSettings
 from engine.validate import ValidatedProject, validate_project
 from engine.workers import WorkerGroup
@@ -34,25 +36,25 @@ log = logging.getLogger("engine")
 class AppState:
     """Everything one app serves; kept on `app.state.engine`."""
 
-    def __init__(self, validated: ValidatedProject, pm: pluggy.PluginManager, on_fatal: Callable[[str], None],
+    def __init__(self, validated: ValidatedProject, pm: plugins.PluginManager, on_fatal: Callable[[str], None],
                  settings: ServeSettings) -> None:
         self.project = validated.project
         self.apis = validated.apis
         self.pm = pm
         self.metrics = Metrics()
         self.on_fatal = on_fatal
-        self.backends: list[ApiRuntime | WorkerGroup] = [
-            ApiRuntime(api, pm, self.metrics, settings.model_poll_interval)
-            if api.predictor.processes_per_replica == 1
-            else WorkerGroup(api, self.metrics, config_file=self.project.config_file,
-                             capacity=concurrent_predicts(api, plugins.predictor_type(pm, api.predictor.type)
-                                                          .client_batching),
-                             settings=settings, on_fatal=on_fatal)
-            for api in validated.apis
-        ]
+        self.backends: list[Backend] = [self._backend(api, settings) for api in validated.apis]
+        self.admissions = [Admission(backend, self.metrics) for backend in self.backends]
         self.started_at = time.monotonic()
         self.view: Path | None = None
         self.init_task: asyncio.Task | None = None
+
+    def _backend(self, api, settings: ServeSettings) -> Backend:
+        if api.predictor.processes_per_replica == 1:
+            return Pipeline(api, self.pm, self.metrics, settings.model_poll_interval)
+        client_batching = plugins.predictor_type(self.pm, api.predictor.type).client_batching
+        return WorkerGroup(api, self.pm, capacity=concurrent_predicts(api, client_batching), settings=settings,
+                           on_fatal=lambda message: self.on_fatal(message))
 
     @property
     def ready(self) -> bool:
@@ -74,7 +76,7 @@ class AppState:
             log.info("ready in %.2f s: every predictor has finished __init__", time.monotonic() - self.started_at)
             await asyncio.get_running_loop().run_in_executor(None, lambda: self.pm.hook.engine_startup(apis=self.apis))
 
-    async def _start(self, backend: ApiRuntime | WorkerGroup) -> bool:
+    async def _start(self, backend: Backend) -> bool:
         try:
             await backend.start(self.view, self.project.root)
             return True
@@ -95,7 +97,7 @@ class AppState:
 
 
 def create_app(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
-               settings: ServeSettings | None = None, pm: pluggy.PluginManager | None = None,
+               settings: ServeSettings | None = None, pm: plugins.PluginManager | None = None,
                on_fatal: Callable[[str], None] | None = None) -> EngineApp:
     """Validate the project and build its app, which any ASGI server can host.
 
@@ -122,50 +124,33 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
 
 
 class EngineApp:
-    """The ASGI app: API requests go straight to their API; everything else (server and plugin routes, 404s,
-    redirects, lifespan) through Starlette. Skipping Starlette's middleware and routing layers for the predict
-    routes is the largest saving per request."""
+    """The ASGI app: API paths go straight to their admission layer; everything else (server and plugin routes,
+    404s, the lifespan) through Starlette."""
 
     def __init__(self, starlette: Starlette, state: AppState) -> None:
         self.starlette = starlette
         self.state = starlette.state
-        self._api_routes = {(path, method): handler for backend in state.backends
-                            for path in _api_paths(backend, state)
-                            for method, handler in (("POST", backend.handle_post), ("GET", backend.handle_get))}
+        self._api_paths = {path: admission for admission in state.admissions
+                           for path in _api_paths(admission.api, len(state.admissions))}
 
     async def __call__(self, scope, receive, send) -> None:
-        handler = self._api_routes.get((scope.get("path"), scope.get("method"))) if scope["type"] == "http" else None
-        if handler is None:
+        admission = self._api_paths.get(scope["path"]) if scope["type"] == "http" else None
+        if admission is None:
             await self.starlette(scope, receive, send)
-            return
-        try:
-            response = await handler(Request(scope, receive))
-        except Exception as error:  # the handlers answer every predictor error; this is a bug in engine itself
-            log.exception("unexpected error while serving %s %s", scope["method"], scope["path"])
-            response = error_response(500, f"internal error in engine: {type(error).__name__}: {error}")
-        await response(scope, receive, send)
+        else:
+            await admission(scope, receive, send)
 
 
-def _api_paths(backend: ApiRuntime | WorkerGroup, state: AppState) -> list[str]:
+def _api_paths(api, api_count: int) -> list[str]:
     """An API's endpoint, and / and /predict when it is the only API (Cortex's local and cluster routes)."""
-    return [backend.api.endpoint] + (["/", "/predict"] if len(state.backends) == 1 else [])
+    return [api.endpoint] + (["/", "/predict"] if api_count == 1 else [])
 
 
 def _routes(state: AppState) -> list[Route]:
     routes = [Route("/healthz", _healthz, methods=["GET"]), Route("/readyz", _readyz, methods=["GET"])]
-    for backend in state.backends:
-        for path in _api_paths(backend, state):  # one route per path, so that a 405 lists every method it takes
-            routes.append(Route(path, _by_method(backend), methods=["GET", "POST"], name=f"{backend.api.name}:{path}"))
     for contributed in state.pm.hook.engine_routes():
         routes += contributed or []
     return routes
-
-
-def _by_method(backend: ApiRuntime | WorkerGroup) -> Callable[[Request], Awaitable[Response]]:
-    """An API's endpoint for Starlette (HEAD included); GET and POST usually take EngineApp's direct path."""
-    async def endpoint(request: Request) -> Response:
-        return await (backend.handle_post(request) if request.method == "POST" else backend.handle_get(request))
-    return endpoint
 
 
 async def _healthz(request: Request) -> Response:

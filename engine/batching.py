@@ -10,9 +10,24 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from engine.config import Api
+if TYPE_CHECKING:
+    from engine.config import Api
+
+
+@dataclass(frozen=True)
+class Batching:
+    """An API's server_side_batching as a model client sees it (the `batching` argument of engine_create_client)."""
+
+    max_batch_size: int
+    interval: float  # seconds
+    on_batch: Callable[[int], None] | None = None  # engine counts batch sizes with it
+
+    def thread_batcher(self, run_batch: Callable[[Hashable, list[Any]], list[Any]]) -> ThreadBatcher:
+        """A ThreadBatcher with the API's limits that merges the client's concurrent calls with `run_batch`."""
+        return ThreadBatcher(run_batch, self.max_batch_size, self.interval, on_batch=self.on_batch)
 
 
 def concurrent_predicts(api: Api, client_batching: bool) -> int:

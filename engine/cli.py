@@ -76,17 +76,22 @@ def _validate(args: argparse.Namespace, started: float) -> int:
 
 
 def _plugins(args: argparse.Namespace, started: float) -> int:
-    from engine.plugins import make_plugin_manager, plugin_infos, predictor_types
+    from engine import plugins
 
-    pm = make_plugin_manager()
-    for info in plugin_infos(pm):
-        print(f"{info.name}  ({info.distribution} {info.version})")
-        print(f"    hooks: {', '.join(info.hooks)}")
-    types = predictor_types(pm)
+    pm = plugins.make_plugin_manager()
+    for info in plugins.plugin_infos(pm):
+        if args.all or not info.built_in:
+            print(f"{info.name}  ({info.distribution})")
+            print(f"    hooks: {', '.join(info.hooks)}")
+    types = plugins.predictor_types(pm)
     print("predictor types: " + ", ".join(f"{t.name} ({t.class_name})" for t in types.values()))
-    targets = sorted({t for found in pm.hook.engine_hardware_targets() for t in found or ()})
-    print("hardware targets: " + ", ".join(targets))
-    return 0
+    print("hardware targets: " + ", ".join(plugins.hardware_targets(pm)))
+    if not args.all:
+        print("(built-in plugins are not listed: engine plugins --all lists them too)")
+    problems = plugins.type_problems(pm)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list installed plugins, their versions and hooks",
                                   parents=[log_level])
+    plugins.add_argument("--all", action="store_true", help="list the built-in plugins too")
     plugins.set_defaults(command=_plugins)
     return parser
 

@@ -260,12 +260,8 @@ class Api(Section):
                       f"autoscaling.max_replica_concurrency ({limit}); set one of them")
 
     def _check_processes(self, rules: Rules) -> None:
-        """processes_per_replica fits the Inferentia cores and model caching."""
-        processes, inf = self.predictor.processes_per_replica, self.compute.inf
-        if inf and (inf * 4) % processes:
-            allowed = ", ".join(str(n) for n in range(1, inf * 4 + 1) if (inf * 4) % n == 0)
-            rules.add(("predictor", "processes_per_replica"), f"cannot evenly distribute {inf} Inferentia chip(s) "
-                      f"({inf * 4} NeuronCores) over {processes} processes; allowed: {allowed} (given: {processes})")
+        """processes_per_replica fits model caching (how it fits the hardware is the hardware plugin's check)."""
+        processes = self.predictor.processes_per_replica
         if self.predictor.models and self.predictor.models.caching and processes > 1:
             rules.add(("predictor", "processes_per_replica"), "must be 1 when model caching is on (cache_size and "
                       f"disk_cache_size are set) (given: {processes})")

@@ -17,6 +17,10 @@ class MissingPluginError(EngineError):
     """No installed plugin answers a hook the configuration needs."""
 
 
+class PluginError(EngineError):
+    """An installed plugin breaks engine's plugin contract; the message names the plugin and its distribution."""
+
+
 class PayloadError(ValueError):
     """A request body cannot be parsed as its Content-Type says; answered with 400."""
 

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     from starlette.responses import Response
     from starlette.routing import BaseRoute
 
+    from engine.batching import Batching
     from engine.config import Api
+    from engine.models import ModelRepository
     from engine.types import Device, PredictorType
 
 hookspec = pluggy.HookspecMarker("engine")
@@ -50,7 +52,8 @@ def engine_setup_device(api: Api, process_index: int) -> Device | None:
 
 
 @hookspec(firstresult=True)
-def engine_create_client(api: Api, device: Device, models: Any) -> Any | None:
+def engine_create_client(api: Api, device: Device, models: ModelRepository | None,
+                         batching: Batching | None) -> Any | None:
     """Build the model client (`onnx_client`, ...) for an API of a predictor type this plugin owns."""
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics and access logs.
+"""Prometheus metrics.
 
 `engine serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before prometheus_client is imported, so that
 worker processes (processes_per_replica > 1) write their samples there and GET /metrics adds up every process.
@@ -6,26 +6,17 @@ Without it (an app hosted in-process, as tests do), each app keeps its samples i
 """
 from __future__ import annotations
 
-import logging
 import os
-import random
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from starlette.requests import Request
-from starlette.responses import Response
+
+from engine.settings import MULTIPROCESS_ENV
 
 disable_created_metrics()  # the *_created series double the output and no dashboard of ours reads them
 
-access_log = logging.getLogger("engine.access")
-
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = tuple(float(2**n) for n in range(11))  # 1 … 1024, max_batch_size's range
 
@@ -73,43 +64,11 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    async def observed(self, api: str, request: Request,
-                       answer: Callable[[Request], Awaitable[Response]]) -> Response:
-        """Answer a request with its id ensured, then count and log it and return its id to the client."""
-        started = time.perf_counter()
-        ensure_request_id(request)
-        response = await answer(request)
-        self.observe_request(api, request, response, started)
-        return response
-
-    def observe_request(self, api: str, request: Request, response: Response, started: float) -> None:
-        """Count and log one answered request, and return its request id to the client."""
-        seconds = time.perf_counter() - started
-        status = str(response.status_code)
-        self.child(self.requests, api, request.method, status).inc()
-        self.child(self.latency, api).observe(seconds)
-        request_id = request.headers.get(REQUEST_ID_HEADER, "")
-        response.headers[REQUEST_ID_HEADER] = request_id
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %s %s %.1fms request_id=%s", api, request.method, request.scope["path"], status,
-                            seconds * 1e3, request_id)
-
     def model_loaded(self, api: str, model: str, reload: bool, ok: bool, seconds: float) -> None:
         """Count one model version load."""
         self.model_loads.labels(api, model, "reload" if reload else "load", "ok" if ok else "error").inc()
         if ok:
             self.model_load_seconds.labels(api, model).observe(seconds)
-
-
-def ensure_request_id(request: Request) -> str:
-    """The request's X-Request-ID, or a new one added to its headers (so the predictor and workers see it too)."""
-    existing = request.headers.get(REQUEST_ID_HEADER)
-    if existing:
-        return existing
-    request_id = "%032x" % random.getrandbits(128)  # unique enough, and far cheaper than uuid4's os.urandom
-    request.scope["headers"] = [*request.scope["headers"], (_REQUEST_ID_HEADER_BYTES, request_id.encode())]
-    request.__dict__.pop("_headers", None)  # Starlette caches the parsed headers
-    return request_id
 
 
 def worker_exited(pid: int) -> None:

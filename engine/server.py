@@ -6,11 +6,11 @@ import ipaddress
 import logging
 import signal
 import socket
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+from engine.eventloop import run_event_loop
 from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")
@@ -22,15 +22,6 @@ def serve(project_dir: str | Path = ".", config_file: str | Path | None = None,
           settings: ServeSettings | None = None) -> int:
     """Serve the project's APIs; returns the process exit code. Start-up errors raise EngineError."""
     return run_event_loop(_serve(project_dir, config_file, settings or ServeSettings.load()))
-
-
-def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop where it is installed (a faster event loop), else on asyncio's own."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -37,6 +37,6 @@ class Device:
     process_index: int = 0
     env: dict[str, str] = field(default_factory=dict)  # variables the plugin set in os.environ
     visible_devices: list[str] = field(default_factory=list)
-    onnx_providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = 1  # intra-op threads a framework may use in this process
-    options: dict[str, object] = field(default_factory=dict)  # plugin-specific extras
+    # What one plugin tells others, by a name they agree on: the cuda target gives "onnx_providers", for instance.
+    options: dict[str, object] = field(default_factory=dict)

@@ -1,8 +1,8 @@
-"""A worker process: builds one API's predictor and serves the requests the front process hands it.
+"""A worker process: builds one API's Pipeline and answers the calls the front process hands it.
 
 Started by engine.workers as `python -m engine.worker ...` when processes_per_replica > 1. It runs the very same
-ApiRuntime pipeline as a single-process server (payload parsing, predict, response encoding, post_predict), so
-behaviour does not depend on the number of processes.
+Pipeline as a single-process server (payload parsing, predict, response encoding, post_predict), with the very same
+plugins, so behaviour does not depend on the number of processes.
 """
 from __future__ import annotations
 
@@ -10,26 +10,18 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
-import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
-from starlette.requests import Request
-
-from engine import ipc, tracebacks
-from engine.config import load_config
+from engine import messages, plugins, tracebacks
+from engine.backend import ApiRequest
 from engine.errors import EngineError
+from engine.eventloop import run_event_loop
 from engine.memory import settle_after_start_up
 from engine.metrics import Metrics
-from engine.plugins import make_plugin_manager
+from engine.pipeline import Pipeline
 from engine.project import enter_view
-from engine.runtime import ApiRuntime
-from engine.server import run_event_loop
-from engine.validate import on_cpu
-
-log = logging.getLogger("engine")
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -37,19 +29,17 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a worker process."""
     parser = argparse.ArgumentParser(prog="python -m engine.worker")
-    for name in ("socket", "config", "api", "view", "project"):
-        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--socket", required=True, help="the front process's Unix socket")
     parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--model-poll-interval", type=float, required=True)
-    parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--parent", type=int, required=True, help="the front process's pid")
-    parser.add_argument("--cpu", action="store_true", help="serve on the CPU whatever the API's compute asks for")
+    parser.add_argument("--api", required=True, help="the API's name, for log lines")
+    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     _die_with(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the front decides
     tracebacks.configure_logging(args.log_level, name=f"%(name)s[{args.api}:{args.index}]")
     sys.stdout.reconfigure(line_buffering=True)
-    return run_event_loop(_run(args))
+    return run_event_loop(_run(args.socket, args.index))
 
 
 def _die_with(parent: int) -> None:
@@ -63,85 +53,71 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-async def _run(args: argparse.Namespace) -> int:
-    reader, writer = await asyncio.open_unix_connection(args.socket)
-    await ipc.send(writer, ("hello", args.index))
-    runtime = _build_runtime(args)
-    loop = asyncio.get_running_loop()
+async def _run(socket: str, index: int) -> int:
+    reader, writer = await asyncio.open_unix_connection(socket)
+    await messages.send(writer, messages.Hello(index))
+    setup = await messages.receive(reader)
+    if not isinstance(setup, messages.Setup):
+        return 1
     try:
-        await loop.run_in_executor(runtime.pool, runtime.initialise, Path(args.view), Path(args.project))
+        pipeline = Pipeline(setup.api, plugins.from_portable(setup.plugins), Metrics(), setup.model_poll_interval,
+                            process_index=index)
+        enter_view(setup.view, [setup.api.predictor.python_path or ""])
+        tracebacks.register_view(setup.view, setup.project_root)
+        await pipeline.start(setup.view, setup.project_root)
     except Exception as error:
         details = str(error) if isinstance(error, EngineError) else tracebacks.format_exception(error)
-        await ipc.send(writer, ("failed", details))
+        await messages.send(writer, messages.Failed(details))
         return 1
     settle_after_start_up()
-    await ipc.send(writer, ("ready",))
+    await messages.send(writer, messages.Ready())
     stopping = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    await _serve(runtime, reader, writer, stopping)
-    await loop.run_in_executor(None, runtime.drain)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    await _serve(pipeline, reader, writer, stopping)
+    await pipeline.stop()
     writer.close()
     return 0
 
 
-def _build_runtime(args: argparse.Namespace) -> ApiRuntime:
-    apis = load_config(Path(args.config))
-    if args.cpu:
-        on_cpu(apis)
-    api = next(api for api in apis if api.name == args.api)
-    runtime = ApiRuntime(api, make_plugin_manager(), Metrics(), args.model_poll_interval, process_index=args.index,
-                         observe_requests=False)
-    runtime.max_in_flight = sys.maxsize  # the front process enforces max_replica_concurrency across workers
-    enter_view(Path(args.view), [api.predictor.python_path or ""])
-    tracebacks.register_view(Path(args.view), Path(args.project))
-    return runtime
-
-
-async def _serve(runtime: ApiRuntime, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+async def _serve(pipeline: Pipeline, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  stopping: asyncio.Event) -> None:
-    acks: dict[int, asyncio.Future] = {}
+    sent: dict[int, asyncio.Future] = {}
     tasks: set[asyncio.Task] = set()
     stop_task = asyncio.ensure_future(stopping.wait())
     while True:
-        receive_task = asyncio.ensure_future(ipc.receive(reader))
+        receive_task = asyncio.ensure_future(messages.receive(reader))
         await asyncio.wait({receive_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         message = receive_task.result() if receive_task.done() else None
-        if message is None or message[0] == "stop":
+        if message is None or isinstance(message, messages.Stop):
             receive_task.cancel()
             break
-        if message[0] == "ack":
-            acks.pop(message[1]).set_result(None)
-        elif message[0] == "request":
-            task = asyncio.create_task(_handle(runtime, writer, acks, *message[1:]))
+        if isinstance(message, messages.Sent):
+            sent.pop(message.call).set_result(None)
+        elif isinstance(message, messages.Call):
+            task = asyncio.create_task(_answer(pipeline, writer, sent, message))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     stop_task.cancel()
-    if message is None:  # the front is gone: nobody will acknowledge responses any more
-        for ack in acks.values():
-            if not ack.done():
-                ack.set_result(None)
-    if tasks:  # requests the front already handed us finish before we go
+    if message is None:  # the front is gone: nobody will say that a reply was sent any more
+        for future in sent.values():
+            if not future.done():
+                future.set_result(None)
+    if tasks:  # calls the front already handed us finish before we go
         await asyncio.wait(tasks)
 
 
-async def _handle(runtime: ApiRuntime, writer: asyncio.StreamWriter, acks: dict[int, asyncio.Future],
-                  request_id: int, method: str, scope: dict, body: bytes) -> None:
-    body_sent = False
+async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future],
+                  call: messages.Call) -> None:
+    request = ApiRequest(call.scope, call.body)
+    response = await (pipeline.predict(request) if call.kind == "predict" else pipeline.summary(request))
+    wants_sent = response.background is not None  # post_predict must wait until the client has the response
+    start: dict = {}
+    chunks: list[bytes] = []
     finished = asyncio.Event()
 
     async def receive() -> dict:
-        nonlocal body_sent
-        if not body_sent:
-            body_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
         await finished.wait()  # like a client that stays connected until the response is complete
         return {"type": "http.disconnect"}
-
-    request = Request(scope, receive)
-    response = await (runtime.handle_post(request) if method == "POST" else runtime.handle_get(request))
-    wants_ack = response.background is not None  # post_predict must wait until the client has the response
-    start: dict = {}
-    chunks: list[bytes] = []
 
     async def send(message: dict) -> None:
         if message["type"] == "http.response.start":
@@ -149,18 +125,18 @@ async def _handle(runtime: ApiRuntime, writer: asyncio.StreamWriter, acks: dict[
             return
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            if wants_ack:  # registered before sending: the ack may come back before send() returns
-                acks[request_id] = asyncio.get_running_loop().create_future()
-            await ipc.send(writer, ("response", request_id, start["status"], start["headers"], b"".join(chunks),
-                                    wants_ack))
-            if wants_ack:
-                await acks[request_id]
+            if wants_sent:  # registered before sending: Sent may come back before send() returns
+                sent[call.call] = asyncio.get_running_loop().create_future()
+            await messages.send(writer, messages.Reply(call.call, start["status"], start["headers"],
+                                                       b"".join(chunks), wants_sent))
+            if wants_sent:
+                await sent[call.call]
 
     try:
-        await response(scope, receive, send)
+        await response(call.scope, receive, send)
     finally:
         finished.set()
-    await ipc.send(writer, ("done", request_id))
+    await messages.send(writer, messages.Done(call.call))
 
 
 if __name__ == "__main__":

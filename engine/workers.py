@@ -1,4 +1,8 @@
-"""processes_per_replica > 1: worker processes behind the front process, each request to the least-loaded one."""
+"""processes_per_replica > 1: the Backend of worker processes, each request to the least-loaded one.
+
+Each worker runs the API's Pipeline (engine.worker); this side starts them, hands them requests (engine.messages),
+replaces those that die, and stops them. The admission layer in front has already counted each request.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -7,17 +11,17 @@ import logging
 import os
 import sys
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import Response
 
-from engine import ipc, tempdirs
+from engine import messages, plugins, tempdirs
+from engine.backend import ApiRequest
 from engine.config import Api
 from engine.errors import EngineError
-from engine.metrics import Metrics, worker_exited
-from engine.runtime import error_response, too_many_in_flight
+from engine.metrics import worker_exited
+from engine.pipeline import error_response
 from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")
@@ -40,23 +44,23 @@ class Worker:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.ready = False
-        self.load = 0  # requests handed to it and not yet done (post_predict included)
+        self.load = 0  # calls handed to it and not yet Done (post_predict included)
         self.pending: dict[int, asyncio.Future] = {}
 
-    async def call(self, request_id: int, method: str, scope: dict, body: bytes) -> tuple:
-        """Hand a request over and wait for its response."""
+    async def call(self, call: messages.Call) -> messages.Reply:
+        """Hand a call over and wait for its reply."""
         future = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = future
-        await ipc.send(self.writer, ("request", request_id, method, scope, body))
+        self.pending[call.call] = future
+        await messages.send(self.writer, call)
         return await future
 
-    async def ack(self, request_id: int) -> None:
-        """Tell the worker its response reached the client, so post_predict may run."""
+    async def sent(self, call: int) -> None:
+        """Tell the worker its reply reached the client, so post_predict may run."""
         if not self.writer.is_closing():
-            await ipc.send(self.writer, ("ack", request_id))
+            await messages.send(self.writer, messages.Sent(call))
 
     def fail_pending(self, reason: str) -> None:
-        """Fail every request this worker was running."""
+        """Fail every call this worker was running."""
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(WorkerDied(reason))
@@ -64,11 +68,11 @@ class Worker:
 
 
 class ForwardedResponse(Response):
-    """A worker's response, sent as it was made; the worker learns when it has been sent (or failed to)."""
+    """A worker's reply, sent as it was made; `on_sent` runs once it has been sent (or failed to be)."""
 
-    def __init__(self, status: int, raw_headers: list, body: bytes, on_sent: Any = None) -> None:
-        super().__init__(body, status_code=status)
-        self.raw_headers = raw_headers
+    def __init__(self, reply: messages.Reply, on_sent: Callable[[], Awaitable[None]] | None = None) -> None:
+        super().__init__(reply.body, status_code=reply.status)
+        self.raw_headers = list(reply.headers)
         self.on_sent = on_sent
 
     async def __call__(self, scope, receive, send) -> None:
@@ -80,28 +84,23 @@ class ForwardedResponse(Response):
 
 
 class WorkerGroup:
-    """The processes_per_replica workers of one API, with least-loaded dispatch and replacement of dead workers."""
+    """The processes_per_replica workers of one API: a Backend."""
 
-    def __init__(self, api: Api, metrics: Metrics, *, capacity: int, config_file: Path, settings: ServeSettings,
-                 on_fatal: Any) -> None:
+    def __init__(self, api: Api, pm: plugins.PluginManager, *, capacity: int, settings: ServeSettings,
+                 on_fatal: Callable[[str], None]) -> None:
         self.api = api
-        self.metrics = metrics
         self.size = api.predictor.processes_per_replica
-        self.capacity = capacity  # requests one worker can work on at once (threads, times batch size if batching)
+        self.capacity = capacity  # calls one worker can work on at once (threads, times batch size if batching)
         self.batching = api.predictor.server_side_batching is not None
-        self.max_in_flight = api.autoscaling.max_replica_concurrency
-        self.in_flight = 0
         self.failure: str | None = None
         self.workers: dict[int, Worker] = {}
-        self._args = [f"--config={config_file}", f"--api={api.name}",
-                      f"--model-poll-interval={settings.model_poll_interval}",
-                      f"--log-level={logging.getLevelName(logging.getLogger().level)}",
-                      *(["--cpu"] if settings.cpu else [])]
-        self._init_timeout = settings.worker_init_timeout
+        self._plugins = plugins.portable(pm)  # exactly these plugins in every worker
+        self._settings = settings
         self._on_fatal = on_fatal
+        self._setup: messages.Setup | None = None
         self._waiting: deque[asyncio.Future] = deque()
         self._connections: dict[int, asyncio.Future] = {}
-        self._request_ids = itertools.count()
+        self._calls = itertools.count()
         self._stopping = False
         self._socket_dir: Path | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -117,45 +116,47 @@ class WorkerGroup:
 
     async def start(self, view: Path, project_root: Path) -> None:
         """Start every worker in parallel and wait until all have finished __init__."""
+        self._setup = messages.Setup(self.api, self._plugins, view, project_root, self._settings.model_poll_interval)
         self._socket_dir = tempdirs.make("workers")
         socket = self._socket_dir / "workers.sock"
-        self._args += [f"--socket={socket}", f"--view={view}", f"--project={project_root}"]
         self._server = await asyncio.start_unix_server(self._accept, path=str(socket))
         await asyncio.gather(*(self._start_worker(index) for index in range(self.size)))
         log.info("api '%s': %d worker processes ready (%d requests at a time each)", self.api.name, self.size,
                  self.capacity)
 
     async def _start_worker(self, index: int) -> None:
-        loop = asyncio.get_running_loop()
-        self._connections[index] = loop.create_future()
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "engine.worker", f"--index={index}",
-                                                       f"--parent={os.getpid()}", *self._args)
+        self._connections[index] = asyncio.get_running_loop().create_future()
+        log_level = logging.getLevelName(logging.getLogger().level)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine.worker", f"--socket={self._socket_dir / 'workers.sock'}",
+            f"--index={index}", f"--parent={os.getpid()}", f"--api={self.api.name}", f"--log-level={log_level}")
         worker = self.workers[index] = Worker(index, process)
         self._keep(self._watch(worker))
-        message = await self._first_message(worker)
-        if message is None or message[0] != "ready":
-            reason = message[1] if message else f"the process exited with code {await process.wait()}"
+        verdict = await self._verdict(worker)
+        if not isinstance(verdict, messages.Ready):
+            reason = verdict.details if isinstance(verdict, messages.Failed) \
+                else f"the process exited with code {await process.wait()}"
             raise EngineError(f"api '{self.api.name}': worker {index} failed to start:\n{reason}")
         worker.ready = True
         self._started_once.add(index)
         self._keep(self._read(worker))
         self._hand_out()
 
-    def _keep(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+    def _keep(self, coroutine: Awaitable) -> None:
+        task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _first_message(self, worker: Worker) -> tuple | None:
-        """The worker's verdict on its __init__ ("ready" or "failed"); None if it exits first; timeout is fatal."""
-        async def connect_and_receive() -> tuple | None:
+    async def _verdict(self, worker: Worker) -> messages.Message | None:
+        """The worker's word on its __init__ (Ready or Failed); None if it exits first; a timeout is fatal."""
+        async def connect_and_receive() -> messages.Message | None:
             worker.reader, worker.writer = await self._connections[worker.index]
-            return await ipc.receive(worker.reader)
+            return await messages.receive(worker.reader)
 
         receiving = asyncio.ensure_future(connect_and_receive())
         exited = asyncio.ensure_future(worker.process.wait())
-        done, _ = await asyncio.wait({receiving, exited}, timeout=self._init_timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        timeout = self._settings.worker_init_timeout
+        done, _ = await asyncio.wait({receiving, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         exited.cancel()
         if receiving in done:
             return receiving.result()
@@ -163,21 +164,22 @@ class WorkerGroup:
         if not done:
             worker.process.kill()
             raise EngineError(f"api '{self.api.name}': worker {worker.index} did not finish __init__ within "
-                              f"{self._init_timeout:g} s (raise --worker-init-timeout if it needs longer)")
+                              f"{timeout:g} s (raise --worker-init-timeout if it needs longer)")
         return None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hello = await ipc.receive(reader)
-        if hello and hello[0] == "hello" and not self._connections[hello[1]].done():
-            self._connections[hello[1]].set_result((reader, writer))
+        hello = await messages.receive(reader)
+        if isinstance(hello, messages.Hello) and not self._connections[hello.index].done():
+            await messages.send(writer, self._setup)
+            self._connections[hello.index].set_result((reader, writer))
 
     async def _read(self, worker: Worker) -> None:
-        while (message := await ipc.receive(worker.reader)) is not None:
-            if message[0] == "response":
-                future = worker.pending.pop(message[1], None)
+        while (message := await messages.receive(worker.reader)) is not None:
+            if isinstance(message, messages.Reply):
+                future = worker.pending.pop(message.call, None)
                 if future is not None and not future.done():
-                    future.set_result(message[2:])
-            elif message[0] == "done":
+                    future.set_result(message)
+            elif isinstance(message, messages.Done):
                 worker.load -= 1
                 self._hand_out()
 
@@ -204,7 +206,7 @@ class WorkerGroup:
         self._stopping = True
         for worker in list(self.workers.values()):
             if worker.writer is not None and not worker.writer.is_closing():
-                await ipc.send(worker.writer, ("stop",))
+                await messages.send(worker.writer, messages.Stop())
         for worker in list(self.workers.values()):
             try:
                 await asyncio.wait_for(worker.process.wait(), 60)
@@ -217,39 +219,23 @@ class WorkerGroup:
 
     # --- requests ------------------------------------------------------------------------------------
 
-    async def handle_post(self, request: Request) -> Response:
+    async def predict(self, request: ApiRequest) -> Response:
         """Forward a prediction to a worker with a free thread."""
-        return await self.metrics.observed(self.api.name, request, self._limited_forward)
+        return await self._forward("predict", request)
 
-    async def handle_get(self, request: Request) -> Response:
+    async def summary(self, request: ApiRequest) -> Response:
         """The API's summary, from one of its workers."""
-        return await self.metrics.observed(self.api.name, request, self._forward)
+        return await self._forward("summary", request)
 
-    async def _limited_forward(self, request: Request) -> Response:
-        if self.in_flight >= self.max_in_flight:
-            return too_many_in_flight(self.api.name, self.in_flight, self.metrics)
-        self.in_flight += 1
-        gauge = self.metrics.child(self.metrics.in_flight, self.api.name)
-        gauge.inc()
-        try:
-            return await self._forward(request)
-        finally:
-            self.in_flight -= 1
-            gauge.dec()
-
-    async def _forward(self, request: Request) -> Response:
-        if not self.ready:
-            reason = f"failed to start: {self.failure}" if self.failure else "its workers are still initialising"
-            return error_response(503, f"api '{self.api.name}' is not ready: {reason}")
-        body = await request.body()
+    async def _forward(self, kind: str, request: ApiRequest) -> Response:
         worker = await self._acquire()
-        request_id = next(self._request_ids)
-        scope = {key: request.scope[key] for key in _SCOPE_KEYS if key in request.scope}
+        call = messages.Call(next(self._calls), kind, {key: request.scope[key] for key in _SCOPE_KEYS
+                                                       if key in request.scope}, request.body)
         try:
-            status, headers, content, wants_ack = await worker.call(request_id, request.method, scope, body)
+            reply = await worker.call(call)
         except WorkerDied as error:
             return error_response(502, str(error))
-        return ForwardedResponse(status, headers, content, (lambda: worker.ack(request_id)) if wants_ack else None)
+        return ForwardedResponse(reply, (lambda: worker.sent(call.call)) if reply.wants_sent else None)
 
     async def _acquire(self) -> Worker:
         """A worker with a free thread (the least loaded; with batching the fullest); requests wait in arrival order."""
@@ -272,8 +258,8 @@ class WorkerGroup:
         free = [w for w in self.workers.values() if w.ready and w.load < self.capacity]
         if not free:
             return None
-        if self.batching:  # fill one worker's batch before starting another's, so batches fill at full rate
-            return max(free, key=lambda w: (w.load, -w.index))
+        if self.batching:  # fill the batch a worker is gathering (calls not yet answered) before starting another
+            return max(free, key=lambda w: (len(w.pending), -w.index))
         return min(free, key=lambda w: (w.load, w.index))
 
     def _hand_out(self) -> None:

@@ -1,13 +1,15 @@
 """Python predictor server-side batching end to end: lists in, lists out, per-request routing, partial batches."""
 from __future__ import annotations
 
-import concurrent.futures
 import json
 
 import httpx
 import pytest
-from helpers import api_yaml
-from test_e2e_server import wait_file
+from support import send_together
+
+from engine.testing import api_yaml, wait_file
+
+pytestmark = pytest.mark.e2e
 
 BATCHED = """
 import json
@@ -43,11 +45,6 @@ def batched_project(tmp_path, max_batch_size, interval, threads=1):
     extra = (f"threads_per_process: {threads}\nserver_side_batching:\n  max_batch_size: {max_batch_size}\n"
              f"  batch_interval: {interval}\nconfig:\n  dir: {tmp_path}")
     return {"cortex.yaml": api_yaml("batch", predictor_extra=extra), "predictor.py": BATCHED}
-
-
-def send_together(server, payloads, **kwargs):
-    with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
-        return list(pool.map(lambda p: httpx.post(server.url + "/batch", json=p, timeout=30, **kwargs), payloads))
 
 
 def test_a_full_batch_runs_at_once_and_each_request_gets_its_own_element(serve, tmp_path, processes):
@@ -97,3 +94,4 @@ def test_any_threads_and_batch_size_combination_works(serve, tmp_path, threads, 
     responses = send_together(server, [{"id": i} for i in range(10)])
     assert sorted(r.json()["id"] for r in responses) == list(range(10))
     assert all(r.json()["batch"] <= max_batch_size for r in responses)
+

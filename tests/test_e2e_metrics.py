@@ -4,10 +4,12 @@ from __future__ import annotations
 import re
 
 import httpx
-from helpers import api_yaml
-from prometheus_client.parser import text_string_to_metric_families
-from test_e2e_batching import send_together
-from test_e2e_server import in_thread, wait_file
+import pytest
+from support import samples, send_together, value
+
+from engine.testing import api_yaml, in_thread, wait_file
+
+pytestmark = pytest.mark.e2e
 
 PREDICTOR = """
 import os
@@ -36,17 +38,6 @@ class PythonPredictor:
     def predict(self, payload):
         return [p for p in payload]
 """
-
-
-def samples(server) -> dict[tuple, float]:
-    """Every sample of GET /metrics by (name, sorted labels)."""
-    text = server.client.get("/metrics").text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def value(found: dict, name: str, **labels: str) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_after_a_known_sequence(serve, tmp_path):

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from helpers import Server, free_port
+from support import samples, value
+
+from engine.testing import Server, free_port, write_project
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 MPG_EXAMPLE = REPO / "examples" / "mpg-estimator"
@@ -119,8 +123,6 @@ def test_models_dir_with_cache_size_1(mpg):
 
 
 def test_python_client_requires_load_model_and_client_argument(tmp_path):
-    from helpers import write_project
-
     no_client = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n" \
                 "    def load_model(self, model_path):\n        return 1\n    def predict(self):\n        return 1\n"
     config = "- name: m\n  kind: RealtimeAPI\n  predictor:\n    type: python\n    path: p.py\n    model_path: models/\n"
@@ -145,8 +147,8 @@ def s3_server(monkeypatch):
     server.start()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    for key, setting in env.items():
+        monkeypatch.setenv(key, setting)
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
     s3.create_bucket(Bucket="models")
     yield s3, env
@@ -176,8 +178,6 @@ def test_s3_models_versions_and_live_reload(s3_server, tmp_path):
 
 
 def test_model_load_metrics(mpg):
-    from test_e2e_metrics import samples, value
-
     _, server = mpg
     for region in ("usa", "europe", "usa"):
         assert predict(server, "/mpg-regional", region=region).status_code == 200

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from helpers import api_yaml
+from engine.testing import Server, api_yaml, write_project
+
+pytestmark = pytest.mark.e2e
 
 DESCRIBE = """
 from starlette.datastructures import FormData, UploadFile
@@ -71,8 +73,6 @@ class PythonPredictor:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, processes):
-    from helpers import Server, write_project
-
     config = "".join([api_yaml("describe", "describe.py"), api_yaml("args", "args.py"),
                       api_yaml("no-args", "no_args.py"), api_yaml("reordered", "reordered.py")])
     project = write_project(tmp_path_factory.mktemp(f"payloads-{processes}") / "project", {

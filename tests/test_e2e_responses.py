@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import api_yaml
+from engine.testing import Server, api_yaml, write_project
+
+pytestmark = pytest.mark.e2e
 
 RESPONDER = """
 import numpy as np
@@ -50,8 +52,6 @@ class PythonPredictor:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, processes):
-    from helpers import Server, write_project
-
     project = write_project(tmp_path_factory.mktemp(f"responses-{processes}") / "project",
                             {"cortex.yaml": api_yaml("respond"), "predictor.py": RESPONDER})
     server = Server(project)

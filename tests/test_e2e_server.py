@@ -4,12 +4,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
-from helpers import api_yaml, free_port, write_project
+import pytest
+
+from engine.testing import api_yaml, free_port, in_thread, wait_file, write_project
+
+pytestmark = pytest.mark.e2e
 
 SIMPLE = """
 class PythonPredictor:
@@ -63,20 +66,6 @@ class PythonPredictor:
 def gated_project(tmp_path: Path, threads: int = 1, extra: str = "", gate_init: bool = False) -> dict[str, str]:
     predictor_extra = f"threads_per_process: {threads}\nconfig:\n  dir: {tmp_path}\n  gate_init: {gate_init}"
     return {"cortex.yaml": api_yaml("gated", predictor_extra=predictor_extra, api_extra=extra), "predictor.py": GATED}
-
-
-def wait_file(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
-
-
-def in_thread(function, *args, **kwargs):
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("value", function(*args, **kwargs)))
-    thread.start()
-    return thread, result
 
 
 def test_single_api_is_served_at_its_name_and_the_aliases(serve):

@@ -9,7 +9,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import api_yaml, write_project
+
+from engine.testing import api_yaml, write_project
+
+pytestmark = pytest.mark.e2e
 
 SIMPLE = """
 class PythonPredictor:

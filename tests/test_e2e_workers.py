@@ -6,8 +6,10 @@ import time
 
 import httpx
 import pytest
-from helpers import api_yaml
-from test_e2e_server import in_thread, wait_file
+
+from engine.testing import api_yaml, in_thread, wait_file
+
+pytestmark = pytest.mark.e2e
 
 WORKER = """
 import ctypes

@@ -22,7 +22,7 @@ How the commands run:
   version), and the working tree must stay as it is even when a test is interrupted. The paths are the same.
 - With this test's Python environment first on PATH (`engine`, `python`); `127.0.0.1:8888` becomes the test
   server's address. A `curl` shell function around the real curl reports each request's status on stderr.
-- `engine serve PROJECT [ARGS]` is not run by bash: the test starts it (tests/helpers.Server, on a free port, with
+- `engine serve PROJECT [ARGS]` is not run by bash: the test starts it (engine.testing.Server, on a free port, with
   the README's ARGS), waits for /readyz before the next command, and stops it (SIGTERM, exit 0) after the last one.
 - `pip install ...` lines: test_readme_install_commands (marked packaging) runs them exactly as written, from the
   repository root, in a fresh virtual environment, and then the rest of each README with that environment's
@@ -49,8 +49,11 @@ from unittest import mock
 
 import httpx
 import pytest
-from helpers import Server
-from test_packaging import clean_env
+from support import clean_env
+
+from engine.testing import Server
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 READMES = sorted(REPO.glob("examples/*/README.md"))
@@ -264,7 +267,7 @@ class ReadmeRun:
         project, args = (words[2], words[3:]) if len(words) > 2 and not words[2].startswith("-") else (".", words[2:])
         assert "--port" not in args and "--host" not in args, f"{command.where(self.readme)}: the test sets the port"
         self.stop()
-        with mock.patch.object(sys, "executable", self.python):  # helpers.Server runs `sys.executable -m engine`
+        with mock.patch.object(sys, "executable", self.python):  # engine.testing.Server runs `sys.executable -m engine`
             self.server = Server(self.root / project, *args, env=self.server_env)
         try:
             self.server.wait_ready(READY_TIMEOUT)

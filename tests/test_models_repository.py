@@ -8,73 +8,17 @@ import random
 import threading
 import time
 import weakref
-from collections import Counter
 from pathlib import Path
 
 import pytest
 from engine_python_predictor.client import PythonClient, PythonModelFormat
+from support import JsonFormat
 
 from engine.config import Models
 from engine.errors import ModelError
 from engine.models import ModelRepository
 
 OLD = time.time() - 3600  # an mtime long settled
-
-
-class Model:
-    """What JsonFormat loads: the JSON content of model.json (weak-referenceable, unlike a dict)."""
-
-    def __init__(self, data: dict, path: Path) -> None:
-        self.data = data
-        self.value = data.get("value")
-        self.path = path
-
-
-class JsonFormat:
-    """A version is a model.json (or a single .json file); counts loads, unloads and the models alive at once."""
-
-    expected_tree = "model.json"
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.lock = threading.Lock()
-        self.loads: Counter[str] = Counter()  # path → loads started
-        self.unloaded: list = []
-        self.alive = 0  # models in memory, counted from the start of their load to their unload
-        self.max_alive = 0
-
-    def validate(self, files):
-        return None if files else "the directory is empty"
-
-    def load(self, path):
-        path = Path(path)
-        with self.lock:
-            self.loads[str(path)] += 1
-            self.alive += 1
-            self.max_alive = max(self.max_alive, self.alive)
-        try:
-            data = json.loads((path if path.is_file() else path / "model.json").read_text())
-            if self.delay:
-                time.sleep(self.delay)
-            if data.get("raise"):
-                raise RuntimeError(data["raise"])
-            return Model(data, path)
-        except BaseException:
-            with self.lock:
-                self.alive -= 1
-            raise
-
-    def unload(self, model):
-        with self.lock:
-            self.alive -= 1
-            self.unloaded.append(model.value)
-
-    def describe(self, model):
-        return {"value": model.value}
-
-    @property
-    def total_loads(self) -> int:
-        return sum(self.loads.values())
 
 
 def put(path: Path, content, mtime: float | None = OLD) -> Path:
@@ -649,7 +593,7 @@ def test_polling_picks_up_new_versions_and_stop_ends_it(tmp_path, repos):
         assert time.monotonic() < deadline, "the new version was not picked up"
         time.sleep(0.01)
     repository.stop()
-    assert not repository._poller.is_alive()
+    assert not repository.reloader.thread.is_alive()
     assert repository.fmt.alive == 0  # stop frees every model
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import threading
 import time
 import uuid
@@ -12,20 +11,17 @@ from pathlib import Path
 import boto3
 import pytest
 from engine_python_predictor.client import PythonClient, PythonModelFormat
-from test_models_repository import JsonFormat
+from support import JsonFormat
 
 from engine.config import Models
 from engine.errors import ModelError
 from engine.models import ModelRepository
 from engine.models.stores import S3Store
+from engine.testing import free_port
 
 pytest.importorskip("moto.server")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = pytest.mark.e2e  # a real S3-compatible server (moto) on loopback
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ suite; deselect it with `-m "not packaging"`.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,9 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port
+from support import clean_env
 
-pytestmark = [pytest.mark.packaging, pytest.mark.slow]
+from engine.testing import free_port
+
+pytestmark = [pytest.mark.packaging, pytest.mark.slow, pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECTS = [REPO, *sorted(path.parent for path in REPO.glob("plugins/*/pyproject.toml"))]
@@ -32,13 +33,6 @@ def project_meta(project: Path) -> tuple[str, str]:
     """(distribution name, version) from a pyproject.toml."""
     meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
     return meta["name"], meta["version"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the test virtualenv's or engine's settings leaking into the fresh one."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not key.startswith(("ENGINE_", "CUDA_"))}
-    return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
 
 
 def run(*command: str | Path, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:

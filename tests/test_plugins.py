@@ -13,7 +13,6 @@ from pathlib import Path
 import msgpack
 import pluggy
 import pytest
-from helpers import Server, api_yaml, write_project
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
@@ -24,6 +23,7 @@ from engine.config import Api
 from engine.errors import ConfigError, MissingPluginError
 from engine.plugins import (DEFAULT_PLUGINS, create_client, make_plugin_manager, plugin_infos, predictor_type,
                             predictor_types, setup_device)
+from engine.testing import Server, api_yaml, write_project
 from engine.validate import validate_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_engine_create_client_and_a_third_party_predictor_type(pm, tmp_path, iso
     write_project(tmp_path, {"cortex.yaml": api_yaml("echo", type_="echo"), "predictor.py": source})
     with serving(create_app(tmp_path, pm=pm)) as client:
         assert client.post("/echo", json=3).json() == {"client": {"device": "cpu"}, "payload": 3}
-    assert create_client(pm, make_api(), Device(kind="cpu"), None) is None  # python without models: no client
+    assert create_client(pm, make_api(), Device(kind="cpu"), None, None) is None  # python without models: no client
 
 
 def test_engine_parse_payload_and_encode_response_plugins_win_over_defaults(pm, tmp_path, isolated_process):
@@ -221,10 +221,11 @@ def test_a_third_party_distribution_is_discovered_with_no_core_change(tmp_path, 
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     pm = make_plugin_manager()
     infos = {info.name: info for info in plugin_infos(pm)}
-    assert infos["msgpack"].distribution == "engine-msgpack" and infos["msgpack"].version == "0.1.0"
+    assert infos["msgpack"].distribution == "engine-msgpack 0.1.0"
     assert infos["msgpack"].hooks == ["engine_encode_response", "engine_parse_payload"]
 
 
+@pytest.mark.e2e
 def test_msgpack_plugin_end_to_end_and_listed_by_engine_plugins(tmp_path):
     site = tmp_path / "site"
     fake_distribution(site, "engine-msgpack", "0.1.0", {"msgpack": "engine_msgpack"})

@@ -7,8 +7,7 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from engine import ConfigError, Device, hookimpl
-from engine.default_plugins.cpu import THREAD_ENV_VARS, usable_cores
+from engine import THREAD_ENV_VARS, ConfigError, Device, hookimpl, usable_cores
 from engine_hw_cuda.discovery import Discover, DiscoveryError, Gpu, discover_gpus, visible_gpus
 
 log = logging.getLogger("engine.cuda")
@@ -126,9 +125,9 @@ class CudaTarget:
                      "others (TF_FORCE_GPU_ALLOW_GROWTH=%s)", api.name, processes, len(gpus),
                      os.environ[TF_GROWTH_ENV])
         has_cuda = self._check_onnxruntime(api, process_index)
-        return Device(kind="cuda", process_index=process_index, env=env, visible_devices=visible,
-                      onnx_providers=list(ONNX_PROVIDERS), threads=threads,
-                      options={"gpus": [asdict(gpu) for gpu in mine], "onnxruntime_cuda": has_cuda})
+        return Device(kind="cuda", process_index=process_index, env=env, visible_devices=visible, threads=threads,
+                      options={"gpus": [asdict(gpu) for gpu in mine], "onnxruntime_cuda": has_cuda,
+                               "onnx_providers": list(ONNX_PROVIDERS)})
 
     def _set_visible(self, api: Any, value: str) -> dict[str, str]:
         """Set CUDA_VISIBLE_DEVICES once per process; a later API asking for other GPUs is warned, not obeyed."""

@@ -9,19 +9,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # cuda_testing, shared by this folder's test modules
 
-from engine.plugins import make_plugin_manager  # noqa: E402
+from engine import testing  # noqa: E402
 from engine_hw_cuda import CudaTarget, Gpu  # noqa: E402
 
 # Every variable the plugin reads or sets; each test starts without them and gets the real ones back afterwards.
 CUDA_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "ENGINE_USER_CUDA_VISIBLE_DEVICES", "ENGINE_SIMULATED_GPUS",
             "TF_FORCE_GPU_ALLOW_GROWTH", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a real NVIDIA GPU with its driver (skipped without one)")
-    # tests/test_packaging.py installs engine[onnx,gpu]; registered here until the root pyproject lists the marker.
-    config.addinivalue_line("markers", "packaging: builds wheels and installs them into a fresh virtualenv (slow)")
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +37,6 @@ def plugin_manager():
     """A fresh plugin manager with the built-in defaults and a CudaTarget over a given device list."""
 
     def make(devices: list[Gpu]):
-        pm = make_plugin_manager(load_entry_points=False)
-        pm.register(CudaTarget(discover=lambda: list(devices)), name="cuda")
-        return pm
+        return testing.plugin_manager(cuda=CudaTarget(discover=lambda: list(devices)))
 
     return make

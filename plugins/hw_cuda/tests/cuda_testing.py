@@ -1,7 +1,7 @@
 """Simulated GPUs and APIs for the CUDA plugin's tests."""
 from __future__ import annotations
 
-from engine.config import Api
+from engine import Api
 from engine_hw_cuda import Gpu
 
 H100 = "NVIDIA H100 80GB HBM3"

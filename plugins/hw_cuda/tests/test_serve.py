@@ -9,9 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import Server, api_yaml, write_project
 
+from engine.testing import Server, api_yaml, write_project
 from engine_hw_cuda.discovery import DiscoveryError, nvml_gpus
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[3]
 ONNX_IRIS = REPO / "examples" / "onnx-iris"

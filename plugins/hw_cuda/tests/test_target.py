@@ -11,9 +11,8 @@ import pytest
 from cuda_testing import H100, gpus, make_api
 
 import engine_python_predictor
-from engine import ConfigError, Device
-from engine.plugins import check_hardware_target, make_plugin_manager, setup_device
-from engine.validate import validate_project
+from engine import ConfigError, Device, testing
+from engine.testing import check_hardware_target, setup_device, validate
 from engine_hw_cuda import CudaTarget, assign
 from engine_hw_cuda.discovery import DiscoveryError
 from engine_hw_cuda.target import onnxruntime_providers as real_onnxruntime_providers  # before any test patches it
@@ -70,8 +69,7 @@ def test_no_driver_is_a_clear_validation_error():
     def no_driver():
         raise DiscoveryError("the NVIDIA driver's NVML library (libnvidia-ml.so.1) was not found")
 
-    pm = make_plugin_manager(load_entry_points=False)
-    pm.register(CudaTarget(discover=no_driver))
+    pm = testing.plugin_manager(CudaTarget(discover=no_driver))
     (problem,) = problems(pm, make_api(gpu=1))
     assert problem == ("compute.gpu: 1 requested, but the GPUs cannot be listed: the NVIDIA driver's NVML library "
                        "(libnvidia-ml.so.1) was not found. Check that nvidia-smi lists them, or set compute.gpu: 0 to "
@@ -90,13 +88,13 @@ def test_engine_validate_reports_the_gpu_problem_with_file_and_api(plugin_manage
     pm = plugin_manager(gpus(H100))
     pm.register(engine_python_predictor)
     with pytest.raises(ConfigError) as raised:
-        validate_project(tmp_path, pm=pm)
+        validate(tmp_path, pm=pm)
     where = f"{tmp_path / 'cortex.yaml'}: api 'clf'"
     assert str(raised.value) == f"{where}: compute.gpu: 2 requested, 1 GPU found (0: {H100})\n" \
                                 f"{where}: to serve it on the CPU instead, run engine serve --cpu (or set ENGINE_CPU=1)"
     pm2 = plugin_manager(gpus(H100, H100))
     pm2.register(engine_python_predictor)
-    assert [api.name for api in validate_project(tmp_path, pm=pm2).apis] == ["clf"]
+    assert [api.name for api in validate(tmp_path, pm=pm2)] == ["clf"]
 
 
 # --- assignment --------------------------------------------------------------------------------------------------
@@ -157,7 +155,7 @@ def test_the_worker_environment_and_device(plugin_manager):
                           "MKL_NUM_THREADS": "4", "VECLIB_MAXIMUM_THREADS": "4", "NUMEXPR_NUM_THREADS": "4"}
     assert all(env[name] == value for name, value in device.env.items())
     assert env["ENGINE_USER_CUDA_VISIBLE_DEVICES"] == "<unset>"
-    assert device.onnx_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert device.options["onnx_providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert device.threads == 4  # 8 cores, 2 processes
     assert device.options["gpus"] == [{"index": 1, "name": H100, "uuid": gpus(H100, H100)[1].uuid,
                                        "memory_total": 80 * 2**30}]
@@ -259,6 +257,7 @@ def test_the_real_onnxruntime_check():
     assert real_onnxruntime_providers() == onnxruntime.get_available_providers()
 
 
+@pytest.mark.e2e
 def test_importing_the_plugin_imports_no_framework_and_no_nvml():
     code = ("import sys, engine_hw_cuda; "
             "print(sorted(m for m in ('onnxruntime', 'pynvml', 'tensorflow', 'torch') if m in sys.modules))")

@@ -5,8 +5,7 @@ import logging
 import os
 from typing import Any
 
-from engine import ConfigError, Device, hookimpl
-from engine.default_plugins.cpu import THREAD_ENV_VARS, usable_cores
+from engine import THREAD_ENV_VARS, ConfigError, Device, hookimpl, usable_cores
 from engine_hw_inferentia.discovery import (FRAMEWORKS, NEURON_LIB, TENSORFLOW_FRAMEWORKS, DiscoveryError, NeuronHost,
                                             core_range, installed_frameworks, parse_cores)
 

@@ -16,10 +16,6 @@ NEURON_ENV = ("NEURON_RT_VISIBLE_CORES", "NEURONCORE_GROUP_SIZES", "NEURON_RTD_A
               "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "inferentia: needs a real AWS Neuron device and runtime (skipped without one)")
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     """No Neuron or thread variables from the machine running the tests; all of them restored afterwards."""

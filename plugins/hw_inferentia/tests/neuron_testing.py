@@ -5,8 +5,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from engine.config import Api
-from engine.plugins import make_plugin_manager
+from engine import Api, testing
 from engine_hw_inferentia import InferentiaTarget, NeuronHost
 
 GIB = 2**30
@@ -87,9 +86,7 @@ class FakeNeuronMachine:
 
     def plugin_manager(self):
         """A fresh plugin manager with the built-in defaults and an InferentiaTarget over this machine."""
-        pm = make_plugin_manager(load_entry_points=False)
-        pm.register(InferentiaTarget(self.host), name="inferentia")
-        return pm
+        return testing.plugin_manager(inferentia=InferentiaTarget(self.host))
 
 
 def make_api(inf: int = 1, processes: int = 1, type_: str = "python", env: dict | None = None,

@@ -7,11 +7,13 @@ import sys
 import threading
 
 import pytest
-from helpers import Server, api_yaml, write_project
 from neuron_testing import inf1_devices
 
+from engine.testing import Server, api_yaml, write_project
 from engine_hw_inferentia import NeuronHost
 from engine_hw_inferentia.discovery import DiscoveryError, core_range, installed_frameworks
+
+pytestmark = pytest.mark.e2e
 
 # Reads the environment when the module is imported, i.e. after the device was set up and before any framework.
 ENV_REPORTER = """

@@ -27,9 +27,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from engine.config import Models
-from engine.default_plugins.cpu import usable_cores
-from engine.models import ModelRepository
+from engine import ModelRepository, Models, usable_cores
 from engine_onnx_predictor.client import ONNXClient
 from engine_onnx_predictor.model_format import OnnxModelFormat
 

@@ -38,10 +38,10 @@ def engine_validate_api(api, project_root):
 
 
 @hookimpl
-def engine_create_client(api, device, models):
+def engine_create_client(api, models, batching):
     """The onnx_client of an onnx API."""
     if api.predictor.type != ONNX.name or models is None:
         return None
     from engine_onnx_predictor.client import ONNXClient
 
-    return ONNXClient(models, api.predictor.server_side_batching)
+    return ONNXClient(models, batching)

@@ -5,25 +5,17 @@ from typing import Any
 
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from engine import ModelError
-from engine.batching import ThreadBatcher
-from engine.config import ServerSideBatching
-from engine.models import ModelRepository
+from engine import DEFAULT_MODEL_NAME, Batching, ModelError, ModelRepository
 from engine_onnx_predictor.batching import batch_key, run_batch, unwrap
 from engine_onnx_predictor.convert import describe_value, to_feed
 from engine_onnx_predictor.model_format import OnnxModel
 
-DEFAULT_MODEL_NAME = "_cortex_default"
-
-
 class ONNXClient:
     """What an ONNXPredictor gets as onnx_client."""
 
-    def __init__(self, repository: ModelRepository, batching: ServerSideBatching | None = None) -> None:
+    def __init__(self, repository: ModelRepository, batching: Batching | None = None) -> None:
         self._repository = repository
-        # engine counts batch sizes through this attribute (see docs/plugin_hooks.md, engine_create_client)
-        self.batcher = ThreadBatcher(lambda key, calls: run_batch(calls), batching.max_batch_size,
-                                     batching.batch_interval) if batching else None
+        self.batcher = batching.thread_batcher(lambda key, calls: run_batch(calls)) if batching else None
 
     def predict(self, model_input: Any, model_name: str | None = None,
                 model_version: str | int | None = "latest") -> list[Any]:

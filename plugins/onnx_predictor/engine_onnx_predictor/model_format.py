@@ -105,7 +105,8 @@ class OnnxModelFormat:
 
 def model_format(api: Any, device: Device) -> OnnxModelFormat:
     """The format for one API in one worker process: providers and threads from the device, threads overridable."""
-    providers = usable_providers(device.onnx_providers, ort.get_available_providers(), api.name)
+    requested = device.options.get("onnx_providers", ["CPUExecutionProvider"])  # the hardware plugin's choice
+    providers = usable_providers(requested, ort.get_available_providers(), api.name)
     return OnnxModelFormat(providers, intra_op_threads(device.threads))
 
 

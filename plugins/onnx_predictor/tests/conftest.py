@@ -9,8 +9,7 @@ onnx = pytest.importorskip("onnx", reason="the ONNX tests build their models wit
                                           "pip install -e 'plugins/onnx_predictor[test]'")
 from onnx import TensorProto, helper  # noqa: E402
 
-from engine.config import ModelPath, Models as ModelsConfig  # noqa: E402
-from engine.models import ModelRepository  # noqa: E402
+from engine import ModelRepository, Models as ModelsConfig  # noqa: E402
 from engine_onnx_predictor.client import ONNXClient  # noqa: E402
 from engine_onnx_predictor.model_format import OnnxModelFormat  # noqa: E402
 
@@ -88,9 +87,7 @@ def repository(tmp_path):
 
     def make(config: ModelsConfig | dict, threads: int = 1, preload: bool = True) -> tuple[ModelRepository, ONNXClient]:
         if isinstance(config, dict):
-            if "paths" in config:
-                config = {**config, "paths": [ModelPath(**entry) for entry in config["paths"]]}
-            config = ModelsConfig(**config)
+            config = ModelsConfig.model_validate(config)
         repo = ModelRepository(config, tmp_path, OnnxModelFormat(["CPUExecutionProvider"], threads), "onnx",
                                poll_interval=3600)
         made.append(repo)

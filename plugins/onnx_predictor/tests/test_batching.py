@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import Server
 from onnx import TensorProto, helper
 
-from engine.config import ServerSideBatching
+from engine import Batching
+from engine.testing import Server
 from engine_onnx_predictor import batching
 from engine_onnx_predictor.client import ONNXClient
 
@@ -32,7 +32,7 @@ def mlp(models, path: Path, rows=None) -> Path:
 
 def batched_client(repository, config, max_batch_size=8, interval=0.05):
     repo, _ = repository(config)
-    client = ONNXClient(repo, ServerSideBatching(max_batch_size=max_batch_size, batch_interval=f"{interval}s"))
+    client = ONNXClient(repo, Batching(max_batch_size=max_batch_size, interval=interval))
     sizes = []
     client.batcher.on_batch = sizes.append
     return repo, client, sizes
@@ -109,6 +109,7 @@ def test_a_failing_merged_run_gives_each_call_its_own_outcome():
         batching.unwrap(second)
 
 
+@pytest.mark.e2e
 def test_iris_example_with_batching_over_http(tmp_path):
     project = tmp_path / "iris"
     project.mkdir()

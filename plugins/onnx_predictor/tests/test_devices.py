@@ -4,23 +4,19 @@ from __future__ import annotations
 import logging
 
 import pytest
-from helpers import api_yaml, write_project
 
-from engine import ConfigError, Device
-from engine.config import load_config
-from engine.plugins import make_plugin_manager, setup_device
+from engine import ConfigError, Device, usable_cores
+from engine.testing import api_yaml, make_api, plugin_manager, setup_device
 from engine_onnx_predictor import ONNX
 from engine_onnx_predictor.model_format import THREADS_ENV, OnnxModelFormat, intra_op_threads, usable_providers
 
 
 @pytest.fixture
-def onnx_api(tmp_path):
+def onnx_api():
     """Build an onnx Api from extra YAML lines under the API."""
 
     def make(api_extra: str = "", predictor_extra: str = "model_path: model/"):
-        root = write_project(tmp_path / "project", {"cortex.yaml": api_yaml("clf", type_="onnx", api_extra=api_extra,
-                                                                            predictor_extra=predictor_extra)})
-        return load_config(root / "cortex.yaml")[0]
+        return make_api(api_yaml("clf", type_="onnx", api_extra=api_extra, predictor_extra=predictor_extra))
 
     return make
 
@@ -62,7 +58,8 @@ def test_threads_come_from_the_device_unless_the_env_overrides(monkeypatch):
 
 def test_model_format_takes_providers_and_threads_from_the_device(onnx_api, monkeypatch, tmp_path, models):
     monkeypatch.delenv(THREADS_ENV, raising=False)
-    device = Device(kind="cuda", onnx_providers=["CUDAExecutionProvider", "CPUExecutionProvider"], threads=3)
+    device = Device(kind="cuda", options={"onnx_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
+                    threads=3)
     fmt = ONNX.model_format(onnx_api(), device)
     assert isinstance(fmt, OnnxModelFormat) and fmt.intra_op_threads == 3
     loaded = fmt.load(models.identity(tmp_path / "m.onnx").parent)
@@ -76,14 +73,12 @@ def test_model_format_takes_providers_and_threads_from_the_device(onnx_api, monk
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_cpu_device_shares_the_cores_between_worker_processes(onnx_api, monkeypatch, processes):
-    from engine.default_plugins.cpu import usable_cores
-
     monkeypatch.delenv(THREADS_ENV, raising=False)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                 "NUMEXPR_NUM_THREADS"):
         monkeypatch.setenv(var, "1")  # set already: the cpu plugin leaves them (and the test process) alone
     api = onnx_api(predictor_extra=f"model_path: model/\nprocesses_per_replica: {processes}")
-    device = setup_device(make_plugin_manager(), api, 0)
+    device = setup_device(plugin_manager(entry_points=True), api, 0)
     fmt = ONNX.model_format(api, device)
     assert fmt.intra_op_threads == max(1, usable_cores() // processes)
     assert fmt.providers == ["CPUExecutionProvider"]

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Server, api_yaml, write_project
 
+from engine import usable_cores
+from engine.testing import Server, api_yaml, write_project
 from engine_onnx_predictor.model_format import EXPECTED_TREE
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "onnx-iris"
 SAMPLES = {
@@ -133,8 +134,6 @@ def test_a_bad_model_layout_stops_the_server_with_the_expected_tree(tmp_path, se
 
 
 def test_worker_processes_share_the_cores(tmp_path, servers, models):
-    from engine.default_plugins.cpu import usable_cores
-
     root = tmp_path / "project"
     models.constant(root / "model" / "m.onnx", 4.0)
     write_project(root, {"cortex.yaml": api_yaml("clf", type_="onnx",

@@ -5,11 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import api_yaml, write_project
 
 from engine import ConfigError
-from engine.plugins import make_plugin_manager, plugin_infos, predictor_type
-from engine.validate import validate_project
+from engine.testing import api_yaml, load_apis, plugin_infos, plugin_manager, predictor_type, validate, write_project
 from engine_onnx_predictor.client import ONNXClient
 
 PREDICTOR = """
@@ -37,15 +35,16 @@ def project(tmp_path, models):
 
 
 def test_the_entry_point_provides_the_onnx_type():
-    pm = make_plugin_manager()
+    pm = plugin_manager(entry_points=True)
     ptype = predictor_type(pm, "onnx")
     assert (ptype.class_name, ptype.client_arg, ptype.requires_models) == ("ONNXPredictor", "onnx_client", True)
     assert ptype.model_format is not None and ptype.type_fields == frozenset()
     (info,) = [info for info in plugin_infos(pm) if info.name == "onnx"]
-    assert info.distribution == "engine-onnx-predictor"
+    assert info.distribution.split()[0] == "engine-onnx-predictor"  # "name version"
     assert {"engine_predictor_types", "engine_create_client", "engine_validate_api"} <= set(info.hooks)
 
 
+@pytest.mark.e2e
 def test_loading_the_plugin_does_not_import_onnxruntime():
     code = ("import sys, engine_onnx_predictor as plugin; "
             "assert [t.name for t in plugin.engine_predictor_types()] == ['onnx']; "
@@ -54,12 +53,12 @@ def test_loading_the_plugin_does_not_import_onnxruntime():
 
 
 def test_a_valid_project_validates(project):
-    validated = validate_project(project())
-    assert [api.predictor.type for api in validated.apis] == ["onnx"]
+    apis = validate(project())
+    assert [api.predictor.type for api in apis] == ["onnx"]
 
 
 def test_v025_spelling_models_path_to_a_file_validates(project):
-    validate_project(project(predictor_extra="models:\n  path: model/m.onnx"))
+    validate(project(predictor_extra="models:\n  path: model/m.onnx"))
 
 
 @pytest.mark.parametrize("predictor_extra, api_extra, expected", [
@@ -69,24 +68,23 @@ def test_v025_spelling_models_path_to_a_file_validates(project):
 ])
 def test_what_cortex_rejected_for_onnx_is_rejected(project, predictor_extra, api_extra, expected):
     with pytest.raises(ConfigError, match=expected):
-        validate_project(project(predictor_extra=predictor_extra, api_extra=api_extra))
+        validate(project(predictor_extra=predictor_extra, api_extra=api_extra))
 
 
 def test_init_must_declare_onnx_client(project):
     without_client = PREDICTOR.replace("onnx_client, config", "config")
     with pytest.raises(ConfigError, match=r'ONNXPredictor: __init__\(\) argument "onnx_client" is required'):
-        validate_project(project(predictor=without_client))
+        validate(project(predictor=without_client))
 
 
 def test_create_client_only_for_onnx_apis(project, repository, tmp_path):
-    from engine.config import load_config
-
     root = project()
-    api = load_config(root / "cortex.yaml")[0]
+    api = load_apis(root / "cortex.yaml")[0]
     repo, _ = repository({"path": "p/model"})
-    pm = make_plugin_manager()
-    assert isinstance(pm.hook.engine_create_client(api=api, device=None, models=repo), ONNXClient)
+    pm = plugin_manager(entry_points=True)
+    assert isinstance(pm.hook.engine_create_client(api=api, device=None, models=repo, batching=None), ONNXClient)
     python_api = api.model_copy(update={"predictor": api.predictor.model_copy(update={"type": "python"})})
-    results = [impl.function(api=python_api, device=None, models=repo)
+    arguments = {"api": python_api, "device": None, "models": repo, "batching": None}
+    results = [impl.function(**{name: arguments[name] for name in impl.argnames})
                for impl in pm.hook.engine_create_client.get_hookimpls() if impl.plugin_name == "onnx"]
     assert results == [None]

@@ -27,7 +27,7 @@ def engine_predictor_types():
 
 
 @hookimpl
-def engine_create_client(api, device, models):
+def engine_create_client(api, models):
     """A python_client for python APIs with models; none without models, as Cortex did."""
     if api.predictor.type != PYTHON.name or models is None:
         return None

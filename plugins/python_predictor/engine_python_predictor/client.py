@@ -5,8 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ModelError
-from engine.models import ModelRepository
+from engine import ModelError, ModelRepository
 
 
 class PythonModelFormat:

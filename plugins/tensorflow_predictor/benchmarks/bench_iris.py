@@ -90,10 +90,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from engine import Device
-    from engine.config import Models
-    from engine.default_plugins.cpu import usable_cores
-    from engine.models import ModelRepository
+    from engine import Device, ModelRepository, Models, usable_cores
     from engine_tensorflow_predictor.client import TensorFlowClient
     from engine_tensorflow_predictor.model import TensorFlowModelFormat
     from engine_tensorflow_predictor.signatures import SignatureKeys

@@ -45,10 +45,10 @@ def engine_validate_api(api, project_root):
 
 
 @hookimpl
-def engine_create_client(api, device, models):
+def engine_create_client(api, models, batching):
     """The tensorflow_client of a tensorflow API, over its model repository."""
     if api.predictor.type != TENSORFLOW.name:
         return None
     from engine_tensorflow_predictor.client import TensorFlowClient
 
-    return TensorFlowClient(models, SignatureKeys.from_models(api.predictor.models), api.predictor.server_side_batching)
+    return TensorFlowClient(models, SignatureKeys.from_models(api.predictor.models), batching)

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.batching import ThreadBatcher
-from engine.config import ServerSideBatching
+from engine import Batching
 from engine_tensorflow_predictor.model import Signature
 
 log = logging.getLogger("engine.tensorflow")
@@ -19,8 +18,8 @@ Outputs = dict[str, np.ndarray]
 class SignatureBatcher:
     """Merges concurrent calls of a signature along dimension 0; failed or unsplittable batches rerun call by call."""
 
-    def __init__(self, batching: ServerSideBatching) -> None:
-        self._batcher = ThreadBatcher(self._run_batch, batching.max_batch_size, batching.batch_interval)
+    def __init__(self, batching: Batching) -> None:
+        self._batcher = batching.thread_batcher(self._run_batch)
         self._warned: set[str] = set()
 
     def run(self, signature: Signature, arrays: dict[str, np.ndarray]) -> Outputs:

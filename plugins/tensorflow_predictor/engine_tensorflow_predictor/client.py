@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import ModelError
-from engine.config import DEFAULT_MODEL_NAME, ServerSideBatching
-from engine.models import ModelRepository
+from engine import DEFAULT_MODEL_NAME, Batching, ModelError, ModelRepository
 from engine_tensorflow_predictor.batching import SignatureBatcher
 from engine_tensorflow_predictor.inputs import convert_inputs
 from engine_tensorflow_predictor.model import SavedModel
@@ -17,7 +15,7 @@ class TensorFlowClient:
     """What a TensorFlowPredictor gets as tensorflow_client."""
 
     def __init__(self, repository: ModelRepository, keys: SignatureKeys,
-                 batching: ServerSideBatching | None = None) -> None:
+                 batching: Batching | None = None) -> None:
         self._repository = repository
         self._keys = keys
         self._batcher = SignatureBatcher(batching) if batching is not None else None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.config import Models
+from engine import Models
 
 # The key Cortex fell back to when a model has several signatures and none is configured (Estimator exports).
 FALLBACK_KEY = "predict"

@@ -10,10 +10,8 @@ from typing import Any
 
 import pytest
 
-from engine import Device
-from engine.config import Api
-from engine.models import ModelRepository
-from engine.plugins import create_client, make_plugin_manager, predictor_type
+from engine import Api, Batching, Device, ModelRepository
+from engine.testing import create_client, plugin_manager, predictor_type
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "tensorflow-iris"
@@ -192,18 +190,20 @@ def make_api(predictor: dict[str, Any]) -> Api:
 
 
 class Opened:
-    """A tensorflow_client over a repository, built as ApiRuntime.initialise builds them."""
+    """A tensorflow_client over a repository, built as engine's request pipeline builds them."""
 
     def __init__(self, predictor: dict[str, Any], root: Path, preload: bool = True) -> None:
         self.api = make_api(predictor)
-        pm = make_plugin_manager()
+        pm = plugin_manager(entry_points=True)
         ptype = predictor_type(pm, "tensorflow")
         device = Device(kind="cpu", threads=1)
         self.format = ptype.model_format(self.api, device)
         self.repository = ModelRepository(self.api.predictor.models, root, self.format, "tensorflow",
                                           poll_interval=3600)
         self.repository.scan()
-        self.client = create_client(pm, self.api, device, self.repository)
+        batching = self.api.predictor.server_side_batching  # the type batches in its client: it gets the limits
+        self.client = create_client(pm, self.api, device, self.repository,
+                                    Batching(batching.max_batch_size, batching.batch_interval) if batching else None)
         if preload and self.repository.cache_size is None:
             self.repository.preload()
 

@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import Server, api_yaml, write_project
 
-pytestmark = pytest.mark.slow
+from engine.testing import Server, api_yaml, write_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "tensorflow-iris"
 START_TIMEOUT = 120  # importing TensorFlow alone takes seconds

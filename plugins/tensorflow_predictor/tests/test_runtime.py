@@ -13,9 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 import engine_tensorflow_predictor
-from engine import Device
-from engine.config import Api
-from engine.plugins import make_plugin_manager, predictor_type
+from engine import Api, Device
+from engine.testing import plugin_manager, predictor_type
 from engine_tensorflow_predictor import runtime
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "tensorflow-iris"
@@ -29,23 +28,23 @@ def run_python(code: str, **env: str) -> str:
     return result.stdout
 
 
+@pytest.mark.e2e
 def test_loading_every_plugin_and_validating_a_project_do_not_import_tensorflow(tmp_path):
     (tmp_path / "model").mkdir()
     shutil.copy(EXAMPLE / "predictor.py", tmp_path)
     shutil.copy(EXAMPLE / "cortex.yaml", tmp_path)
     out = run_python(f"""
         import sys
-        from engine.plugins import make_plugin_manager, predictor_type
-        from engine.validate import validate_project
-        pm = make_plugin_manager()
-        validate_project({str(tmp_path)!r}, pm=pm)
+        from engine.testing import plugin_manager, predictor_type, validate
+        pm = plugin_manager(entry_points=True)
+        validate({str(tmp_path)!r}, pm=pm)
         print(predictor_type(pm, "tensorflow").class_name, "tensorflow" in sys.modules)
     """)
     assert out.split() == ["TensorFlowPredictor", "False"]
 
 
 def test_the_predictor_type_is_cortexs():
-    ptype = predictor_type(make_plugin_manager(), "tensorflow")
+    ptype = predictor_type(plugin_manager(entry_points=True), "tensorflow")
     assert (ptype.class_name, ptype.client_arg, ptype.requires_models) == \
         ("TensorFlowPredictor", "tensorflow_client", True)
     assert ptype.type_fields == {"signature_key", "tensorflow_serving_image"}
@@ -160,5 +159,5 @@ def test_validate_says_how_to_install_tensorflow_when_it_is_missing(monkeypatch,
 
 
 def test_no_client_for_other_predictor_types():
-    assert engine_tensorflow_predictor.engine_create_client(api("python"), Device(kind="cpu"), None) is None
+    assert engine_tensorflow_predictor.engine_create_client(api=api("python"), models=None, batching=None) is None
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import ModelError
-from engine.config import Models
+from engine import ModelError, Models
 from engine_tensorflow_predictor.signatures import SignatureError, SignatureKeys, select_signature
 
 

@@ -1,10 +1,13 @@
-"""One API being served: its predictor, thread pool, concurrency limit and request pipeline."""
+"""One API's predictor and its request pipeline: arguments → predict (or a batch) → encode → post_predict.
+
+The only copy of it: the front process runs it for an API with one process (it is then that API's Backend), and
+each worker process runs it for the requests the front hands over.
+"""
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,15 +16,16 @@ import pluggy
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine import plugins
-from engine.batching import AsyncBatcher, concurrent_predicts
+from engine.backend import ApiRequest
+from engine.batching import AsyncBatcher, Batching, concurrent_predicts
 from engine.config import Api
-from engine.errors import MissingPluginError, ModelError, PayloadError
+from engine.errors import ModelError, PayloadError
 from engine.metrics import Metrics
 from engine.models import ModelRepository
+from engine.plugin_api import DescribesModels, LoadsUserModels
 from engine.predictor import Predictor, load_class
 
 log = logging.getLogger("engine")
@@ -34,24 +38,16 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
     return JSONResponse({"error": message}, status_code=status_code, headers=headers)
 
 
-def too_many_in_flight(api: str, in_flight: int, metrics: Metrics) -> Response:
-    """The immediate 503 for a request beyond max_replica_concurrency, counted."""
-    metrics.child(metrics.rejected, api).inc()
-    return error_response(503, f"api '{api}' already has {in_flight} requests in flight, its "
-                               "max_replica_concurrency; retry later")
+class Pipeline:
+    """Initialises one API's predictor on its thread pool, then answers its predictions and summaries."""
 
-
-class ApiRuntime:
-    """Serves one API: initialises its predictor on the pool, then answers its POST and GET requests."""
-
-    def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics, model_poll_interval: float = 10.0,
-                 process_index: int = 0, observe_requests: bool = True) -> None:
+    def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics, model_poll_interval: float,
+                 process_index: int = 0) -> None:
         self.api = api
-        self.observe_requests = observe_requests  # False in worker processes: the front process counts and logs
-        self.model_poll_interval = model_poll_interval
-        self.process_index = process_index
         self.pm = pm
         self.metrics = metrics
+        self.model_poll_interval = model_poll_interval
+        self.process_index = process_index
         self.ptype = plugins.predictor_type(pm, api.predictor.type)
         threads = api.predictor.threads_per_process
         if self.ptype.client_batching and api.predictor.server_side_batching:
@@ -60,8 +56,6 @@ class ApiRuntime:
         self.parse_payload = plugins.fast_caller(pm.hook.engine_parse_payload)
         self.encode_response = plugins.fast_caller(pm.hook.engine_encode_response)
         self.batcher: AsyncBatcher | None = None
-        self.max_in_flight = api.autoscaling.max_replica_concurrency
-        self.in_flight = 0
         self.predictor: Predictor | None = None
         self.client: Any = None
         self.models: ModelRepository | None = None
@@ -72,79 +66,63 @@ class ApiRuntime:
         """True once the predictor's __init__ has returned."""
         return self.predictor is not None
 
-    def initialise(self, view: Path, project_root: Path) -> None:
-        """Set up the device and models, build the client, run __init__, load the models (call on the API's pool)."""
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    async def start(self, view: Path, project_root: Path) -> None:
+        """Initialise on the API's own pool (so __init__ runs on a request thread, as in Cortex)."""
+        await asyncio.get_running_loop().run_in_executor(self.pool, self._initialise, view, project_root)
+
+    def _initialise(self, view: Path, project_root: Path) -> None:
+        """Set up the device and models, build the client, run __init__, load the models."""
         api, ptype = self.api, self.ptype
         device = plugins.setup_device(self.pm, api, process_index=self.process_index)
         if api.predictor.models is not None:
-            if ptype.model_format is None:
-                raise MissingPluginError(f"the {ptype.name} predictor type does not support models")
             self.models = ModelRepository(
-                api.predictor.models, project_root, ptype.model_format(api, device), ptype.name,
+                api.predictor.models, project_root, plugins.model_format(ptype, api, device), ptype.name,
                 poll_interval=self.model_poll_interval,
                 on_load=lambda model, reload, ok, seconds: self.metrics.model_loaded(api.name, model, reload, ok,
                                                                                      seconds))
             self.models.scan()
-        self.client = plugins.create_client(self.pm, api, device, self.models)
-        if getattr(self.client, "batcher", None) is not None:  # a client that batches inference calls itself
-            self.client.batcher.on_batch = self.metrics.child(self.metrics.batch_size, api.name).observe
+        batching = api.predictor.server_side_batching
+        on_batch = self.metrics.child(self.metrics.batch_size, api.name).observe
+        client_batching = Batching(batching.max_batch_size, batching.batch_interval, on_batch) \
+            if batching and ptype.client_batching else None
+        self.client = plugins.create_client(self.pm, api, device, self.models, client_batching)
         predictor_class, methods = load_class(view, api, ptype)
         predictor = Predictor.construct(predictor_class, methods, api.predictor.config, ptype.client_arg, self.client)
         if self.models is not None:
             if ptype.user_loads_models:
+                plugins.require(self.pm, ptype, self.client, LoadsUserModels, "user_loads_models")
                 self.client.set_load_method(predictor.instance.load_model)
             if self.models.cache_size is None:
                 self.models.preload()
             self.models.start_polling()
-        batching = api.predictor.server_side_batching
         if batching and not ptype.client_batching:
             self.batcher = AsyncBatcher(predictor.predict_batch, self.pool, batching.max_batch_size,
-                                        batching.batch_interval,
-                                        on_batch=self.metrics.child(self.metrics.batch_size, api.name).observe)
+                                        batching.batch_interval, on_batch=on_batch)
         self.predictor = predictor
 
-    async def start(self, view: Path, project_root: Path) -> None:
-        """Initialise on the API's own pool (so __init__ runs on a request thread, as in Cortex)."""
-        await asyncio.get_running_loop().run_in_executor(self.pool, self.initialise, view, project_root)
-
     async def stop(self) -> None:
-        """Drain without blocking the event loop."""
-        await asyncio.get_running_loop().run_in_executor(None, self.drain)
+        """Wait for running predicts and pending post_predicts (off the event loop), then free the models."""
+        await asyncio.get_running_loop().run_in_executor(None, self._drain)
 
-    async def handle_post(self, request: Request) -> Response:
-        """Run predict for one request."""
-        return await self._observed(request, self._predict)
+    def _drain(self) -> None:
+        self.pool.shutdown(wait=True)
+        if self.models is not None:
+            self.models.stop()
 
-    async def handle_get(self, request: Request) -> Response:
-        """The API's summary: Cortex's message, and its models' metadata when it has a model client."""
-        return await self._observed(request, self._summary)
+    # --- requests ---------------------------------------------------------------------------------------------
 
-    async def _observed(self, request: Request, answer: Callable[[Request], Awaitable[Response]]) -> Response:
-        if not self.observe_requests:
-            return await answer(request)
-        return await self.metrics.observed(self.api.name, request, answer)
-
-    async def _summary(self, request: Request) -> Response:
-        if not self.ready:
-            return self._not_ready()
+    async def summary(self, request: ApiRequest) -> Response:
+        """Cortex's message, and its models' metadata when the client describes them."""
         body: dict[str, Any] = {"message": GET_MESSAGE}
-        if self.client is not None and hasattr(self.client, "metadata"):
+        if isinstance(self.client, DescribesModels):
             body["model_metadata"] = self.client.metadata()
         return JSONResponse(body)
 
-    def _not_ready(self) -> Response:
-        reason = f"failed to start: {self.failure}" if self.failure else "its predictor is still initialising"
-        return error_response(503, f"api '{self.api.name}' is not ready: {reason}")
-
-    async def _predict(self, request: Request) -> Response:
-        if self.in_flight >= self.max_in_flight:
-            return too_many_in_flight(self.api.name, self.in_flight, self.metrics)
+    async def predict(self, request: ApiRequest) -> Response:
+        """Parse what predict declares, run it (alone or in a batch) on the pool, encode its result."""
         predictor = self.predictor
-        if predictor is None:
-            return self._not_ready()
-        self.in_flight += 1
-        if self.observe_requests:
-            self.metrics.child(self.metrics.in_flight, self.api.name).inc()
         arguments: dict[str, Any] = {}
         try:
             arguments = await self._arguments(request, predictor)
@@ -168,22 +146,22 @@ class ApiRuntime:
             self.metrics.child(self.metrics.predictor_exceptions, self.api.name).inc()
             log.exception("api '%s': predict failed", self.api.name)
             return error_response(500, f"{type(error).__name__}: {error}")
-        finally:
-            self.in_flight -= 1
-            if self.observe_requests:
-                self.metrics.child(self.metrics.in_flight, self.api.name).dec()
+        if not isinstance(response, Response):
+            log.error("api '%s': engine_encode_response answered %s, not a starlette Response: an installed plugin "
+                      "breaks the hook's contract (engine plugins lists them)", self.api.name, type(response).__name__)
+            return error_response(500, "internal error in engine: a plugin encoded the response wrongly")
         if predictor.post_predict_args is not None:
             _add_background(response, BackgroundTask(self._submit_post_predict, predictor, result, arguments))
         elif isinstance(arguments.get("payload"), FormData):
             _add_background(response, BackgroundTask(_close_uploads, arguments))
         return response
 
-    async def _arguments(self, request: Request, predictor: Predictor) -> dict[str, Any]:
+    async def _arguments(self, request: ApiRequest, predictor: Predictor) -> dict[str, Any]:
         arguments: dict[str, Any] = {}
         if predictor.wants_payload:
-            payload = self.parse_payload(body=await request.body(),
-                                         content_type=request.headers.get("content-type", ""),
-                                         headers=request.headers, api=self.api)
+            headers = request.headers
+            payload = self.parse_payload(body=request.body, content_type=headers.get("content-type", ""),
+                                         headers=headers, api=self.api)
             arguments["payload"] = await payload if inspect.isawaitable(payload) else payload
         if predictor.wants_query_params:
             arguments["query_params"] = request.query_params
@@ -192,8 +170,8 @@ class ApiRuntime:
         return arguments
 
     async def _submit_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
-        # Submitted, not awaited: the connection is free for its next request while post_predict runs; drain()
-        # waits for it at shutdown.
+        # Submitted, not awaited: the connection is free for its next request while post_predict runs; stop()
+        # waits for it.
         self.pool.submit(self._run_post_predict, predictor, result, arguments)
 
     def _run_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
@@ -203,12 +181,6 @@ class ApiRuntime:
             log.exception("api '%s': post_predict failed", self.api.name)
         finally:
             _close_uploads(arguments)
-
-    def drain(self) -> None:
-        """Wait for running predicts and pending post_predicts, stop the pool, then free the models."""
-        self.pool.shutdown(wait=True)
-        if self.models is not None:
-            self.models.stop()
 
 
 def _add_background(response: Response, task: BackgroundTask) -> None:

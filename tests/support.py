@@ -1,0 +1,107 @@
+"""Helpers shared by several of the core's test modules (and by no plugin's: those live in engine.testing).
+
+Test modules never import each other; what two of them share lives here.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine.testing import Server
+
+# --- model repositories -------------------------------------------------------------------------------------------
+
+
+class Model:
+    """What JsonFormat loads: the JSON content of model.json (weak-referenceable, unlike a dict)."""
+
+    def __init__(self, data: dict, path: Path) -> None:
+        self.data = data
+        self.value = data.get("value")
+        self.path = path
+
+
+class JsonFormat:
+    """A version is a model.json (or a single .json file); counts loads, unloads and the models alive at once."""
+
+    expected_tree = "model.json"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.loads: Counter[str] = Counter()  # path → loads started
+        self.unloaded: list = []
+        self.alive = 0  # models in memory, counted from the start of their load to their unload
+        self.max_alive = 0
+
+    def validate(self, files):
+        return None if files else "the directory is empty"
+
+    def load(self, path):
+        path = Path(path)
+        with self.lock:
+            self.loads[str(path)] += 1
+            self.alive += 1
+            self.max_alive = max(self.max_alive, self.alive)
+        try:
+            data = json.loads((path if path.is_file() else path / "model.json").read_text())
+            if self.delay:
+                time.sleep(self.delay)
+            if data.get("raise"):
+                raise RuntimeError(data["raise"])
+            return Model(data, path)
+        except BaseException:
+            with self.lock:
+                self.alive -= 1
+            raise
+
+    def unload(self, model):
+        with self.lock:
+            self.alive -= 1
+            self.unloaded.append(model.value)
+
+    def describe(self, model):
+        return {"value": model.value}
+
+    @property
+    def total_loads(self) -> int:
+        return sum(self.loads.values())
+
+
+# --- servers ------------------------------------------------------------------------------------------------------
+
+
+def send_together(server: Server, payloads: list, **kwargs) -> list[httpx.Response]:
+    """POST every payload to /batch at once, one thread each; the responses in payload order."""
+    with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
+        return list(pool.map(lambda p: httpx.post(server.url + "/batch", json=p, timeout=30, **kwargs), payloads))
+
+
+def samples(server: Server) -> dict[tuple, float]:
+    """Every sample of GET /metrics by (name, sorted labels)."""
+    text = server.client.get("/metrics").text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    """One sample of what `samples` found; 0.0 when /metrics did not show it."""
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# --- fresh environments -------------------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the test virtualenv's or engine's settings leaking into the fresh one."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not key.startswith(("ENGINE_", "CUDA_"))}
+    return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
