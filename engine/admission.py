@@ -1,72 +1,141 @@
-"""The front door of every API, in the front process: readiness, the concurrency limit, request ids, metrics and the
-access log, for in-process and worker-backed APIs alike. What passes is handed to the API's Backend.
+"""The front door of every API, in the front process: request ids, readiness, the body (its size and its time), the
+concurrency limit, the deadline, client disconnects, metrics and the access log — for in-process and worker-backed
+APIs alike. What passes is handed to the API's Backend.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
+from typing import Protocol
 
 from starlette.responses import Response
 
 from engine.backend import ApiRequest, Backend
 from engine.metrics import Metrics
 from engine.pipeline import error_response
+from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")
 access_log = logging.getLogger("engine.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
+MAX_REQUEST_ID = 200  # longer ids, or ids with characters outside visible ASCII, are replaced
 API_METHODS = ("GET", "HEAD", "POST")
+RETRY_AFTER = "1"  # seconds a client told 503 should wait before it tries again
 _ALLOW = ", ".join(API_METHODS)
+
+
+class ServerState(Protocol):
+    """What the admission layer asks of the server as a whole."""
+
+    draining: bool  # SIGTERM has come: responses say Connection: close
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was complete."""
+
+
+class BodyTooLarge(Exception):
+    """The body is longer than max_body_size."""
 
 
 class Admission:
     """One API's requests: checked, counted and logged here, answered by its backend. An ASGI app of its routes."""
 
-    def __init__(self, backend: Backend, metrics: Metrics) -> None:
+    def __init__(self, backend: Backend, metrics: Metrics, settings: ServeSettings, server: ServerState) -> None:
         self.backend = backend
         self.api = backend.api
         self.metrics = metrics
+        self.server = server
+        self.request_timeout = settings.request_timeout
+        self.body_timeout = settings.body_timeout
+        self.max_body_size = settings.max_body_size
         self.max_in_flight = backend.api.autoscaling.max_replica_concurrency
         self.in_flight = 0
         self._gauge = metrics.child(metrics.in_flight, self.api.name)
         self._rejected = metrics.child(metrics.rejected, self.api.name)
+        self._timeouts = metrics.child(metrics.timeouts, self.api.name)
+        self._disconnects = metrics.child(metrics.disconnects, self.api.name)
 
     async def __call__(self, scope: dict, receive, send) -> None:
         started = time.perf_counter()
         method = scope["method"]
         request_id = ensure_request_id(scope)
-        if method not in API_METHODS:
-            response = error_response(405, "Method Not Allowed", headers={"Allow": _ALLOW})
-        else:
+        try:
             response = await self._answer(method, scope, receive)
+        except ClientGone:
+            self._disconnects.inc()
+            access_log.info("%s %s %s client disconnected %.1fms request_id=%s", self.api.name, method,
+                            scope["path"], (time.perf_counter() - started) * 1e3, request_id)
+            return
         response.headers["x-request-id"] = request_id
-        self._observe(method, scope["path"], response.status_code, started, request_id)
+        if self.server.draining:
+            response.headers["connection"] = "close"  # no keep-alive request may arrive as the server goes
         await response(scope, receive, send)
+        self._observe(method, scope["path"], response.status_code, started, request_id)
 
     async def _answer(self, method: str, scope: dict, receive) -> Response:
+        if method not in API_METHODS:
+            return error_response(405, "Method Not Allowed", headers={"Allow": _ALLOW})
         backend = self.backend
         if not backend.ready:
             reason = f"failed to start: {backend.failure}" if backend.failure else "its predictor is still initialising"
-            return error_response(503, f"api '{self.api.name}' is not ready: {reason}")
+            return error_response(503, f"api '{self.api.name}' is not ready: {reason}",
+                                  headers={"Retry-After": RETRY_AFTER})
         try:
             if method != "POST":
-                return await backend.summary(ApiRequest(scope, b""))
-            if self.in_flight >= self.max_in_flight:
-                self._rejected.inc()
-                return error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, "
-                                           "its max_replica_concurrency; retry later")
-            self.in_flight += 1
-            self._gauge.inc()
-            try:
-                return await backend.predict(ApiRequest(scope, await read_body(receive)))
-            finally:
-                self.in_flight -= 1
-                self._gauge.dec()
+                async with asyncio.timeout(self.request_timeout):
+                    return await backend.summary(ApiRequest(scope, b""))
+            return await self._predict(scope, receive)
+        except TimeoutError:
+            self._timeouts.inc()
+            return error_response(504, f"api '{self.api.name}' did not answer within the request timeout "
+                                       f"({self.request_timeout:g} s)")
+        except (ClientGone, asyncio.CancelledError):
+            raise
         except Exception as error:  # the backends answer every predictor error; this is a bug in engine itself
             log.exception("unexpected error while serving %s %s", method, scope["path"])
             return error_response(500, f"internal error in engine: {type(error).__name__}: {error}")
+
+    async def _predict(self, scope: dict, receive) -> Response:
+        problem = framing_problem(scope, self.max_body_size)
+        if problem is not None:
+            return problem
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await read_body(receive, self.max_body_size)
+        except TimeoutError:
+            return _closing(error_response(408, f"the request body did not arrive within {self.body_timeout:g} s"))
+        except BodyTooLarge:
+            return _closing(error_response(413, f"the request body is larger than {self.max_body_size} bytes "
+                                                "(--max-body-size)"))
+        if self.in_flight >= self.max_in_flight:  # taken after the body: a slow client holds no slot
+            self._rejected.inc()
+            return error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, its "
+                                       "max_replica_concurrency; retry later", headers={"Retry-After": RETRY_AFTER})
+        self.in_flight += 1
+        self._gauge.inc()
+        work = asyncio.ensure_future(self.backend.predict(ApiRequest(scope, body)))
+        work.add_done_callback(self._release)  # the slot stays taken until the work stops, even past a 504
+        gone = asyncio.ensure_future(receive())  # after the whole body, receive() answers only a disconnect
+        try:
+            done, _ = await asyncio.wait((work, gone), timeout=self.request_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():  # the deadline, the client, or the server's own stop: the backend drops it
+                work.cancel()
+        if work in done:
+            return work.result()
+        if gone in done:
+            raise ClientGone
+        raise TimeoutError
+
+    def _release(self, work: asyncio.Future) -> None:
+        self.in_flight -= 1
+        self._gauge.dec()
 
     def _observe(self, method: str, path: str, status: int, started: float, request_id: str) -> None:
         seconds = time.perf_counter() - started
@@ -77,24 +146,57 @@ class Admission:
             access_log.info("%s %s %s %s %.1fms request_id=%s", api, method, path, status, seconds * 1e3, request_id)
 
 
-async def read_body(receive) -> bytes:
-    """The whole request body."""
+def framing_problem(scope: dict, max_body_size: int | None) -> Response | None:
+    """A 4xx for a request whose framing is wrong (RFC 9112: Content-Length with chunked) or too long by its
+    Content-Length; both close the connection, since the body is not read."""
+    length = None
+    chunked = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            chunked = True
+    if length is not None and chunked:
+        return _closing(error_response(400, "a request with both Content-Length and Transfer-Encoding is ambiguous "
+                                            "(RFC 9112); send one of them"))
+    if length is not None and max_body_size is not None and length.isdigit() and int(length) > max_body_size:
+        return _closing(error_response(413, f"the request body ({int(length)} bytes) is larger than {max_body_size} "
+                                            "bytes (--max-body-size)"))
+    return None
+
+
+async def read_body(receive, max_body_size: int | None) -> bytes:
+    """The whole request body; ClientGone if the client disconnects first, BodyTooLarge past the limit."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if max_body_size is not None and size > max_body_size:
+            raise BodyTooLarge
+        chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def ensure_request_id(scope: dict) -> str:
-    """The request's X-Request-ID, or a new one added to its headers (so the predictor and workers see it too)."""
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER and value:
-            return value.decode("latin-1")
+    """The request's X-Request-ID when it is a sane one, or a new one put in its headers (the predictor and the
+    workers see it too)."""
+    headers = scope["headers"]
+    for index, (name, value) in enumerate(headers):
+        if name == REQUEST_ID_HEADER:
+            if 0 < len(value) <= MAX_REQUEST_ID and value.isascii() and all(33 <= byte <= 126 for byte in value):
+                return value.decode("ascii")
+            headers = headers[:index] + headers[index + 1:]  # replaced: never logged or echoed as sent
+            break
     request_id = "%032x" % random.getrandbits(128)  # unique enough, and far cheaper than uuid4's os.urandom
-    scope["headers"] = [*scope["headers"], (REQUEST_ID_HEADER, request_id.encode())]
+    scope["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
     return request_id
+
+
+def _closing(response: Response) -> Response:
+    response.headers["connection"] = "close"
+    return response

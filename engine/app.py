@@ -43,14 +43,18 @@ class AppState:
         self.pm = pm
         self.metrics = Metrics()
         self.on_fatal = on_fatal
+        self.settings = settings
         self.backends: list[Backend] = [self._backend(api, settings) for api in validated.apis]
-        self.admissions = [Admission(backend, self.metrics) for backend in self.backends]
+        self.admissions = [Admission(backend, self.metrics, settings, self) for backend in self.backends]
+        self.draining = False  # SIGTERM has come
+        self.stopping_since: float | None = None
+        self.stopped_cleanly = True  # False when stop() ran out of time with work still running
         self.started_at = time.monotonic()
         self.view: Path | None = None
         self.init_task: asyncio.Task | None = None
 
     def _backend(self, api, settings: ServeSettings) -> Backend:
-        if api.predictor.processes_per_replica == 1:
+        if api.predictor.processes_per_replica == 1 and not settings.isolate:
             return Pipeline(api, self.pm, self.metrics, settings.model_poll_interval)
         client_batching = plugins.predictor_type(self.pm, api.predictor.type).client_batching
         return WorkerGroup(api, self.pm, capacity=concurrent_predicts(api, client_batching), settings=settings,
@@ -87,11 +91,28 @@ class AppState:
             self.on_fatal(f"api '{backend.api.name}': {class_name} failed to start:\n{details}")
             return False
 
+    def drain(self) -> None:
+        """SIGTERM has come: answer what is in flight, each response closing its connection."""
+        self.draining = True
+        self.stopping_since = time.monotonic()
+
     async def stop(self) -> None:
-        """Stop initialising, wait for in-flight work and post_predicts, then remove the view."""
+        """Stop initialising, wait for in-flight work and post_predicts until --graceful-timeout has passed since
+        the drain began (then give up on them: stopped_cleanly is False), and remove the view."""
         if self.init_task:
             self.init_task.cancel()
-        await asyncio.gather(*(backend.stop() for backend in self.backends))
+        since = self.stopping_since or time.monotonic()
+        left = max(1.0, self.settings.graceful_timeout - (time.monotonic() - since))
+        stops = {asyncio.ensure_future(backend.stop()): backend for backend in self.backends}
+        _, busy = await asyncio.wait(stops, timeout=left)
+        for task in busy:
+            task.cancel()
+        if busy:
+            self.stopped_cleanly = False
+            log.error("stopped after --graceful-timeout (%g s) with work still running in api %s: a predict, "
+                      "post_predict or __init__ that does not return", self.settings.graceful_timeout,
+                      ", ".join(f"'{stops[task].api.name}'" for task in busy))
+            await asyncio.wait(busy, timeout=5)  # worker processes are killed; threads cannot be, the exit ends them
         if self.view:
             remove_view(self.view)
 

@@ -6,6 +6,7 @@ admission layer (engine.admission) has already read the body, counted the reques
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -25,6 +26,9 @@ class ApiRequest:
     scope: dict
     body: bytes
     _headers: Headers | None = field(default=None, repr=False)
+    # Work the request leaves running after its response (its post_predict): whoever must know when the request is
+    # really over (a worker telling the front it is free again) waits for these.
+    after: list[Future] = field(default_factory=list, repr=False)
 
     @property
     def headers(self) -> Headers:

@@ -63,7 +63,11 @@ class AsyncBatcher:
             self._flush()
         elif self._timer is None:  # the interval runs from the first request of the batch
             self._timer = loop.call_later(self.interval, self._flush)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # given up (a deadline, a disconnect): leave the batch if it has not run yet
+            self._waiting = [entry for entry in self._waiting if entry[1] is not future]
+            raise
 
     def _flush(self) -> None:
         if self._timer is not None:

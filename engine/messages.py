@@ -1,8 +1,8 @@
 """What the front process and its worker processes say to each other, and how (length-prefixed pickles).
 
 A worker's life: it connects and says Hello; the front answers Setup; the worker initialises the predictor and
-says Ready (or Failed). Then, per request: Call → Reply → (Sent, when the client has the response) → Done.
-Stop asks it to finish what it has and exit.
+says Ready (or Failed). Then, per request: Call → Reply → (Sent, when the client has the response) → Done, or
+Call → Cancel → Done when the request is given up first. Stop asks it to finish what it has and exit.
 """
 from __future__ import annotations
 
@@ -91,11 +91,18 @@ class Sent:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    """The request was given up (its deadline passed, or its client left): drop it if predict has not started."""
+
+    call: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """Finish the calls you have, post_predicts included, then exit."""
 
 
-Message = Hello | Ready | Failed | Reply | Done | Setup | Call | Sent | Stop
+Message = Hello | Ready | Failed | Reply | Done | Setup | Call | Sent | Cancel | Stop
 
 
 async def send(writer: asyncio.StreamWriter, message: Message) -> bool:

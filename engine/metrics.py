@@ -38,6 +38,13 @@ class Metrics:
                                multiprocess_mode="livesum", registry=registry)
         self.rejected = Counter("engine_requests_rejected", "Requests answered 503 because max_replica_concurrency "
                                 "requests were in flight, by API", ["api"], registry=registry)
+        self.timeouts = Counter("engine_requests_timed_out", "Requests answered 504 because the request timeout "
+                                "passed, by API", ["api"], registry=registry)
+        self.disconnects = Counter("engine_client_disconnects", "Requests whose client went away before the answer, "
+                                   "by API", ["api"], registry=registry)
+        self.overruns = Counter("engine_predict_overruns", "predict() calls still running on a thread when their "
+                                "request was given up (timeout or disconnect); each keeps its slot until it returns",
+                                ["api"], registry=registry)
         self.predictor_exceptions = Counter("engine_predictor_exceptions", "Exceptions raised by predict(), by API",
                                             ["api"], registry=registry)
         self.batch_size = Histogram("engine_batch_size", "Requests (or inference calls) merged into one batch",

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from engine.predictor import Predictor, load_class
 log = logging.getLogger("engine")
 
 GET_MESSAGE = "make a prediction by sending a post request to this endpoint with a json payload"
+PARSE_ON_THREAD = 256 * 1024  # bodies longer than this are parsed off the event loop (it keeps answering meanwhile)
 
 
 def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -129,10 +131,13 @@ class Pipeline:
             if self.batcher is not None:
                 result = await self.batcher.submit(arguments)
             else:
-                result = await asyncio.get_running_loop().run_in_executor(self.pool, predictor.predict, arguments)
+                result = await self._on_pool(predictor.predict, arguments)
             response = self.encode_response(result=result, request_headers=request.headers, api=self.api)
         except PayloadError as error:
             return error_response(400, str(error))
+        except asyncio.CancelledError:
+            _close_uploads(arguments)
+            raise
         except HTTPException as error:
             _close_uploads(arguments)
             return error_response(error.status_code, str(error.detail), headers=error.headers)
@@ -151,17 +156,32 @@ class Pipeline:
                       "breaks the hook's contract (engine plugins lists them)", self.api.name, type(response).__name__)
             return error_response(500, "internal error in engine: a plugin encoded the response wrongly")
         if predictor.post_predict_args is not None:
-            _add_background(response, BackgroundTask(self._submit_post_predict, predictor, result, arguments))
+            _add_background(response, BackgroundTask(self._submit_post_predict, predictor, result, arguments,
+                                                     request))
         elif isinstance(arguments.get("payload"), FormData):
             _add_background(response, BackgroundTask(_close_uploads, arguments))
         return response
+
+    async def _on_pool(self, function: Callable[[Any], Any], argument: Any) -> Any:
+        """Run function(argument) on the API's pool. Cancelled while it waits for a thread, it never runs; cancelled
+        while it runs, it cannot be stopped: this waits for it (its slot stays taken) and counts the overrun."""
+        future = self.pool.submit(function, argument)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancel():
+                self.metrics.child(self.metrics.overruns, self.api.name).inc()
+                await _finished(future)
+            raise
 
     async def _arguments(self, request: ApiRequest, predictor: Predictor) -> dict[str, Any]:
         arguments: dict[str, Any] = {}
         if predictor.wants_payload:
             headers = request.headers
-            payload = self.parse_payload(body=request.body, content_type=headers.get("content-type", ""),
-                                         headers=headers, api=self.api)
+            parse = lambda: self.parse_payload(body=request.body,  # noqa: E731
+                                               content_type=headers.get("content-type", ""), headers=headers,
+                                               api=self.api)
+            payload = await asyncio.to_thread(parse) if len(request.body) > PARSE_ON_THREAD else parse()
             arguments["payload"] = await payload if inspect.isawaitable(payload) else payload
         if predictor.wants_query_params:
             arguments["query_params"] = request.query_params
@@ -169,10 +189,11 @@ class Pipeline:
             arguments["headers"] = request.headers
         return arguments
 
-    async def _submit_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
+    async def _submit_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any],
+                                   request: ApiRequest) -> None:
         # Submitted, not awaited: the connection is free for its next request while post_predict runs; stop()
-        # waits for it.
-        self.pool.submit(self._run_post_predict, predictor, result, arguments)
+        # waits for it, and so does a worker before it says it is done with the request.
+        request.after.append(self.pool.submit(self._run_post_predict, predictor, result, arguments))
 
     def _run_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
         try:
@@ -181,6 +202,17 @@ class Pipeline:
             log.exception("api '%s': post_predict failed", self.api.name)
         finally:
             _close_uploads(arguments)
+
+
+async def _finished(future: Future) -> None:
+    """Wait until a running thread's work ends, whatever cancels the waiter meanwhile."""
+    while not future.done():
+        try:
+            await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            continue
+        except Exception:
+            return
 
 
 def _add_background(response: Response, task: BackgroundTask) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import resource
 import signal
 import socket
 from pathlib import Path
 from typing import Any
 
+from engine import tempdirs
 from engine.errors import EngineError
 from engine.eventloop import run_event_loop
 from engine.settings import ServeSettings
@@ -74,6 +77,7 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
 
     app = create_app(project_dir, config_file, settings=settings, on_fatal=fail)
     listener = bind(settings.host, settings.port)  # before anything starts, so that its errors are the only output
+    raise_open_file_limit()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, shutdown.set)
@@ -82,15 +86,39 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
     _announce(app, settings.host, listener.getsockname()[1])
     config.bind = [f"fd://{listener.detach()}"]
     config.graceful_timeout = settings.graceful_timeout
+    config.keep_alive_timeout = settings.keep_alive_timeout
+    # An HTTP/2 connection opened with prior knowledge that never sends a request is not closed by Hypercorn's
+    # keep-alive timer: a silent connection goes once nothing has been read from it for longer than any request
+    # may take. (A connection waiting for its response reads nothing either, hence the margin.)
+    config.read_timeout = int(max(settings.request_timeout or 0, settings.body_timeout or 0, 60)
+                              + settings.keep_alive_timeout)
+    config.shutdown_timeout = settings.graceful_timeout + 60  # engine bounds its own stop (AppState.stop)
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    state = app.state.engine
 
     async def stop_when_asked() -> None:
         await shutdown.wait()
+        state.drain()
         log.info("stopping: no new connections; requests in flight have %g s to finish", settings.graceful_timeout)
 
     await hypercorn_serve(app, config, shutdown_trigger=stop_when_asked)
-    return 1 if failures else 0
+    code = 1 if failures or not state.stopped_cleanly else 0
+    if not state.stopped_cleanly:  # a thread that never returns would keep the interpreter from exiting
+        tempdirs.remove_all()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def raise_open_file_limit() -> None:
+    """Let this process open as many files (connections) as the system allows it, not just the soft default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:
+            log.debug("cannot raise the open-file limit from %s to %s: %s", soft, hard, error)
 
 
 def _announce(app: Any, host: str, port: int) -> None:

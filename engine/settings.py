@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,6 +43,44 @@ def boolean(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use 1 or 0)")
 
 
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B)?$", re.IGNORECASE)
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: a count, or a number with a unit (32MiB, 32Mi, 32MB, 1G; KiB-style units are powers of 1024)."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a size; give bytes or a number with a unit, such as 32MiB or 500KB")
+    number, unit, binary = match.groups()
+    power = "KMGT".index(unit.upper()) + 1 if unit else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
+def optional_seconds(text: str) -> float | None:
+    """A duration in seconds; 0 or "off" turns it off (None)."""
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    value = seconds(text)
+    return value or None
+
+
+def optional_count(text: str) -> int | None:
+    """A count, 1 or more; 0 or "off" turns it off (None)."""
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} is negative")
+    return value or None
+
+
+def optional_size(text: str) -> int | None:
+    """A size in bytes (see byte_size); 0 or "off" turns it off (None)."""
+    if text.strip().lower() in ("off", "none", ""):
+        return None
+    return byte_size(text) or None
+
+
 def log_level(text: str) -> str:
     """One of debug, info, warning, error."""
     if text.lower() not in LOG_LEVELS:
@@ -68,6 +107,26 @@ class ServeSettings:
                                           "take to finish __init__", "SECONDS")
     cpu: bool = _setting(False, boolean, "serve APIs that ask for compute.gpu or compute.inf on the CPU instead, "
                          "with a warning for each")
+    # --- limits: docs/operations.md says why each default is what it is
+    request_timeout: float | None = _setting(60.0, optional_seconds, "a request still unanswered after this long "
+                                             "gets 504 (0 turns it off)", "SECONDS")
+    max_body_size: int | None = _setting(32 * 2**20, optional_size, "larger request bodies get 413, before they are "
+                                         "read (a byte count or a size such as 32MiB; 0 turns it off)", "SIZE")
+    body_timeout: float | None = _setting(30.0, optional_seconds, "a request body that takes longer to arrive gets "
+                                          "408 and its connection is closed (0 turns it off)", "SECONDS")
+    keep_alive_timeout: float = _setting(5.0, seconds, "idle keep-alive connections are closed after this long",
+                                         "SECONDS")
+    worker_kill_after: float | None = _setting(None, optional_seconds, "with worker processes: a worker whose "
+                                               "predict runs this long past its request's deadline is killed and "
+                                               "replaced (off unless given)", "SECONDS")
+    max_requests_per_worker: int | None = _setting(None, optional_count, "with worker processes: replace a worker, "
+                                                   "gracefully, after it has answered this many requests (off unless "
+                                                   "given)", "COUNT")
+    worker_memory_limit: int | None = _setting(None, optional_size, "with worker processes: replace a worker, "
+                                               "gracefully, once its memory (RSS) exceeds this size (off unless "
+                                               "given)", "SIZE")
+    isolate: bool = _setting(False, boolean, "run the predictors of APIs with processes_per_replica: 1 in a "
+                             "supervised worker process too, so that a crash there cannot end the server")
 
     @classmethod
     def load(cls, given: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServeSettings:
@@ -114,7 +173,11 @@ def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...], defau
 
 
 def _shown(default: Any) -> str:
-    return "off" if default is False else f"{default:g}" if isinstance(default, float) else str(default)
+    if default is None or default is False:
+        return "off"
+    if isinstance(default, int) and default >= 2**20 and default % 2**20 == 0:
+        return f"{default // 2**20}MiB"
+    return f"{default:g}" if isinstance(default, float) else str(default)
 
 
 def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:

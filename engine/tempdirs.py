@@ -14,12 +14,21 @@ from pathlib import Path
 
 log = logging.getLogger("engine")
 
+_made: list[Path] = []
+
 
 def make(kind: str) -> Path:
     """A new temporary directory owned by this process (`kind` is one word, such as "project")."""
     path = Path(tempfile.mkdtemp(prefix=f"engine-{kind}-{os.getpid()}-"))
-    atexit.register(remove, path)
+    _made.append(path)
     return path
+
+
+@atexit.register
+def remove_all() -> None:
+    """Delete every directory this process made (at exit; and before a forced exit, which skips atexit)."""
+    while _made:
+        remove(_made.pop())
 
 
 def remove(path: Path) -> None:

@@ -6,8 +6,9 @@ itself does not): a plugin's tests import from `engine` and `engine.testing` onl
     from engine.testing import pm, processes, serve  # noqa: F401  (fixtures)
 
 End to end: Server, serve (fixture), processes (fixture), write_project, api_yaml, free_port, wait_for, wait_file,
-in_thread. The core's services, for a plugin's own tests: plugin_manager, pm (fixture), plugin_infos, predictor_type,
-check_hardware_target, setup_device, create_client, validate, load_apis, make_api.
+in_thread, fake_distribution, plugin_environment. The core's services, for a plugin's own tests: plugin_manager,
+pm (fixture), plugin_infos, predictor_type, check_hardware_target, setup_device, create_client, validate, load_apis,
+make_api.
 """
 from __future__ import annotations
 
@@ -166,6 +167,25 @@ def api_yaml(name: str = "api", predictor: str = "predictor.py", predictor_extra
     lines += ["    " + line for line in textwrap.dedent(predictor_extra).strip("\n").splitlines()]
     lines += ["  " + line for line in textwrap.dedent(api_extra).strip("\n").splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def fake_distribution(site: Path, name: str, version: str, entry_points: dict[str, str]) -> None:
+    """An installed distribution as importlib.metadata sees it: a dist-info folder in `site` (put it on sys.path)."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[engine]\n{lines}")
+
+
+def plugin_environment(site: Path, name: str, source: str) -> dict[str, str]:
+    """Install a one-module plugin (its source) in `site`; a Server started with the returned environment loads
+    it through its entry point, `name`, as if it were a distribution of its own."""
+    module = f"engine_test_plugin_{name}"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    fake_distribution(site, f"engine-test-plugin-{name}", "0.0.0", {name: module})
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20) -> Any:

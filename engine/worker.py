@@ -81,36 +81,68 @@ async def _run(socket: str, index: int) -> int:
 
 async def _serve(pipeline: Pipeline, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  stopping: asyncio.Event) -> None:
+    """Answer calls until Stop (or SIGTERM), then until the calls in hand are done; end at once if the front goes."""
     sent: dict[int, asyncio.Future] = {}
-    tasks: set[asyncio.Task] = set()
-    stop_task = asyncio.ensure_future(stopping.wait())
+    calls: dict[int, asyncio.Task] = {}
+    idle = asyncio.Event()
+    idle.set()
+
+    def finished(call: int) -> None:
+        calls.pop(call, None)
+        if not calls:
+            idle.set()
+
+    receiving = asyncio.ensure_future(messages.receive(reader))
+    waiter = asyncio.ensure_future(stopping.wait())  # then, once stopping, for the calls in hand to end
     while True:
-        receive_task = asyncio.ensure_future(messages.receive(reader))
-        await asyncio.wait({receive_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        message = receive_task.result() if receive_task.done() else None
-        if message is None or isinstance(message, messages.Stop):
-            receive_task.cancel()
+        await asyncio.wait({receiving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done() and stopping.is_set():
+            if idle.is_set():
+                break
+            waiter = asyncio.ensure_future(idle.wait())
+        if not receiving.done():
+            continue
+        message = receiving.result()
+        if message is None:  # the front is gone: nobody will say that a reply was sent any more
+            for future in sent.values():
+                if not future.done():
+                    future.set_result(None)
             break
-        if isinstance(message, messages.Sent):
+        receiving = asyncio.ensure_future(messages.receive(reader))
+        if isinstance(message, messages.Stop):
+            stopping.set()  # the calls in hand still get their Sent and Cancel messages
+        elif isinstance(message, messages.Sent):
             sent.pop(message.call).set_result(None)
+        elif isinstance(message, messages.Cancel):
+            if message.call in calls:
+                calls[message.call].cancel()
         elif isinstance(message, messages.Call):
-            task = asyncio.create_task(_answer(pipeline, writer, sent, message))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-    stop_task.cancel()
-    if message is None:  # the front is gone: nobody will say that a reply was sent any more
-        for future in sent.values():
-            if not future.done():
-                future.set_result(None)
-    if tasks:  # calls the front already handed us finish before we go
-        await asyncio.wait(tasks)
+            idle.clear()
+            task = calls[message.call] = asyncio.create_task(_answer(pipeline, writer, sent, message))
+            task.add_done_callback(lambda _, call=message.call: finished(call))
+    receiving.cancel()
+    waiter.cancel()
+    if calls:  # the front is gone, but calls it handed us finish before we go
+        await asyncio.wait(calls.values())
 
 
 async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future],
                   call: messages.Call) -> None:
     request = ApiRequest(call.scope, call.body)
-    response = await (pipeline.predict(request) if call.kind == "predict" else pipeline.summary(request))
-    wants_sent = response.background is not None  # post_predict must wait until the client has the response
+    try:
+        response = await (pipeline.predict(request) if call.kind == "predict" else pipeline.summary(request))
+        await _reply(call, response, writer, sent)
+        for work in request.after:  # post_predict: the worker is busy until it ends
+            await asyncio.wrap_future(work)
+    except asyncio.CancelledError:
+        pass  # given up by the front: predict never ran, or has finished (the pipeline waits for a running one)
+    finally:
+        await messages.send(writer, messages.Done(call.call))
+
+
+async def _reply(call: messages.Call, response, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future]) -> None:
+    """Send the response as a Reply; with a post_predict, wait until the front says the client has it."""
+    wants_sent = response.background is not None
     start: dict = {}
     chunks: list[bytes] = []
     finished = asyncio.Event()
@@ -136,7 +168,6 @@ async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[i
         await response(call.scope, receive, send)
     finally:
         finished.set()
-    await messages.send(writer, messages.Done(call.call))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""processes_per_replica > 1: the Backend of worker processes, each request to the least-loaded one.
+"""Worker processes: the Backend of an API served by processes_per_replica workers (or by one, with --isolate).
 
-Each worker runs the API's Pipeline (engine.worker); this side starts them, hands them requests (engine.messages),
-replaces those that die, and stops them. The admission layer in front has already counted each request.
+Each worker runs the API's Pipeline (engine.worker); this side starts them, hands each request to the least-loaded
+one (engine.messages), replaces those that die, retires those past their request or memory limit (a successor
+first), kills one that keeps running a request given up long ago, and stops them. The admission layer in front has
+already counted each request.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ log = logging.getLogger("engine")
 # The parts of an ASGI scope a worker needs to rebuild the request (the rest does not cross processes).
 _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "root_path", "query_string", "headers",
                "client", "server")
+MEMORY_CHECK_INTERVAL = 1.0  # seconds between looks at the workers' memory, when --worker-memory-limit is set
 
 
 class WorkerDied(Exception):
@@ -44,8 +47,12 @@ class Worker:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.ready = False
+        self.replacing = False  # its successor is starting; until it is ready, this one serves on
+        self.retiring = False  # its successor serves in its place; it finishes what it has, then exits
         self.load = 0  # calls handed to it and not yet Done (post_predict included)
-        self.pending: dict[int, asyncio.Future] = {}
+        self.answered = 0
+        self.pending: dict[int, asyncio.Future] = {}  # calls waiting for their Reply
+        self.given_up: dict[int, asyncio.Future] = {}  # calls cancelled while it had them → resolved by their Done
 
     async def call(self, call: messages.Call) -> messages.Reply:
         """Hand a call over and wait for its reply."""
@@ -66,6 +73,14 @@ class Worker:
                 future.set_exception(WorkerDied(reason))
         self.pending.clear()
 
+    def memory(self) -> int:
+        """Its resident memory in bytes (0 once it has gone)."""
+        try:
+            with open(f"/proc/{self.process.pid}/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            return 0
+
 
 class ForwardedResponse(Response):
     """A worker's reply, sent as it was made; `on_sent` runs once it has been sent (or failed to be)."""
@@ -84,7 +99,7 @@ class ForwardedResponse(Response):
 
 
 class WorkerGroup:
-    """The processes_per_replica workers of one API: a Backend."""
+    """The worker processes of one API: a Backend."""
 
     def __init__(self, api: Api, pm: plugins.PluginManager, *, capacity: int, settings: ServeSettings,
                  on_fatal: Callable[[str], None]) -> None:
@@ -93,7 +108,9 @@ class WorkerGroup:
         self.capacity = capacity  # calls one worker can work on at once (threads, times batch size if batching)
         self.batching = api.predictor.server_side_batching is not None
         self.failure: str | None = None
-        self.workers: dict[int, Worker] = {}
+        self.workers: dict[int, Worker] = {}  # the serving worker of each index
+        self._retiring: set[Worker] = set()
+        self._starting: set[Worker] = set()  # started, still in __init__
         self._plugins = plugins.portable(pm)  # exactly these plugins in every worker
         self._settings = settings
         self._on_fatal = on_fatal
@@ -118,29 +135,37 @@ class WorkerGroup:
         """Start every worker in parallel and wait until all have finished __init__."""
         self._setup = messages.Setup(self.api, self._plugins, view, project_root, self._settings.model_poll_interval)
         self._socket_dir = tempdirs.make("workers")
-        socket = self._socket_dir / "workers.sock"
-        self._server = await asyncio.start_unix_server(self._accept, path=str(socket))
+        self._server = await asyncio.start_unix_server(self._accept, path=str(self._socket_dir / "workers.sock"))
         await asyncio.gather(*(self._start_worker(index) for index in range(self.size)))
-        log.info("api '%s': %d worker processes ready (%d requests at a time each)", self.api.name, self.size,
-                 self.capacity)
+        log.info("api '%s': %d worker process%s ready (%d requests at a time each)", self.api.name, self.size,
+                 "es" if self.size > 1 else "", self.capacity)
+        if self._settings.worker_memory_limit:
+            self._keep(self._watch_memory())
 
-    async def _start_worker(self, index: int) -> None:
+    async def _start_worker(self, index: int) -> Worker:
+        """Start a worker and wait for its __init__; once ready it serves as `index` (in place of any other)."""
         self._connections[index] = asyncio.get_running_loop().create_future()
         log_level = logging.getLevelName(logging.getLogger().level)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine.worker", f"--socket={self._socket_dir / 'workers.sock'}",
             f"--index={index}", f"--parent={os.getpid()}", f"--api={self.api.name}", f"--log-level={log_level}")
-        worker = self.workers[index] = Worker(index, process)
+        worker = Worker(index, process)
         self._keep(self._watch(worker))
-        verdict = await self._verdict(worker)
+        self._starting.add(worker)
+        try:
+            verdict = await self._verdict(worker)
+        finally:
+            self._starting.discard(worker)
         if not isinstance(verdict, messages.Ready):
             reason = verdict.details if isinstance(verdict, messages.Failed) \
                 else f"the process exited with code {await process.wait()}"
             raise EngineError(f"api '{self.api.name}': worker {index} failed to start:\n{reason}")
         worker.ready = True
+        self.workers[index] = worker
         self._started_once.add(index)
         self._keep(self._read(worker))
         self._hand_out()
+        return worker
 
     def _keep(self, coroutine: Awaitable) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -180,18 +205,33 @@ class WorkerGroup:
                 if future is not None and not future.done():
                     future.set_result(message)
             elif isinstance(message, messages.Done):
-                worker.load -= 1
-                self._hand_out()
+                self._done(worker, message.call)
+
+    def _done(self, worker: Worker, call: int) -> None:
+        worker.load -= 1
+        worker.answered += 1
+        given_up = worker.given_up.pop(call, None)
+        if given_up is not None:
+            given_up.set_result(None)
+        limit = self._settings.max_requests_per_worker
+        if limit and worker.answered >= limit and not worker.replacing:
+            self._retire(worker, f"it has answered {worker.answered} requests (--max-requests-per-worker)")
+        self._hand_out()
 
     async def _watch(self, worker: Worker) -> None:
         code = await worker.process.wait()
         worker_exited(worker.process.pid)
         worker.ready = False
-        if self.workers.get(worker.index) is worker:
+        self._retiring.discard(worker)
+        serving = self.workers.get(worker.index) is worker
+        if serving:
             del self.workers[worker.index]
+        for given_up in worker.given_up.values():
+            given_up.set_result(None)
+        worker.given_up.clear()
         worker.fail_pending(f"worker process {worker.index} of api '{self.api.name}' died (exit code {code}) while "
                             "handling this request")
-        if self._stopping or worker.index not in self._started_once:
+        if self._stopping or not serving or worker.retiring:
             return
         log.error("api '%s': worker %d died with exit code %s; starting a replacement", self.api.name, worker.index,
                   code)
@@ -201,21 +241,55 @@ class WorkerGroup:
             self.failure = str(error)
             self._on_fatal(str(error))
 
+    def _retire(self, worker: Worker, why: str) -> None:
+        """Replace a worker gracefully: its successor starts first, then it finishes what it has and exits."""
+        worker.replacing = True
+        log.info("api '%s': replacing worker %d (pid %d): %s", self.api.name, worker.index, worker.process.pid, why)
+
+        async def replace() -> None:
+            try:
+                await self._start_worker(worker.index)
+            except EngineError as error:
+                log.error("api '%s': the successor of worker %d failed to start, so it serves on: %s", self.api.name,
+                          worker.index, error)
+                worker.replacing = False
+                return
+            worker.retiring = True  # the successor serves in its place from now on
+            self._retiring.add(worker)
+            await messages.send(worker.writer, messages.Stop())
+
+        self._keep(replace())
+
+    async def _watch_memory(self) -> None:
+        limit = self._settings.worker_memory_limit
+        while not self._stopping:
+            await asyncio.sleep(MEMORY_CHECK_INTERVAL)
+            for worker in list(self.workers.values()):
+                used = worker.memory()
+                if used > limit and not worker.replacing:
+                    self._retire(worker, f"it uses {used / 2**20:.0f} MiB, over --worker-memory-limit "
+                                         f"({limit / 2**20:.0f} MiB)")
+
     async def stop(self) -> None:
-        """Let every worker finish its requests and post_predicts, then exit."""
+        """Let every worker finish its requests and post_predicts, then exit; those still busy when this is
+        cancelled (the shutdown's time is up) are killed, and so at once are those still in __init__."""
         self._stopping = True
-        for worker in list(self.workers.values()):
+        for worker in self._starting:
+            worker.process.kill()
+        workers = [*self.workers.values(), *self._retiring]
+        for worker in workers:
             if worker.writer is not None and not worker.writer.is_closing():
                 await messages.send(worker.writer, messages.Stop())
-        for worker in list(self.workers.values()):
-            try:
-                await asyncio.wait_for(worker.process.wait(), 60)
-            except asyncio.TimeoutError:
-                worker.process.kill()
-        if self._server is not None:
-            self._server.close()
-        if self._socket_dir is not None:
-            tempdirs.remove(self._socket_dir)
+        try:
+            await asyncio.gather(*(worker.process.wait() for worker in workers))
+        finally:
+            for worker in workers:
+                if worker.process.returncode is None:
+                    worker.process.kill()
+            if self._server is not None:
+                self._server.close()
+            if self._socket_dir is not None:
+                tempdirs.remove(self._socket_dir)
 
     # --- requests ------------------------------------------------------------------------------------
 
@@ -235,7 +309,33 @@ class WorkerGroup:
             reply = await worker.call(call)
         except WorkerDied as error:
             return error_response(502, str(error))
+        except asyncio.CancelledError:
+            await self._give_up(worker, call.call)
+            raise
         return ForwardedResponse(reply, (lambda: worker.sent(call.call)) if reply.wants_sent else None)
+
+    async def _give_up(self, worker: Worker, call: int) -> None:
+        """The request was given up while its worker had it: tell the worker (which drops it if predict has not
+        started), and wait until the worker is done with it, so that its slot stays taken meanwhile. With
+        --worker-kill-after, a worker still running it that much later is killed."""
+        worker.pending.pop(call, None)
+        done = worker.given_up[call] = asyncio.get_running_loop().create_future()
+        await messages.send(worker.writer, messages.Cancel(call))
+        kill_after = self._settings.worker_kill_after
+        timer = asyncio.get_running_loop().call_later(kill_after, self._kill, worker, kill_after) \
+            if kill_after else None
+        while not done.done():
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                continue
+        if timer is not None:
+            timer.cancel()
+
+    def _kill(self, worker: Worker, kill_after: float) -> None:
+        log.error("api '%s': worker %d (pid %d) is still running a request given up %g s ago (--worker-kill-after); "
+                  "killing it and starting a replacement", self.api.name, worker.index, worker.process.pid, kill_after)
+        worker.process.kill()
 
     async def _acquire(self) -> Worker:
         """A worker with a free thread (the least loaded; with batching the fullest); requests wait in arrival order."""

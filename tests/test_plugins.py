@@ -23,7 +23,7 @@ from engine.config import Api
 from engine.errors import ConfigError, MissingPluginError
 from engine.plugins import (DEFAULT_PLUGINS, create_client, make_plugin_manager, plugin_infos, predictor_type,
                             predictor_types, setup_device)
-from engine.testing import Server, api_yaml, write_project
+from engine.testing import Server, api_yaml, fake_distribution, write_project
 from engine.validate import validate_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,15 +61,6 @@ def serving(app) -> Iterator[TestClient]:
 def make_api(**predictor) -> Api:
     return Api.model_validate({"name": "x", "kind": "RealtimeAPI",
                                "predictor": {"type": "python", "path": "p.py", **predictor}})
-
-
-def fake_distribution(site: Path, name: str, version: str, entry_points: dict[str, str]) -> None:
-    """An installed distribution as importlib.metadata sees it: a dist-info folder on sys.path."""
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = "".join(f"{key} = {value}\n" for key, value in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[engine]\n{lines}")
 
 
 def test_fresh_manager_has_the_defaults_and_the_python_plugin(pm):

@@ -29,6 +29,8 @@ def parse_json(body: bytes):
         return jsoncodec.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise PayloadError(f"invalid JSON body: {error}") from None
+    except RecursionError:
+        raise PayloadError("invalid JSON body: it is nested too deeply to be parsed") from None
 
 
 def parse_text(body: bytes, media_type: str) -> str:
