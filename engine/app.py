@@ -26,6 +26,7 @@ from engine.memory import settle_after_start_up
 from engine.metrics import Metrics
 from engine.pipeline import Pipeline, error_response
 from engine.project import enter_view, remove_view
+from engine.security import Guard
 from engine.settings import ServeSettings
 from engine.validate import ValidatedProject, validate_project
 from engine.workers import WorkerGroup
@@ -55,7 +56,8 @@ class AppState:
 
     def _backend(self, api, settings: ServeSettings) -> Backend:
         if api.predictor.processes_per_replica == 1 and not settings.isolate:
-            return Pipeline(api, self.pm, self.metrics, settings.model_poll_interval)
+            return Pipeline(api, self.pm, self.metrics, settings.model_poll_interval,
+                            shows_errors=settings.shows_errors)
         client_batching = plugins.predictor_type(self.pm, api.predictor.type).client_batching
         return WorkerGroup(api, self.pm, capacity=concurrent_predicts(api, client_batching), settings=settings,
                            on_fatal=lambda message: self.on_fatal(message))
@@ -141,25 +143,43 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
     starlette = Starlette(routes=_routes(state), lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     starlette.state.engine = state
     starlette.state.metrics = state.metrics
-    return EngineApp(starlette, state)
+    return EngineApp(starlette, state, Guard(settings))
 
 
 class EngineApp:
-    """The ASGI app: API paths go straight to their admission layer; everything else (server and plugin routes,
-    404s, the lifespan) through Starlette."""
+    """The ASGI app: every request past the guard (engine.security); API paths then go straight to their admission
+    layer, everything else (server and plugin routes, 404s, the lifespan) through Starlette."""
 
-    def __init__(self, starlette: Starlette, state: AppState) -> None:
+    def __init__(self, starlette: Starlette, state: AppState, guard: Guard) -> None:
         self.starlette = starlette
         self.state = starlette.state
+        self.guard = guard
         self._api_paths = {path: admission for admission in state.admissions
                            for path in _api_paths(admission.api, len(state.admissions))}
 
     async def __call__(self, scope, receive, send) -> None:
-        admission = self._api_paths.get(scope["path"]) if scope["type"] == "http" else None
-        if admission is None:
+        if scope["type"] != "http":
             await self.starlette(scope, receive, send)
-        else:
-            await admission(scope, receive, send)
+            return
+        refusal, origin = self.guard.check(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        if origin is not None:
+            send = _adding_headers(send, self.guard.cors_headers(origin))
+        admission = self._api_paths.get(scope["path"])
+        await (self.starlette if admission is None else admission)(scope, receive, send)
+
+
+def _adding_headers(send, headers: dict[str, str]):
+    """`send`, adding headers to the response's start."""
+    extra = [(name.encode(), value.encode()) for name, value in headers.items()]
+
+    async def sending(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+    return sending
 
 
 def _api_paths(api, api_count: int) -> list[str]:

@@ -38,6 +38,11 @@ class ApiRequest:
         return self._headers
 
     @property
+    def request_id(self) -> str:
+        """Its X-Request-ID (the admission layer makes sure there is one)."""
+        return self.headers.get("x-request-id", "")
+
+    @property
     def query_params(self) -> QueryParams:
         """The query string, as the predictor's `query_params` argument gets it."""
         return QueryParams(self.scope["query_string"])

@@ -71,6 +71,7 @@ class Setup:
     view: Path
     project_root: Path
     model_poll_interval: float
+    shows_errors: bool
 
 
 @dataclass(frozen=True, slots=True)

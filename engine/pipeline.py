@@ -28,6 +28,7 @@ from engine.metrics import Metrics
 from engine.models import ModelRepository
 from engine.plugin_api import DescribesModels, LoadsUserModels
 from engine.predictor import Predictor, load_class
+from engine.tracebacks import public_text
 
 log = logging.getLogger("engine")
 
@@ -35,17 +36,22 @@ GET_MESSAGE = "make a prediction by sending a post request to this endpoint with
 PARSE_ON_THREAD = 256 * 1024  # bodies longer than this are parsed off the event loop (it keeps answering meanwhile)
 
 
-def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    """A JSON error body: {"error": message}."""
-    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+def error_response(status_code: int, message: str, headers: dict[str, str] | None = None,
+                   request_id: str | None = None) -> Response:
+    """A JSON error body, {"error": message} (with no absolute path in it), and the request's id when given."""
+    body = {"error": public_text(message)}
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 class Pipeline:
     """Initialises one API's predictor on its thread pool, then answers its predictions and summaries."""
 
     def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics, model_poll_interval: float,
-                 process_index: int = 0) -> None:
+                 process_index: int = 0, shows_errors: bool = True) -> None:
         self.api = api
+        self.shows_errors = shows_errors  # a predictor exception's message in its 500 body (--expose-errors)
         self.pm = pm
         self.metrics = metrics
         self.model_poll_interval = model_poll_interval
@@ -119,7 +125,10 @@ class Pipeline:
         """Cortex's message, and its models' metadata when the client describes them."""
         body: dict[str, Any] = {"message": GET_MESSAGE}
         if isinstance(self.client, DescribesModels):
-            body["model_metadata"] = self.client.metadata()
+            body["model_metadata"] = metadata = self.client.metadata()
+            for model in metadata.values():
+                if isinstance(model, dict) and isinstance(model.get("errors"), dict):
+                    model["errors"] = {version: public_text(error) for version, error in model["errors"].items()}
         return JSONResponse(body)
 
     async def predict(self, request: ApiRequest) -> Response:
@@ -144,13 +153,16 @@ class Pipeline:
         except ModelError as error:
             _close_uploads(arguments)
             if error.status_code >= 500:
-                log.exception("api '%s': predict failed", self.api.name)
-            return error_response(error.status_code, str(error))
+                log.exception("api '%s': predict failed (request_id=%s)", self.api.name, request.request_id)
+            return error_response(error.status_code, str(error),
+                                  request_id=request.request_id if error.status_code >= 500 else None)
         except Exception as error:
             _close_uploads(arguments)
             self.metrics.child(self.metrics.predictor_exceptions, self.api.name).inc()
-            log.exception("api '%s': predict failed", self.api.name)
-            return error_response(500, f"{type(error).__name__}: {error}")
+            log.exception("api '%s': predict failed (request_id=%s)", self.api.name, request.request_id)
+            message = f"{type(error).__name__}: {error}" if self.shows_errors else \
+                "predict raised an exception; the server's log has it under this request id"
+            return error_response(500, message, request_id=request.request_id)
         if not isinstance(response, Response):
             log.error("api '%s': engine_encode_response answered %s, not a starlette Response: an installed plugin "
                       "breaks the hook's contract (engine plugins lists them)", self.api.name, type(response).__name__)

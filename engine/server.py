@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import resource
 import signal
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
 from engine import tempdirs
 from engine.errors import EngineError
 from engine.eventloop import run_event_loop
+from engine.security import describe
 from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")
@@ -51,16 +52,6 @@ def bind(host: str, port: int) -> socket.socket:
     return listener
 
 
-def is_loopback(host: str) -> bool:
-    """True when `host` is reachable only from this machine (localhost, 127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def _serve(project_dir: str | Path, config_file: str | Path | None, settings: ServeSettings) -> int:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config as HypercornConfig
@@ -76,14 +67,15 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
         shutdown.set()
 
     app = create_app(project_dir, config_file, settings=settings, on_fatal=fail)
+    config = HypercornConfig()
+    _tls(config, settings)
     listener = bind(settings.host, settings.port)  # before anything starts, so that its errors are the only output
     raise_open_file_limit()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, shutdown.set)
 
-    config = HypercornConfig()
-    _announce(app, settings.host, listener.getsockname()[1])
+    _announce(app, settings, listener.getsockname()[1])
     config.bind = [f"fd://{listener.detach()}"]
     config.graceful_timeout = settings.graceful_timeout
     config.keep_alive_timeout = settings.keep_alive_timeout
@@ -121,8 +113,10 @@ def raise_open_file_limit() -> None:
             log.debug("cannot raise the open-file limit from %s to %s: %s", soft, hard, error)
 
 
-def _announce(app: Any, host: str, port: int) -> None:
-    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+def _announce(app: Any, settings: ServeSettings, port: int) -> None:
+    host = settings.host
+    scheme = "https" if settings.certfile else "http"
+    base = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
     backends = app.state.engine.backends
     for backend in backends:
         aliases = " (also / and /predict)" if len(backends) == 1 else ""
@@ -130,5 +124,26 @@ def _announce(app: Any, host: str, port: int) -> None:
         log.info("api '%s': POST/GET %s%s%s, %d process%s x %d thread%s", backend.api.name, base,
                  backend.api.endpoint, aliases, processes, "es" if processes > 1 else "", threads,
                  "s" if threads > 1 else "")
-    if not is_loopback(host):
-        log.warning("listening on %s: the APIs are reachable from the network, without authentication", host)
+    for warning in describe(app.guard, settings):
+        log.warning("%s", warning)
+
+
+def _tls(config: Any, settings: ServeSettings) -> None:
+    """HTTPS through Hypercorn's own options; with --ca-certs, clients must present a certificate it signed."""
+    if not settings.certfile and not settings.keyfile and not settings.ca_certs:
+        return
+    if not (settings.certfile and settings.keyfile):
+        raise EngineError("HTTPS needs both --certfile and --keyfile (and --ca-certs only with them)")
+    for flag, path in (("--certfile", settings.certfile), ("--keyfile", settings.keyfile),
+                       ("--ca-certs", settings.ca_certs)):
+        if path and not Path(path).is_file():
+            raise EngineError(f"{flag} {path}: no such file")
+    config.certfile, config.keyfile = settings.certfile, settings.keyfile
+    if settings.ca_certs:
+        config.ca_certs = settings.ca_certs
+        config.verify_mode = ssl.CERT_REQUIRED
+    try:
+        config.create_ssl_context()
+    except (ssl.SSLError, OSError) as error:
+        raise EngineError(f"cannot use --certfile {settings.certfile} and --keyfile {settings.keyfile}: "
+                          f"{error}") from None

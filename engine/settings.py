@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -81,6 +82,23 @@ def optional_size(text: str) -> int | None:
     return byte_size(text) or None
 
 
+def words(text: str) -> tuple[str, ...]:
+    """Comma-separated values (a flag given several times adds them all up)."""
+    return tuple(word.strip() for word in text.split(",") if word.strip())
+
+
+def optional_path(text: str) -> str | None:
+    """A file's path; empty means none."""
+    return text.strip() or None
+
+
+def yes_no_auto(text: str) -> str:
+    """auto, yes or no."""
+    if text.strip().lower() not in ("auto", "yes", "no"):
+        raise ValueError(f"{text!r} is not one of auto, yes, no")
+    return text.strip().lower()
+
+
 def log_level(text: str) -> str:
     """One of debug, info, warning, error."""
     if text.lower() not in LOG_LEVELS:
@@ -90,6 +108,13 @@ def log_level(text: str) -> str:
 
 def _setting(default: Any, parse: Callable[[str], Any], help: str, metavar: str | None = None) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "help": help, "metavar": metavar})
+
+
+def _list(help: str, metavar: str) -> Any:
+    """A setting of several values: a repeatable flag (each may hold several, comma-separated), or the variable's
+    comma-separated values."""
+    return dataclasses.field(default=(), metadata={"parse": words, "help": help, "metavar": metavar,
+                                                   "multiple": True})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +152,29 @@ class ServeSettings:
                                                "given)", "SIZE")
     isolate: bool = _setting(False, boolean, "run the predictors of APIs with processes_per_replica: 1 in a "
                              "supervised worker process too, so that a crash there cannot end the server")
+    # --- security: docs/security.md
+    api_key: tuple[str, ...] = _list("a key clients must send (Authorization: Bearer KEY, or X-Api-Key: KEY) to "
+                                     "reach the APIs and /metrics; repeatable", "KEY")
+    api_key_file: str | None = _setting(None, optional_path, "a file of keys, one per line (# starts a comment)",
+                                        "PATH")
+    metrics_public: bool = _setting(False, boolean, "serve /metrics without a key when keys are required")
+    certfile: str | None = _setting(None, optional_path, "serve HTTPS with this certificate (PEM; with --keyfile)",
+                                    "PATH")
+    keyfile: str | None = _setting(None, optional_path, "the private key of --certfile (PEM)", "PATH")
+    ca_certs: str | None = _setting(None, optional_path, "require client certificates signed by these CAs (PEM)",
+                                    "PATH")
+    allowed_hosts: tuple[str, ...] = _list("Host header values to answer, others get 400; when not given: "
+                                           "localhost names and loopback addresses if listening on loopback, any "
+                                           "otherwise", "HOST")
+    cors_origins: tuple[str, ...] = _list("origins whose browser pages may call the APIs (CORS); other "
+                                          "cross-origin requests get 403", "ORIGIN")
+    expose_errors: str = _setting("auto", yes_no_auto, "show a predictor exception's message in the 500 body: yes, "
+                                  "no, or auto (yes when listening on loopback only)", "auto|yes|no")
+
+    @property
+    def shows_errors(self) -> bool:
+        """Whether a predictor exception's message goes into its 500 body (--expose-errors)."""
+        return self.expose_errors == "yes" or (self.expose_errors == "auto" and is_loopback(self.host))
 
     @classmethod
     def load(cls, given: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServeSettings:
@@ -136,7 +184,10 @@ class ServeSettings:
         values = {}
         for field in dataclasses.fields(cls):
             if given.get(field.name) is not None:
-                values[field.name] = given[field.name]
+                value = given[field.name]
+                if field.metadata.get("multiple") and isinstance(value, list):  # a repeated flag's values
+                    value = tuple(word for part in value for word in part)
+                values[field.name] = value
             elif env_name(field.name) in environ:
                 text = environ[env_name(field.name)]
                 try:
@@ -146,6 +197,16 @@ class ServeSettings:
 
                     raise ConfigError(f"environment variable {env_name(field.name)}={text!r}: {error}") from None
         return cls(**values)
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is reachable only from this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def env_name(name: str) -> str:
@@ -167,14 +228,17 @@ def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...], defau
         help_text = f"{field.metadata['help']} (default: ${env_name(field.name)} or {_shown(field.default)})"
         if field.type == "bool":
             parser.add_argument(flag, action="store_const", const=True, default=default, help=help_text)
+        elif field.metadata.get("multiple"):
+            parser.add_argument(flag, action="append", type=_argparse_type(field.metadata["parse"]),
+                                default=default, metavar=field.metadata["metavar"], help=help_text)
         else:
             parser.add_argument(flag, type=_argparse_type(field.metadata["parse"]), default=default,
                                 metavar=field.metadata["metavar"], help=help_text)
 
 
 def _shown(default: Any) -> str:
-    if default is None or default is False:
-        return "off"
+    if default is None or default is False or default == ():
+        return "none" if default == () else "off"
     if isinstance(default, int) and default >= 2**20 and default % 2**20 == 0:
         return f"{default // 2**20}MiB"
     return f"{default:g}" if isinstance(default, float) else str(default)

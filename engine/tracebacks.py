@@ -7,11 +7,13 @@ under that view; here they are shown under the project directory again. The fram
 from __future__ import annotations
 
 import logging
+import re
 import sysconfig
 import traceback
 from pathlib import Path
 
 _views: dict[str, str] = {}  # "<view>/" → "<project root>/"
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/[^\s/'\"()]+(?:/[^\s/'\"()]+)+")  # /a/b... (two parts at least)
 _ENGINE_DIR = f"{Path(__file__).resolve().parent}/"
 _STDLIB = sysconfig.get_paths()["stdlib"]
 _PLUMBING = ("<frozen importlib", *(f"{_STDLIB}/{name}" for name in ("concurrent/futures/", "asyncio/", "threading.py")))
@@ -27,6 +29,15 @@ def real_paths(text: str) -> str:
     for view, root in _views.items():
         text = text.replace(view, root)
     return text
+
+
+def public_text(text: str) -> str:
+    """`text` fit for a client: paths in the project made relative to it, any other absolute path cut to its last
+    part (a response never tells where engine, the project or its models are on the server)."""
+    text = real_paths(text)
+    for root in _views.values():
+        text = text.replace(root, "")
+    return _ABSOLUTE_PATH.sub(lambda path: "…/" + path.group(0).rsplit("/", 1)[-1], text)
 
 
 def format_exception(error: BaseException, full: bool | None = None) -> str:

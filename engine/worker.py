@@ -61,7 +61,7 @@ async def _run(socket: str, index: int) -> int:
         return 1
     try:
         pipeline = Pipeline(setup.api, plugins.from_portable(setup.plugins), Metrics(), setup.model_poll_interval,
-                            process_index=index)
+                            process_index=index, shows_errors=setup.shows_errors)
         enter_view(setup.view, [setup.api.predictor.python_path or ""])
         tracebacks.register_view(setup.view, setup.project_root)
         await pipeline.start(setup.view, setup.project_root)

@@ -133,7 +133,8 @@ class WorkerGroup:
 
     async def start(self, view: Path, project_root: Path) -> None:
         """Start every worker in parallel and wait until all have finished __init__."""
-        self._setup = messages.Setup(self.api, self._plugins, view, project_root, self._settings.model_poll_interval)
+        self._setup = messages.Setup(self.api, self._plugins, view, project_root, self._settings.model_poll_interval,
+                                     self._settings.shows_errors)
         self._socket_dir = tempdirs.make("workers")
         self._server = await asyncio.start_unix_server(self._accept, path=str(self._socket_dir / "workers.sock"))
         await asyncio.gather(*(self._start_worker(index) for index in range(self.size)))

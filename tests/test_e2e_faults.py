@@ -129,7 +129,7 @@ def test_a_client_that_leaves_while_its_request_waits_is_dropped_and_counted(ser
         wait_file(tmp_path / f"entered-h{i}")
     body = json.dumps({"id": "left"}).encode()
     connection = raw(server)
-    connection.sendall(b"POST /f HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    connection.sendall(b"POST /f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     server.wait_metric(f'engine_requests_in_flight{{api="f"}} {processes + 1}.0')
     connection.close()
@@ -168,7 +168,7 @@ def test_a_body_over_the_limit_gets_413_before_it_is_read(serve, tmp_path):
 def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(serve, tmp_path):
     server = serve(faulty(tmp_path), "--body-timeout", "1")
     connection = raw(server)
-    connection.sendall(b"POST /f HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+    connection.sendall(b"POST /f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
                        b"\r\n{\"id\": ")
     answer = read_all(connection)  # the server closes the connection after its answer
     assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
@@ -178,7 +178,7 @@ def test_slow_bodies_hold_no_concurrency_slot(serve, tmp_path):
     server = serve(faulty(tmp_path, limit=2))
     slow = [raw(server) for _ in range(20)]
     for connection in slow:
-        connection.sendall(b"POST /f HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        connection.sendall(b"POST /f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                            b"Content-Length: 1000\r\n\r\n{")
     assert post(server, id="normal").status_code == 200
     for connection in slow:
@@ -227,7 +227,7 @@ def test_parsing_a_large_body_leaves_the_event_loop_free(serve, tmp_path):
 def test_content_length_with_chunked_is_refused_and_the_connection_closed(serve, tmp_path):
     server = serve(faulty(tmp_path))
     connection = raw(server)
-    connection.sendall(b"POST /f HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\n"
+    connection.sendall(b"POST /f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 12\r\n"
                        b"Transfer-Encoding: chunked\r\n\r\nc\r\n{\"id\": \"x\"}\r\n0\r\n\r\n")
     answer = read_all(connection)
     assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" in answer.lower()

@@ -125,8 +125,9 @@ def test_http_exception_gives_its_status_and_detail(server):
 def test_exception_is_500_logged_and_server_keeps_serving(server):
     response = ask(server, "error")
     assert response.status_code == 500
-    assert response.json() == {"error": "ZeroDivisionError: boom"}
+    assert response.json() == {"error": "ZeroDivisionError: boom", "request_id": response.headers["x-request-id"]}
     assert "Traceback" in server.output and "ZeroDivisionError: boom" in server.output
+    assert f"predict failed (request_id={response.headers['x-request-id']})" in server.output
     assert ask(server, "dict").status_code == 200
 
 

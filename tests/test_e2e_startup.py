@@ -234,7 +234,7 @@ def test_405_lists_every_method_of_the_route(serve):
 
 def test_binding_beyond_loopback_warns(serve):
     server = serve({"cortex.yaml": api_yaml("x"), "predictor.py": SIMPLE}, "--host", "0.0.0.0")
-    assert "listening on 0.0.0.0: the APIs are reachable from the network, without authentication" in server.output
+    assert "listening on 0.0.0.0: the APIs are reachable from the network without authentication" in server.output
     local = serve({"cortex.yaml": api_yaml("x"), "predictor.py": SIMPLE}, name="local")
     assert "reachable from the network" not in local.output
 

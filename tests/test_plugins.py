@@ -50,7 +50,7 @@ def isolated_process(monkeypatch):
 @contextlib.contextmanager
 def serving(app) -> Iterator[TestClient]:
     """The app hosted in-process, once its predictors are ready (they initialise in the background)."""
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:  # the Host a loopback server answers
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, client.get("/readyz").json()
