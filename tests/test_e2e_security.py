@@ -3,7 +3,6 @@ Origin checks (CORS), and responses that leak no path, traceback or exception me
 from __future__ import annotations
 
 import datetime
-import os
 import ssl
 from pathlib import Path
 
