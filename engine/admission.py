@@ -63,8 +63,9 @@ class Admission:
         started = time.perf_counter()
         method = scope["method"]
         request_id = ensure_request_id(scope)
+        held = [False]  # set while this request holds a concurrency slot to give back after its response
         try:
-            response = await self._answer(method, scope, receive)
+            response = await self._answer(method, scope, receive, held)
         except ClientGone:
             self._disconnects.inc()
             access_log.info("%s %s %s client disconnected %.1fms request_id=%s", self.api.name, method,
@@ -73,10 +74,14 @@ class Admission:
         response.headers["x-request-id"] = request_id
         if self.server.draining:
             response.headers["connection"] = "close"  # no keep-alive request may arrive as the server goes
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)  # a stream is sent for as long as it lasts: its slot with it
+        finally:
+            if held[0]:
+                self._release()
         self._observe(method, scope["path"], response.status_code, started, request_id)
 
-    async def _answer(self, method: str, scope: dict, receive) -> Response:
+    async def _answer(self, method: str, scope: dict, receive, held: list[bool]) -> Response:
         if method not in API_METHODS:
             return error_response(405, "Method Not Allowed", headers={"Allow": _ALLOW})
         backend = self.backend
@@ -88,18 +93,24 @@ class Admission:
             if method != "POST":
                 async with asyncio.timeout(self.request_timeout):
                     return await backend.summary(ApiRequest(scope, b""))
-            return await self._predict(scope, receive)
+            return await self._predict(scope, receive, held)
         except TimeoutError:
-            self._timeouts.inc()
-            return error_response(504, f"api '{self.api.name}' did not answer within the request timeout "
-                                       f"({self.request_timeout:g} s)")
+            return self._timed_out()
         except (ClientGone, asyncio.CancelledError):
             raise
         except Exception as error:  # the backends answer every predictor error; this is a bug in engine itself
-            log.exception("unexpected error while serving %s %s", method, scope["path"])
-            return error_response(500, f"internal error in engine: {type(error).__name__}: {error}")
+            return self._engine_error(error, method, scope["path"])
 
-    async def _predict(self, scope: dict, receive) -> Response:
+    def _timed_out(self) -> Response:
+        self._timeouts.inc()
+        return error_response(504, f"api '{self.api.name}' did not answer within the request timeout "
+                                   f"({self.request_timeout:g} s)")
+
+    def _engine_error(self, error: Exception, method: str, path: str) -> Response:
+        log.exception("unexpected error while serving %s %s", method, path)
+        return error_response(500, f"internal error in engine: {type(error).__name__}: {error}")
+
+    async def _predict(self, scope: dict, receive, held: list[bool]) -> Response:
         problem = framing_problem(scope, self.max_body_size)
         if problem is not None:
             return problem
@@ -111,29 +122,60 @@ class Admission:
         except BodyTooLarge:
             return _closing(error_response(413, f"the request body is larger than {self.max_body_size} bytes "
                                                 "(--max-body-size)"))
+        return await self._admitted(ApiRequest(scope, body), receive, held)
+
+    async def _admitted(self, request: ApiRequest, receive, held: list[bool]) -> Response:
+        """The backend's answer within the deadline, if a concurrency slot is free; with `receive`, a disconnect
+        gives the request up (ClientGone)."""
         if self.in_flight >= self.max_in_flight:  # taken after the body: a slow client holds no slot
             self._rejected.inc()
             return error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, its "
                                        "max_replica_concurrency; retry later", headers={"Retry-After": RETRY_AFTER})
         self.in_flight += 1
         self._gauge.inc()
-        work = asyncio.ensure_future(self.backend.predict(ApiRequest(scope, body)))
-        work.add_done_callback(self._release)  # the slot stays taken until the work stops, even past a 504
-        gone = asyncio.ensure_future(receive())  # after the whole body, receive() answers only a disconnect
+        work = asyncio.ensure_future(self.backend.predict(request))
+        watched = {work}
+        if receive is not None:
+            gone = asyncio.ensure_future(receive())  # after the whole body, receive() answers only a disconnect
+            watched.add(gone)
         try:
-            done, _ = await asyncio.wait((work, gone), timeout=self.request_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(watched, timeout=self.request_timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            gone.cancel()
+            for task in watched - {work}:
+                task.cancel()
             if not work.done():  # the deadline, the client, or the server's own stop: the backend drops it
                 work.cancel()
+                work.add_done_callback(self._release)  # the slot stays taken until the work stops, past a 504
         if work in done:
+            held[0] = True
             return work.result()
-        if gone in done:
+        if done:
             raise ClientGone
         raise TimeoutError
 
-    def _release(self, work: asyncio.Future) -> None:
+    # --- for the WebSocket messages of engine.websocket --------------------------------------------------------
+
+    async def answer_message(self, request: ApiRequest) -> tuple[Response, bool]:
+        """The answer to one WebSocket message (a POST in all but name), and whether it holds a slot to release."""
+        held = [False]
+        try:
+            return await self._admitted(request, None, held), held[0]
+        except TimeoutError:
+            return self._timed_out(), held[0]
+        except Exception as error:
+            return self._engine_error(error, "WEBSOCKET", request.scope["path"]), held[0]
+
+    def finished_message(self, held: bool, status: int, started: float, request_id: str, path: str) -> None:
+        """A WebSocket message's answer is sent: give its slot back, count and log it."""
+        if held:
+            self._release()
+        self._observe("WEBSOCKET", path, status, started, request_id)
+
+    def count_disconnect(self) -> None:
+        """A client left before its answer."""
+        self._disconnects.inc()
+
+    def _release(self, work: asyncio.Future | None = None) -> None:
         self.in_flight -= 1
         self._gauge.dec()
 

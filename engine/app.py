@@ -27,6 +27,7 @@ from engine.metrics import Metrics
 from engine.pipeline import Pipeline, error_response
 from engine.project import enter_view, remove_view
 from engine.security import Guard
+from engine.websocket import serve_websocket
 from engine.settings import ServeSettings
 from engine.validate import ValidatedProject, validate_project
 from engine.workers import WorkerGroup
@@ -158,17 +159,25 @@ class EngineApp:
                            for path in _api_paths(admission.api, len(state.admissions))}
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.starlette(scope, receive, send)
             return
         refusal, origin = self.guard.check(scope)
         if refusal is not None:
-            await refusal(scope, receive, send)
+            if scope["type"] == "websocket":  # closed before it is accepted: the client gets 403
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await refusal(scope, receive, send)
             return
         if origin is not None:
             send = _adding_headers(send, self.guard.cors_headers(origin))
         admission = self._api_paths.get(scope["path"])
-        await (self.starlette if admission is None else admission)(scope, receive, send)
+        if admission is None:
+            await self.starlette(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await serve_websocket(admission, scope, receive, send)
+        else:
+            await admission(scope, receive, send)
 
 
 def _adding_headers(send, headers: dict[str, str]):

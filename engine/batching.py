@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Hashable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,17 +41,17 @@ def concurrent_predicts(api: Api, client_batching: bool) -> int:
 
 
 class AsyncBatcher:
-    """Gathers items on the event loop and runs each batch with `run_batch` on an executor."""
+    """Gathers items on the event loop and runs each batch with `run` (a coroutine function: the batch's results)."""
 
-    def __init__(self, run_batch: Callable[[list[Any]], list[Any]], executor: Executor, max_batch_size: int,
-                 interval: float, on_batch: Callable[[int], None] | None = None) -> None:
-        self.run_batch = run_batch
+    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], max_batch_size: int, interval: float,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.run = run
         self.on_batch = on_batch
-        self.executor = executor
         self.max_batch_size = max_batch_size
         self.interval = interval
         self._waiting: list[tuple[Any, asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task] = set()
 
     async def submit(self, item: Any) -> Any:
         """Wait for the batch holding `item` to run and return its element of the results."""
@@ -79,12 +78,14 @@ class AsyncBatcher:
         if batch:
             if self.on_batch is not None:
                 self.on_batch(len(batch))
-            task = asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, [i for i, _ in batch])
-            task.add_done_callback(lambda done: _settle([f for _, f in batch], done))
+            task = asyncio.ensure_future(self.run([item for item, _ in batch]))  # its own: no request cancels it
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda done: _settle([future for _, future in batch], done))
 
 
 def _settle(futures: list[asyncio.Future], done: asyncio.Future) -> None:
-    error = done.exception()
+    error = done.exception() if not done.cancelled() else asyncio.CancelledError()
     results = None if error else done.result()
     for index, future in enumerate(futures):
         if future.done():  # its client went away

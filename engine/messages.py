@@ -1,8 +1,9 @@
 """What the front process and its worker processes say to each other, and how (length-prefixed pickles).
 
 A worker's life: it connects and says Hello; the front answers Setup; the worker initialises the predictor and
-says Ready (or Failed). Then, per request: Call → Reply → (Sent, when the client has the response) → Done, or
-Call → Cancel → Done when the request is given up first. Stop asks it to finish what it has and exit.
+says Ready (or Failed). Then, per request: Call → Reply → (Sent, when the client has the response) → Done; a
+streamed response is ReplyStart and Chunks instead of Reply; Call → Cancel → Done when the request is given up
+first. Stop asks it to finish what it has and exit.
 """
 from __future__ import annotations
 
@@ -50,6 +51,25 @@ class Reply:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     wants_sent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyStart:
+    """A streamed response to a Call begins; its body follows in Chunks."""
+
+    call: int
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    wants_sent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a streamed response's body; `last` ends it."""
+
+    call: int
+    data: bytes
+    last: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +123,7 @@ class Stop:
     """Finish the calls you have, post_predicts included, then exit."""
 
 
-Message = Hello | Ready | Failed | Reply | Done | Setup | Call | Sent | Cancel | Stop
+Message = Hello | Ready | Failed | Reply | ReplyStart | Chunk | Done | Setup | Call | Sent | Cancel | Stop
 
 
 async def send(writer: asyncio.StreamWriter, message: Message) -> bool:

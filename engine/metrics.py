@@ -45,6 +45,9 @@ class Metrics:
         self.overruns = Counter("engine_predict_overruns", "predict() calls still running on a thread when their "
                                 "request was given up (timeout or disconnect); each keeps its slot until it returns",
                                 ["api"], registry=registry)
+        self.loop_lag = Gauge("engine_predictor_loop_lag_seconds", "How late the event loop of an API's async "
+                              "predictor ran its last check (a blocking async call makes it late), by API", ["api"],
+                              multiprocess_mode="max", registry=registry)
         self.predictor_exceptions = Counter("engine_predictor_exceptions", "Exceptions raised by predict(), by API",
                                             ["api"], registry=registry)
         self.batch_size = Histogram("engine_batch_size", "Requests (or inference calls) merged into one batch",

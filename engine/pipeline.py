@@ -27,7 +27,9 @@ from engine.errors import ModelError, PayloadError
 from engine.metrics import Metrics
 from engine.models import ModelRepository
 from engine.plugin_api import DescribesModels, LoadsUserModels
+from engine.eventloop import PredictorLoop
 from engine.predictor import Predictor, load_class
+from engine.streams import END, is_stream, stream_response
 from engine.tracebacks import public_text
 
 log = logging.getLogger("engine")
@@ -64,6 +66,7 @@ class Pipeline:
         self.parse_payload = plugins.fast_caller(pm.hook.engine_parse_payload)
         self.encode_response = plugins.fast_caller(pm.hook.engine_encode_response)
         self.batcher: AsyncBatcher | None = None
+        self._loop: PredictorLoop | None = None  # the event loop of the predictor's async methods, once needed
         self.predictor: Predictor | None = None
         self.client: Any = None
         self.models: ModelRepository | None = None
@@ -98,16 +101,21 @@ class Pipeline:
         self.client = plugins.create_client(self.pm, api, device, self.models, client_batching)
         predictor_class, methods = load_class(view, api, ptype)
         predictor = Predictor.construct(predictor_class, methods, api.predictor.config, ptype.client_arg, self.client)
+        if predictor.is_async:
+            self._start_loop()  # now, rather than on the first request
         if self.models is not None:
             if ptype.user_loads_models:
                 plugins.require(self.pm, ptype, self.client, LoadsUserModels, "user_loads_models")
-                self.client.set_load_method(predictor.instance.load_model)
+                load_model = predictor.instance.load_model
+                self.client.set_load_method((lambda path: self.loop.call(load_model(path)))
+                                            if predictor.async_load_model else load_model)
             if self.models.cache_size is None:
                 self.models.preload()
             self.models.start_polling()
         if batching and not ptype.client_batching:
-            self.batcher = AsyncBatcher(predictor.predict_batch, self.pool, batching.max_batch_size,
-                                        batching.batch_interval, on_batch=on_batch)
+            run = (lambda items: self._on_loop(predictor.predict_batch_async(items))) if predictor.async_predict \
+                else (lambda items: self._on_pool(predictor.predict_batch, items))
+            self.batcher = AsyncBatcher(run, batching.max_batch_size, batching.batch_interval, on_batch=on_batch)
         self.predictor = predictor
 
     async def stop(self) -> None:
@@ -118,6 +126,8 @@ class Pipeline:
         self.pool.shutdown(wait=True)
         if self.models is not None:
             self.models.stop()
+        if self._loop is not None:
+            self._loop.stop()
 
     # --- requests ---------------------------------------------------------------------------------------------
 
@@ -139,8 +149,12 @@ class Pipeline:
             arguments = await self._arguments(request, predictor)
             if self.batcher is not None:
                 result = await self.batcher.submit(arguments)
+            elif predictor.async_predict:
+                result = await self._on_loop(predictor.predict(arguments))
             else:
                 result = await self._on_pool(predictor.predict, arguments)
+            if is_stream(result):
+                return await self._stream(result, request, predictor, arguments)
             response = self.encode_response(result=result, request_headers=request.headers, api=self.api)
         except PayloadError as error:
             return error_response(400, str(error))
@@ -160,9 +174,7 @@ class Pipeline:
             _close_uploads(arguments)
             self.metrics.child(self.metrics.predictor_exceptions, self.api.name).inc()
             log.exception("api '%s': predict failed (request_id=%s)", self.api.name, request.request_id)
-            message = f"{type(error).__name__}: {error}" if self.shows_errors else \
-                "predict raised an exception; the server's log has it under this request id"
-            return error_response(500, message, request_id=request.request_id)
+            return error_response(500, self._shown(error), request_id=request.request_id)
         if not isinstance(response, Response):
             log.error("api '%s': engine_encode_response answered %s, not a starlette Response: an installed plugin "
                       "breaks the hook's contract (engine plugins lists them)", self.api.name, type(response).__name__)
@@ -174,10 +186,51 @@ class Pipeline:
             _add_background(response, BackgroundTask(_close_uploads, arguments))
         return response
 
-    async def _on_pool(self, function: Callable[[Any], Any], argument: Any) -> Any:
-        """Run function(argument) on the API's pool. Cancelled while it waits for a thread, it never runs; cancelled
-        while it runs, it cannot be stopped: this waits for it (its slot stays taken) and counts the overrun."""
-        future = self.pool.submit(function, argument)
+    def _shown(self, error: BaseException) -> str:
+        """What a client is told of a predictor's exception (--expose-errors)."""
+        if self.shows_errors:
+            return f"{type(error).__name__}: {error}"
+        return "predict raised an exception; the server's log has it under this request id"
+
+    async def _stream(self, result: Any, request: ApiRequest, predictor: Predictor,
+                      arguments: dict[str, Any]) -> Response:
+        """The response that streams what predict's generator yields; post_predict then gets the list of items."""
+        if inspect.isasyncgen(result):
+            pull = lambda: self._on_loop(_next_async(result))  # noqa: E731
+            close = lambda: self._on_loop(result.aclose())  # noqa: E731
+        else:
+            pull = lambda: self._on_pool(next, result, END)  # noqa: E731
+            close = lambda: self._on_pool(result.close)  # noqa: E731
+
+        async def on_end(items: list[Any]) -> None:
+            if predictor.post_predict_args is not None:
+                await self._submit_post_predict(predictor, items, arguments, request)
+            else:
+                _close_uploads(arguments)
+
+        return await stream_response(pull, close, request.headers.get("accept", ""), self.api.name,
+                                     request.request_id, self._shown, on_end)
+
+    @property
+    def loop(self) -> PredictorLoop:
+        """The event loop of the predictor's async methods (and of async generators a sync predict returns)."""
+        return self._loop or self._start_loop()
+
+    def _start_loop(self) -> PredictorLoop:
+        self._loop = PredictorLoop(self.api.name, self.api.predictor.threads_per_process,
+                                   self.metrics.child(self.metrics.loop_lag, self.api.name).set)
+        return self._loop
+
+    async def _on_loop(self, coroutine: Any) -> Any:
+        """Await one of the predictor's coroutines on its own event loop, threads_per_process at once; cancelling
+        this cancels it there."""
+        return await asyncio.wrap_future(self.loop.submit(coroutine))
+
+    async def _on_pool(self, function: Callable[..., Any], *arguments: Any) -> Any:
+        """Run function(*arguments) on the API's pool. Cancelled while it waits for a thread, it never runs;
+        cancelled while it runs, it cannot be stopped: this waits for it (its slot stays taken) and counts the
+        overrun."""
+        future = self.pool.submit(function, *arguments)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -205,7 +258,11 @@ class Pipeline:
                                    request: ApiRequest) -> None:
         # Submitted, not awaited: the connection is free for its next request while post_predict runs; stop()
         # waits for it, and so does a worker before it says it is done with the request.
-        request.after.append(self.pool.submit(self._run_post_predict, predictor, result, arguments))
+        if predictor.async_post_predict:
+            request.after.append(self.loop.submit(self._run_post_predict_async(predictor, result, arguments),
+                                                  limited=False))
+        else:
+            request.after.append(self.pool.submit(self._run_post_predict, predictor, result, arguments))
 
     def _run_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
         try:
@@ -214,6 +271,22 @@ class Pipeline:
             log.exception("api '%s': post_predict failed", self.api.name)
         finally:
             _close_uploads(arguments)
+
+    async def _run_post_predict_async(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
+        try:
+            await predictor.post_predict(result, arguments)
+        except Exception:
+            log.exception("api '%s': post_predict failed", self.api.name)
+        finally:
+            _close_uploads(arguments)
+
+
+async def _next_async(stream: Any) -> Any:
+    """An async generator's next item, or END."""
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return END
 
 
 async def _finished(future: Future) -> None:

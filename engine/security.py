@@ -9,6 +9,7 @@ import hmac
 import logging
 import stat
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from starlette.responses import Response
 
@@ -79,10 +80,12 @@ class Guard:
             foreign = origin.decode("latin-1")
             if foreign not in self.cors_origins and "*" not in self.cors_origins:
                 return error_response(403, f"cross-origin request from {foreign} refused (see --cors-origins)"), None
-            if scope["method"] == "OPTIONS" and preflight is not None:
+            if scope.get("method") == "OPTIONS" and preflight is not None:
                 return Response(status_code=204, headers=self.cors_headers(foreign) | {
                     "access-control-allow-methods": "GET, HEAD, POST", "access-control-allow-headers": _CORS_HEADERS,
                     "access-control-max-age": _CORS_MAX_AGE}), None
+        if api_key is None and scope["type"] == "websocket":  # a browser cannot set a WebSocket's headers
+            api_key = _query_key(scope.get("query_string", b""))
         if self.keys and scope["path"] not in self.open_paths and not self._key_valid(authorization, api_key):
             refusal = error_response(401, "a valid API key is required: send Authorization: Bearer KEY or "
                                           "X-Api-Key: KEY", headers={"WWW-Authenticate": "Bearer"})
@@ -124,6 +127,14 @@ def describe(guard: Guard, settings: ServeSettings) -> list[str]:
         return []
     return [f"listening on {settings.host}: the APIs are reachable from the network without authentication; give "
             f"--api-key (or {env_name('api_key')}) to require a key"]
+
+
+def _query_key(query: bytes) -> bytes | None:
+    """The api_key query parameter (accepted for WebSockets only)."""
+    for name, value in parse_qsl(query.decode("latin-1")):
+        if name == "api_key":
+            return value.encode()
+    return None
 
 
 def _hostname(host: str) -> str:

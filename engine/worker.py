@@ -141,10 +141,11 @@ async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[i
 
 
 async def _reply(call: messages.Call, response, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future]) -> None:
-    """Send the response as a Reply; with a post_predict, wait until the front says the client has it."""
+    """Send the response: whole as a Reply, or, when it streams, as a ReplyStart and Chunks as they come; with a
+    post_predict, wait until the front says the client has it all."""
     wants_sent = response.background is not None
     start: dict = {}
-    chunks: list[bytes] = []
+    streaming = False
     finished = asyncio.Event()
 
     async def receive() -> dict:
@@ -152,17 +153,24 @@ async def _reply(call: messages.Call, response, writer: asyncio.StreamWriter, se
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
+        nonlocal streaming
         if message["type"] == "http.response.start":
             start.update(message)
             return
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            if wants_sent:  # registered before sending: Sent may come back before send() returns
-                sent[call.call] = asyncio.get_running_loop().create_future()
-            await messages.send(writer, messages.Reply(call.call, start["status"], start["headers"],
-                                                       b"".join(chunks), wants_sent))
-            if wants_sent:
-                await sent[call.call]
+        body, last = message.get("body", b""), not message.get("more_body", False)
+        if last and wants_sent:  # registered before sending: Sent may come back before send() returns
+            sent[call.call] = asyncio.get_running_loop().create_future()
+        if streaming or not last:
+            if not streaming:
+                streaming = True
+                await messages.send(writer, messages.ReplyStart(call.call, start["status"], start["headers"],
+                                                                wants_sent))
+            await messages.send(writer, messages.Chunk(call.call, body, last))
+        else:
+            await messages.send(writer, messages.Reply(call.call, start["status"], start["headers"], body,
+                                                       wants_sent))
+        if last and wants_sent:
+            await sent[call.call]
 
     try:
         await response(call.scope, receive, send)

@@ -51,11 +51,12 @@ class Worker:
         self.retiring = False  # its successor serves in its place; it finishes what it has, then exits
         self.load = 0  # calls handed to it and not yet Done (post_predict included)
         self.answered = 0
-        self.pending: dict[int, asyncio.Future] = {}  # calls waiting for their Reply
+        self.pending: dict[int, asyncio.Future] = {}  # calls waiting for their Reply (or ReplyStart)
+        self.streams: dict[int, asyncio.Queue] = {}  # the Chunks of streamed replies, by call
         self.given_up: dict[int, asyncio.Future] = {}  # calls cancelled while it had them → resolved by their Done
 
-    async def call(self, call: messages.Call) -> messages.Reply:
-        """Hand a call over and wait for its reply."""
+    async def call(self, call: messages.Call) -> messages.Reply | tuple[messages.ReplyStart, asyncio.Queue]:
+        """Hand a call over and wait for its reply (a streamed one comes with the queue of its chunks)."""
         future = asyncio.get_running_loop().create_future()
         self.pending[call.call] = future
         await messages.send(self.writer, call)
@@ -67,11 +68,14 @@ class Worker:
             await messages.send(self.writer, messages.Sent(call))
 
     def fail_pending(self, reason: str) -> None:
-        """Fail every call this worker was running."""
+        """Fail every call this worker was running, streams cut off."""
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(WorkerDied(reason))
         self.pending.clear()
+        for queue in self.streams.values():
+            queue.put_nowait(None)
+        self.streams.clear()
 
     def memory(self) -> int:
         """Its resident memory in bytes (0 once it has gone)."""
@@ -94,6 +98,41 @@ class ForwardedResponse(Response):
         try:
             await super().__call__(scope, receive, send)
         finally:
+            if self.on_sent is not None:
+                await self.on_sent()
+
+
+class ForwardedStream(Response):
+    """A worker's streamed reply, sent chunk by chunk as the worker sends them; a client that leaves cancels it."""
+
+    def __init__(self, start: messages.ReplyStart, chunks: asyncio.Queue, on_gone: Callable[[], Awaitable[None]],
+                 on_sent: Callable[[], Awaitable[None]] | None) -> None:
+        self.status_code = start.status
+        self.raw_headers = list(start.headers)
+        self.background = None
+        self.chunks = chunks
+        self.on_gone = on_gone
+        self.on_sent = on_sent
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        gone = asyncio.ensure_future(receive())  # a disconnect, the only message left to receive
+        try:
+            while True:
+                chunk = asyncio.ensure_future(self.chunks.get())
+                await asyncio.wait({chunk, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not chunk.done():
+                    chunk.cancel()
+                    await self.on_gone()
+                    return
+                if chunk.result() is None:  # the worker died mid-stream: cut the response off
+                    raise WorkerDied("the worker streaming this response died")
+                await send({"type": "http.response.body", "body": chunk.result().data,
+                            "more_body": not chunk.result().last})
+                if chunk.result().last:
+                    return
+        finally:
+            gone.cancel()
             if self.on_sent is not None:
                 await self.on_sent()
 
@@ -201,10 +240,19 @@ class WorkerGroup:
 
     async def _read(self, worker: Worker) -> None:
         while (message := await messages.receive(worker.reader)) is not None:
-            if isinstance(message, messages.Reply):
+            if isinstance(message, (messages.Reply, messages.ReplyStart)):
+                answer: messages.Reply | tuple = message
+                if isinstance(message, messages.ReplyStart):  # its chunks go to a queue, handed out with it
+                    answer = (message, worker.streams.setdefault(message.call, asyncio.Queue()))
                 future = worker.pending.pop(message.call, None)
                 if future is not None and not future.done():
-                    future.set_result(message)
+                    future.set_result(answer)
+            elif isinstance(message, messages.Chunk):
+                queue = worker.streams.get(message.call)
+                if queue is not None:
+                    queue.put_nowait(message)
+                    if message.last:
+                        del worker.streams[message.call]
             elif isinstance(message, messages.Done):
                 self._done(worker, message.call)
 
@@ -313,6 +361,14 @@ class WorkerGroup:
         except asyncio.CancelledError:
             await self._give_up(worker, call.call)
             raise
+        if isinstance(reply, tuple):
+            start, chunks = reply
+
+            async def on_gone() -> None:
+                worker.streams.pop(call.call, None)
+                await messages.send(worker.writer, messages.Cancel(call.call))
+            return ForwardedStream(start, chunks, on_gone, (lambda: worker.sent(call.call)) if start.wants_sent
+                                   else None)
         return ForwardedResponse(reply, (lambda: worker.sent(call.call)) if reply.wants_sent else None)
 
     async def _give_up(self, worker: Worker, call: int) -> None:

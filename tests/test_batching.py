@@ -86,7 +86,10 @@ def test_async_batcher_sizes_intervals_and_failures():
                     raise RuntimeError("boom")
                 return [f"{item}!" for item in items]
 
-            batcher = AsyncBatcher(run, pool, max_batch_size=3, interval=0.2)
+            async def on_pool(items):
+                return await asyncio.get_running_loop().run_in_executor(pool, run, items)
+
+            batcher = AsyncBatcher(on_pool, max_batch_size=3, interval=0.2)
             full = await asyncio.gather(*(batcher.submit(i) for i in range(3)))
             partial = await asyncio.gather(*(batcher.submit(i) for i in range(2)))
             failed = await asyncio.gather(batcher.submit("boom"), batcher.submit("x"), return_exceptions=True)
