@@ -45,6 +45,9 @@ _LAZY = {
     # batching inside a client
     "Batching": "engine.batching",
     "ThreadBatcher": "engine.batching",
+    # serving elsewhere (engine_serve_on): the app of a project, or of some of its APIs, and its settings
+    "create_app": "engine.app",
+    "ServeSettings": "engine.settings",
     # hardware targets
     "usable_cores": "engine.default_plugins.cpu",
     "THREAD_ENV_VARS": "engine.default_plugins.cpu",
@@ -63,9 +66,11 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from engine.app import create_app  # noqa: F401
     from engine.batching import Batching, ThreadBatcher  # noqa: F401
     from engine.config import DEFAULT_MODEL_NAME, Api, Models, ServerSideBatching  # noqa: F401
     from engine.default_plugins.cpu import THREAD_ENV_VARS, usable_cores  # noqa: F401
     from engine.models import FileEntry, ModelFormat, ModelRepository, Store, VersionInfo  # noqa: F401
     from engine.plugin_api import DescribesModels, LoadsUserModels  # noqa: F401
+    from engine.settings import ServeSettings  # noqa: F401
     from engine.types import Device, PredictorType  # noqa: F401

@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine import plugins, tempdirs, tracebacks
+from engine import openapi, plugins, tempdirs, tracebacks
 from engine.admission import Admission
 from engine.backend import Backend
 from engine.batching import concurrent_predicts
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 from engine.memory import settle_after_start_up
 from engine.metrics import Metrics
 from engine.pipeline import Pipeline, error_response
@@ -33,6 +33,8 @@ from engine.validate import ValidatedProject, validate_project
 from engine.workers import WorkerGroup
 
 log = logging.getLogger("engine")
+
+OPENAPI_PATH = "/openapi.json"
 
 
 class AppState:
@@ -122,15 +124,22 @@ class AppState:
 
 def create_app(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
                settings: ServeSettings | None = None, pm: plugins.PluginManager | None = None,
-               on_fatal: Callable[[str], None] | None = None) -> EngineApp:
+               on_fatal: Callable[[str], None] | None = None, apis: list[str] | None = None) -> EngineApp:
     """Validate the project and build its app, which any ASGI server can host.
 
     For example: `hypercorn "engine.app:create_app('.')"`. Without `settings`, the ENGINE_* environment variables
-    and the defaults apply (see engine.settings).
+    and the defaults apply (see engine.settings). `apis` serves only the APIs named (each replica of a distributed
+    engine serves one API), at the same routes as the whole project would (/ and /predict with a single API).
     """
     settings = settings or ServeSettings.load()
     pm = pm or plugins.make_plugin_manager()
     validated = validate_project(project_dir, config_file, pm, cpu=settings.cpu)
+    aliases = len(validated.apis) == 1
+    if apis is not None:
+        unknown = sorted(set(apis) - {api.name for api in validated.apis})
+        if unknown:
+            raise ConfigError(f"{validated.project.config_file}: no api named {', '.join(unknown)}")
+        validated.apis = [api for api in validated.apis if api.name in apis]
     for warning in validated.warnings:
         log.warning(warning)
     state = AppState(validated, pm, on_fatal or _stop_process, settings)
@@ -141,22 +150,27 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
         yield
         await state.stop()
 
-    starlette = Starlette(routes=_routes(state), lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    guard = Guard(settings)
+    paths_of = {api.name: _api_paths(api, aliases) for api in state.apis}
+    spec = openapi.document(state.apis, paths_of, pm, settings, state.project.root, bool(guard.keys))
+    routes = _routes(state)
+    if not settings.no_docs:
+        routes.append(Route(OPENAPI_PATH, lambda request: JSONResponse(spec), methods=["GET"]))
+    starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     starlette.state.engine = state
     starlette.state.metrics = state.metrics
-    return EngineApp(starlette, state, Guard(settings))
+    return EngineApp(starlette, state, guard, paths_of)
 
 
 class EngineApp:
     """The ASGI app: every request past the guard (engine.security); API paths then go straight to their admission
     layer, everything else (server and plugin routes, 404s, the lifespan) through Starlette."""
 
-    def __init__(self, starlette: Starlette, state: AppState, guard: Guard) -> None:
+    def __init__(self, starlette: Starlette, state: AppState, guard: Guard, paths_of: dict[str, list[str]]) -> None:
         self.starlette = starlette
         self.state = starlette.state
         self.guard = guard
-        self._api_paths = {path: admission for admission in state.admissions
-                           for path in _api_paths(admission.api, len(state.admissions))}
+        self._api_paths = {path: admission for admission in state.admissions for path in paths_of[admission.api.name]}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -191,9 +205,9 @@ def _adding_headers(send, headers: dict[str, str]):
     return sending
 
 
-def _api_paths(api, api_count: int) -> list[str]:
-    """An API's endpoint, and / and /predict when it is the only API (Cortex's local and cluster routes)."""
-    return [api.endpoint] + (["/", "/predict"] if api_count == 1 else [])
+def _api_paths(api, aliases: bool) -> list[str]:
+    """An API's endpoint, and / and /predict when it is the project's only API (Cortex's local and cluster routes)."""
+    return [api.endpoint] + (["/", "/predict"] if aliases else [])
 
 
 def _routes(state: AppState) -> list[Route]:

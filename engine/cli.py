@@ -36,13 +36,32 @@ def _serve(args: argparse.Namespace, started: float) -> int:
         metrics_dir = tempdirs.make("metrics")
         os.environ[settings.MULTIPROCESS_ENV] = str(metrics_dir)
     try:
+        log.info("engine %s starting (imports took %.2f s)", __version__, time.monotonic() - started)
+        if serve_settings.on:
+            return _serve_on(args, serve_settings)
         from engine.server import serve
 
-        log.info("engine %s starting (imports took %.2f s)", __version__, time.monotonic() - started)
         return serve(args.project_dir, args.config_file, serve_settings)
     finally:
         if metrics_dir:
             tempdirs.remove(metrics_dir)
+
+
+def _serve_on(args: argparse.Namespace, serve_settings: settings.ServeSettings) -> int:
+    """Hand the project to the plugin that serves on `--on`'s engine."""
+    from pathlib import Path
+
+    from engine.errors import MissingPluginError
+    from engine.plugins import make_plugin_manager
+
+    code = make_plugin_manager().hook.engine_serve_on(
+        target=serve_settings.on, project_dir=Path(args.project_dir).resolve(),
+        config_file=Path(args.config_file).resolve() if args.config_file else None, settings=serve_settings)
+    if code is None:
+        hint = "pip install engine[ray]" if serve_settings.on == "ray" else "install the plugin that provides it"
+        raise MissingPluginError(f"--on {serve_settings.on}: no installed plugin serves on '{serve_settings.on}'; "
+                                 f"{hint}")
+    return code
 
 
 def _has_worker_processes(args: argparse.Namespace) -> bool:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from engine.batching import Batching
     from engine.config import Api
     from engine.models import ModelRepository
+    from engine.settings import ServeSettings
     from engine.types import Device, PredictorType
 
 hookspec = pluggy.HookspecMarker("engine")
@@ -43,7 +44,23 @@ def engine_routes() -> list[BaseRoute]:
     """Return extra Starlette routes to serve next to the APIs (e.g. /metrics)."""
 
 
+@hookspec
+def engine_openapi_paths(apis: list[Api]) -> dict[str, dict]:
+    """Describe the routes this plugin serves, as OpenAPI path items by path, for GET /openapi.json."""
+
+
+@hookspec
+def engine_payload_media_types() -> list[str]:
+    """Return the request media types this plugin's engine_parse_payload turns into payloads (for the docs)."""
+
+
 # --- per worker process, before the predictor is built ----------------------------------------
+
+
+@hookspec(firstresult=True)
+def engine_serve_on(target: str, project_dir: Path, config_file: Path | None, settings: ServeSettings) -> int | None:
+    """Serve the project on the distributed engine `target` names (engine serve --on), until it is told to stop;
+    return the exit code. The plugin that provides `target` answers; the others return None."""
 
 
 @hookspec(firstresult=True)

@@ -20,6 +20,7 @@ from engine.settings import ServeSettings, env_name, is_loopback
 log = logging.getLogger("engine")
 
 PROBES = ("/healthz", "/readyz")
+DOCUMENTATION = ("/openapi.json", "/docs")  # open to all, so that the page can ask for a key (--no-docs: gone)
 METRICS_PATH = "/metrics"
 _CORS_HEADERS = "authorization, x-api-key, content-type, x-request-id"
 _CORS_MAX_AGE = "600"
@@ -50,7 +51,9 @@ class Guard:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.keys = load_keys(settings)
-        self.open_paths = set(PROBES) | ({METRICS_PATH} if settings.metrics_public or not self.keys else set())
+        self.open_paths = set(PROBES) | ({METRICS_PATH} if settings.metrics_public or not self.keys else set()) | \
+            (set() if settings.no_docs else set(DOCUMENTATION))
+        self.open_prefixes = () if settings.no_docs else ("/docs/",)  # the page's assets
         self.allowed_hosts = set(settings.allowed_hosts) or (None if not is_loopback(settings.host) else {"*loopback"})
         self.cors_origins = set(settings.cors_origins)
 
@@ -86,7 +89,9 @@ class Guard:
                     "access-control-max-age": _CORS_MAX_AGE}), None
         if api_key is None and scope["type"] == "websocket":  # a browser cannot set a WebSocket's headers
             api_key = _query_key(scope.get("query_string", b""))
-        if self.keys and scope["path"] not in self.open_paths and not self._key_valid(authorization, api_key):
+        path = scope["path"]
+        keyed = path not in self.open_paths and not path.startswith(self.open_prefixes)
+        if self.keys and keyed and not self._key_valid(authorization, api_key):
             refusal = error_response(401, "a valid API key is required: send Authorization: Bearer KEY or "
                                           "X-Api-Key: KEY", headers={"WWW-Authenticate": "Bearer"})
             return refusal, None

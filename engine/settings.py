@@ -132,6 +132,10 @@ class ServeSettings:
                                           "take to finish __init__", "SECONDS")
     cpu: bool = _setting(False, boolean, "serve APIs that ask for compute.gpu or compute.inf on the CPU instead, "
                          "with a warning for each")
+    on: str | None = _setting(None, optional_path, "serve on a distributed engine instead of this process, through "
+                              "the plugin that provides it (ray: pip install engine[ray])", "ENGINE")
+    address: str | None = _setting(None, optional_path, "with --on: the cluster to join (for Ray, its address, such "
+                                   "as ray://head:10001); without it a local one is started", "ADDRESS")
     # --- limits: docs/operations.md says why each default is what it is
     request_timeout: float | None = _setting(60.0, optional_seconds, "a request still unanswered after this long "
                                              "gets 504 (0 turns it off)", "SECONDS")
@@ -168,6 +172,8 @@ class ServeSettings:
                                            "otherwise", "HOST")
     cors_origins: tuple[str, ...] = _list("origins whose browser pages may call the APIs (CORS); other "
                                           "cross-origin requests get 403", "ORIGIN")
+    no_docs: bool = _setting(False, boolean, "do not serve /openapi.json and the /docs page (otherwise open to all, "
+                             "like the probes)")
     expose_errors: str = _setting("auto", yes_no_auto, "show a predictor exception's message in the 500 body: yes, "
                                   "no, or auto (yes when listening on loopback only)", "auto|yes|no")
 

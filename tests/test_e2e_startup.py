@@ -258,3 +258,31 @@ def test_cpu_switch_serves_a_gpu_api_with_a_warning(serve, switch):
                    env={"ENGINE_SIMULATED_GPUS": "", **env})
     assert server.client.post("/gpu-api", json=2).json() == {"echo": 2}
     assert "api 'gpu-api': served on the CPU (--cpu), ignoring compute.gpu: 1" in server.output
+
+
+# --- serving elsewhere -------------------------------------------------------------------------------------------
+
+SERVE_ON = """
+from engine import create_app, hookimpl
+
+
+@hookimpl
+def engine_serve_on(target, project_dir, config_file, settings):
+    if target != "elsewhere":
+        return None
+    app = create_app(project_dir, config_file, settings=settings, apis=["x"])
+    print(f"serving {[api.name for api in app.state.engine.apis]} elsewhere at {settings.address}", flush=True)
+    return 3
+"""
+
+
+def test_serve_on_hands_the_project_to_the_plugin_of_that_engine(tmp_path):
+    from engine.testing import plugin_environment
+
+    project = write_project(tmp_path / "project", {"cortex.yaml": api_yaml("x") + api_yaml("y"),
+                                                   "predictor.py": SIMPLE})
+    env = plugin_environment(tmp_path / "site", "elsewhere", SERVE_ON)
+    run = engine("serve", str(project), "--on", "elsewhere", "--address", "cluster:1", env=env)
+    assert run.returncode == 3 and "serving ['x'] elsewhere at cluster:1" in run.stdout
+    missing = engine("serve", str(project), "--on", "ray", env=env)
+    assert missing.returncode == 1 and "no installed plugin serves on 'ray'; pip install engine[ray]" in missing.stderr

@@ -213,7 +213,7 @@ def test_a_third_party_distribution_is_discovered_with_no_core_change(tmp_path, 
     pm = make_plugin_manager()
     infos = {info.name: info for info in plugin_infos(pm)}
     assert infos["msgpack"].distribution == "engine-msgpack 0.1.0"
-    assert infos["msgpack"].hooks == ["engine_encode_response", "engine_parse_payload"]
+    assert infos["msgpack"].hooks == ["engine_encode_response", "engine_parse_payload", "engine_payload_media_types"]
 
 
 @pytest.mark.e2e
@@ -224,7 +224,7 @@ def test_msgpack_plugin_end_to_end_and_listed_by_engine_plugins(tmp_path):
     listing = subprocess.run([sys.executable, "-m", "engine", "plugins"], capture_output=True, text=True,
                              env={**os.environ, **env}, timeout=60)
     assert "msgpack  (engine-msgpack 0.1.0)" in listing.stdout
-    assert "hooks: engine_encode_response, engine_parse_payload" in listing.stdout
+    assert "hooks: engine_encode_response, engine_parse_payload, engine_payload_media_types" in listing.stdout
     project = write_project(tmp_path / "project", {"cortex.yaml": api_yaml("echo"), "predictor.py": ECHO})
     server = Server(project, env=env)
     try:

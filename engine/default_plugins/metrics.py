@@ -20,3 +20,12 @@ async def metrics_endpoint(request: Request) -> Response:
 def engine_routes():
     """Serve the app's metrics."""
     return [Route(METRICS_PATH, metrics_endpoint, methods=["GET"])]
+
+
+@hookimpl(trylast=True)
+def engine_openapi_paths(apis):
+    """Describe GET /metrics."""
+    return {METRICS_PATH: {"get": {
+        "summary": "Prometheus metrics", "operationId": "metrics", "tags": ["server"],
+        "responses": {"200": {"description": "every metric, in Prometheus' text format",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}}}}}

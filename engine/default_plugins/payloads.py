@@ -11,6 +11,13 @@ from engine.errors import PayloadError
 
 
 @hookimpl(trylast=True)
+def engine_payload_media_types():
+    """Cortex's: JSON, form data, plain text, and anything else as bytes."""
+    return ["application/json", "multipart/form-data", "application/x-www-form-urlencoded", "text/plain",
+            "application/octet-stream"]
+
+
+@hookimpl(trylast=True)
 def engine_parse_payload(body, content_type, headers, api):
     """Parse by Content-Type prefix, case-insensitively; unknown or missing types give the raw bytes."""
     media_type = content_type.lower()

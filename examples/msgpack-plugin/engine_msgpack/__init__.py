@@ -8,6 +8,12 @@ MEDIA_TYPE = "application/msgpack"
 
 
 @hookimpl
+def engine_payload_media_types():
+    """Tell engine's OpenAPI document (and the /docs page) that msgpack bodies are welcome."""
+    return [MEDIA_TYPE]
+
+
+@hookimpl
 def engine_parse_payload(body, content_type, headers, api):
     """Unpack msgpack bodies; decline (None) for every other media type."""
     if not content_type.lower().startswith(MEDIA_TYPE):
