@@ -42,6 +42,14 @@ _LAZY = {
     "VersionInfo": "engine.models",
     "DescribesModels": "engine.plugin_api",
     "LoadsUserModels": "engine.plugin_api",
+    "ServesTensors": "engine.plugin_api",
+    "TensorSpec": "engine.plugin_api",
+    # plugins' own work on the APIs: operations in the pipeline, routes and services reaching them
+    "Operation": "engine.plugin_api",
+    "OperationContext": "engine.plugin_api",
+    "Served": "engine.plugin_api",
+    "Service": "engine.plugin_api",
+    "served": "engine.app",
     # batching inside a client
     "Batching": "engine.batching",
     "ThreadBatcher": "engine.batching",
@@ -66,11 +74,12 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from engine.app import create_app  # noqa: F401
+    from engine.app import create_app, served  # noqa: F401
     from engine.batching import Batching, ThreadBatcher  # noqa: F401
     from engine.config import DEFAULT_MODEL_NAME, Api, Models, ServerSideBatching  # noqa: F401
     from engine.default_plugins.cpu import THREAD_ENV_VARS, usable_cores  # noqa: F401
     from engine.models import FileEntry, ModelFormat, ModelRepository, Store, VersionInfo  # noqa: F401
-    from engine.plugin_api import DescribesModels, LoadsUserModels  # noqa: F401
+    from engine.plugin_api import (DescribesModels, LoadsUserModels, Operation, OperationContext,  # noqa: F401
+                                   Served, ServesTensors, Service, TensorSpec)
     from engine.settings import ServeSettings  # noqa: F401
     from engine.types import Device, PredictorType  # noqa: F401

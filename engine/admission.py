@@ -124,16 +124,17 @@ class Admission:
                                                 "(--max-body-size)"))
         return await self._admitted(ApiRequest(scope, body), receive, held)
 
-    async def _admitted(self, request: ApiRequest, receive, held: list[bool]) -> Response:
-        """The backend's answer within the deadline, if a concurrency slot is free; with `receive`, a disconnect
-        gives the request up (ClientGone)."""
+    async def _admitted(self, request: ApiRequest, receive, held: list[bool], operation: str | None = None) -> Response:
+        """The backend's answer (its prediction, or the plugin operation named) within the deadline, if a concurrency
+        slot is free; with `receive`, a disconnect gives the request up (ClientGone)."""
         if self.in_flight >= self.max_in_flight:  # taken after the body: a slow client holds no slot
             self._rejected.inc()
             return error_response(503, f"api '{self.api.name}' already has {self.in_flight} requests in flight, its "
                                        "max_replica_concurrency; retry later", headers={"Retry-After": RETRY_AFTER})
         self.in_flight += 1
         self._gauge.inc()
-        work = asyncio.ensure_future(self.backend.predict(request))
+        work = asyncio.ensure_future(self.backend.predict(request) if operation is None
+                                     else self.backend.operate(operation, request))
         watched = {work}
         if receive is not None:
             gone = asyncio.ensure_future(receive())  # after the whole body, receive() answers only a disconnect
@@ -152,6 +153,28 @@ class Admission:
         if done:
             raise ClientGone
         raise TimeoutError
+
+    # --- for plugins' operations (engine.Operation) ----------------------------------------------------------------
+
+    async def operate(self, operation: str, request: ApiRequest) -> Response:
+        """A plugin's operation for one request, under the API's readiness, concurrency limit and deadline."""
+        started = time.perf_counter()
+        request_id = ensure_request_id(request.scope)
+        if not self.backend.ready:
+            response = error_response(503, f"api '{self.api.name}' is not ready", headers={"Retry-After": RETRY_AFTER})
+        else:
+            held = [False]
+            try:
+                response = await self._admitted(request, None, held, operation)
+            except TimeoutError:
+                response = self._timed_out()
+            except Exception as error:
+                response = self._engine_error(error, operation, request.scope["path"])
+            if held[0]:
+                self._release()
+        response.headers["x-request-id"] = request_id
+        self._observe(operation, request.scope["path"], response.status_code, started, request_id)
+        return response
 
     # --- for the WebSocket messages of engine.websocket --------------------------------------------------------
 

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -19,7 +20,7 @@ from starlette.routing import Route
 
 from engine import openapi, plugins, tempdirs, tracebacks
 from engine.admission import Admission
-from engine.backend import Backend
+from engine.backend import ApiRequest, Backend
 from engine.batching import concurrent_predicts
 from engine.errors import ConfigError, EngineError
 from engine.memory import settle_after_start_up
@@ -50,6 +51,8 @@ class AppState:
         self.settings = settings
         self.backends: list[Backend] = [self._backend(api, settings) for api in validated.apis]
         self.admissions = [Admission(backend, self.metrics, settings, self) for backend in self.backends]
+        self.guard = Guard(settings)
+        self.services: list = []
         self.draining = False  # SIGTERM has come
         self.stopping_since: float | None = None
         self.stopped_cleanly = True  # False when stop() ran out of time with work still running
@@ -70,13 +73,37 @@ class AppState:
         """True once every API's predictor has finished __init__."""
         return all(backend.ready for backend in self.backends)
 
+    # --- engine.Served: what plugins' routes and services reach the APIs through ---------------------------------
+
+    def is_ready(self, api_name: str | None = None) -> bool:
+        """True when that API (or every API) can answer."""
+        return self.ready if api_name is None else any(b.ready for b in self.backends if b.api.name == api_name)
+
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """True when these headers carry a valid API key, or when none is required."""
+        return self.guard.key_allowed({name.lower(): value for name, value in headers})
+
+    async def operate(self, api_name: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+        """Run a plugin's operation for one of an API's requests, as that API's admission layer lets it."""
+        admission = next((a for a in self.admissions if a.api.name == api_name), None)
+        if admission is None:
+            return error_response(404, f"no api named {api_name!r}")
+        scope = {"type": "http", "method": "POST", "path": admission.api.endpoint,
+                 "query_string": b"", "headers": [(name.lower(), value) for name, value in headers]}
+        return await admission.operate(operation, ApiRequest(scope, body))
+
     async def start(self) -> None:
-        """Prepare the process for the predictors, then initialise them in the background."""
+        """Prepare the process for the predictors, then initialise them in the background; start the plugins'
+        services."""
         tempdirs.remove_stale()
         self.view = self.project.create_view()
         self.project.apply_environment({api.name: api.predictor.env for api in self.apis})
         enter_view(self.view, [api.predictor.python_path or "" for api in self.apis])
         self.init_task = asyncio.create_task(self._initialise())
+        self.services = [service for answer in self.pm.hook.engine_services(served=self, settings=self.settings)
+                         for service in answer or ()]
+        for service in self.services:
+            await service.start()
 
     async def _initialise(self) -> None:
         results = await asyncio.gather(*(self._start(backend) for backend in self.backends))
@@ -108,6 +135,7 @@ class AppState:
             self.init_task.cancel()
         since = self.stopping_since or time.monotonic()
         left = max(1.0, self.settings.graceful_timeout - (time.monotonic() - since))
+        await asyncio.gather(*(service.stop(grace=left) for service in self.services))
         stops = {asyncio.ensure_future(backend.stop()): backend for backend in self.backends}
         _, busy = await asyncio.wait(stops, timeout=left)
         for task in busy:
@@ -150,7 +178,7 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
         yield
         await state.stop()
 
-    guard = Guard(settings)
+    guard = state.guard
     paths_of = {api.name: _api_paths(api, aliases) for api in state.apis}
     spec = openapi.document(state.apis, paths_of, pm, settings, state.project.root, bool(guard.keys))
     routes = _routes(state)
@@ -203,6 +231,11 @@ def _adding_headers(send, headers: dict[str, str]):
             message = {**message, "headers": [*message.get("headers", []), *extra]}
         await send(message)
     return sending
+
+
+def served(request: Request) -> Any:
+    """The running APIs (an engine.Served), from a request to one of a plugin's routes."""
+    return request.app.state.engine
 
 
 def _api_paths(api, aliases: bool) -> list[str]:

@@ -69,3 +69,6 @@ class Backend(Protocol):
 
     async def summary(self, request: ApiRequest) -> Response:
         """The API's summary (a GET): Cortex's message, and its models' metadata."""
+
+    async def operate(self, operation: str, request: ApiRequest) -> Response:
+        """Run a plugin's operation (engine.Operation) for one request, where the predictor is."""

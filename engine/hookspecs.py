@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from engine.batching import Batching
     from engine.config import Api
     from engine.models import ModelRepository
+    from engine.plugin_api import Operation, Served, Service
     from engine.settings import ServeSettings
     from engine.types import Device, PredictorType
 
@@ -47,6 +48,16 @@ def engine_routes() -> list[BaseRoute]:
 @hookspec
 def engine_openapi_paths(apis: list[Api]) -> dict[str, dict]:
     """Describe the routes this plugin serves, as OpenAPI path items by path, for GET /openapi.json."""
+
+
+@hookspec
+def engine_operations() -> list[Operation]:
+    """Return operations: work this plugin does on an API's models inside its pipeline (see engine.Operation)."""
+
+
+@hookspec
+def engine_services(served: Served, settings: ServeSettings) -> list[Service]:
+    """Return services to run beside the HTTP server, started and stopped with it (e.g. a gRPC server)."""
 
 
 @hookspec

@@ -12,7 +12,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from engine.config import Api
@@ -99,7 +99,7 @@ class Call:
     """One request for the worker's API: a prediction or the API's summary."""
 
     call: int
-    kind: Literal["predict", "summary"]
+    kind: str  # "predict", "summary", or "operate:<operation>"
     scope: dict
     body: bytes
 

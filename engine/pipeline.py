@@ -26,7 +26,7 @@ from engine.config import Api
 from engine.errors import ModelError, PayloadError
 from engine.metrics import Metrics
 from engine.models import ModelRepository
-from engine.plugin_api import DescribesModels, LoadsUserModels
+from engine.plugin_api import DescribesModels, LoadsUserModels, OperationContext
 from engine.eventloop import PredictorLoop
 from engine.predictor import Predictor, load_class
 from engine.streams import END, is_stream, stream_response
@@ -64,6 +64,7 @@ class Pipeline:
             threads = concurrent_predicts(api, client_batching=True)  # concurrent calls are what the client merges
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"api-{api.name}")
         self.parse_payload = plugins.fast_caller(pm.hook.engine_parse_payload)
+        self.operations = plugins.operations(pm)
         self.encode_response = plugins.fast_caller(pm.hook.engine_encode_response)
         self.batcher: AsyncBatcher | None = None
         self._loop: PredictorLoop | None = None  # the event loop of the predictor's async methods, once needed
@@ -140,6 +141,23 @@ class Pipeline:
                 if isinstance(model, dict) and isinstance(model.get("errors"), dict):
                     model["errors"] = {version: public_text(error) for version, error in model["errors"].items()}
         return JSONResponse(body)
+
+    async def operate(self, operation: str, request: ApiRequest) -> Response:
+        """Run a plugin's operation on the pool, with the API's client and predictor at hand."""
+        found = self.operations.get(operation)
+        if found is None:
+            return error_response(404, f"no installed plugin provides the operation {operation!r}")
+        context = OperationContext(self.api, self.client, self.predictor.instance, request.headers)
+        try:
+            return await self._on_pool(found.run, context, request.body)
+        except (ModelError, PayloadError) as error:
+            status = getattr(error, "status_code", 400)
+            if status >= 500:
+                log.exception("api '%s': %s failed (request_id=%s)", self.api.name, operation, request.request_id)
+            return error_response(status, str(error), request_id=request.request_id if status >= 500 else None)
+        except Exception as error:
+            log.exception("api '%s': %s failed (request_id=%s)", self.api.name, operation, request.request_id)
+            return error_response(500, self._shown(error), request_id=request.request_id)
 
     async def predict(self, request: ApiRequest) -> Response:
         """Parse what predict declares, run it (alone or in a batch) on the pool, encode its result."""

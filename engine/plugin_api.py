@@ -1,10 +1,12 @@
-"""What engine may find on a model client (what `engine_create_client` returns); every part is optional.
+"""The Protocols and types of the plugin API that the core defines for plugins (all re-exported by `engine`).
 
-engine checks for each part with isinstance, so a client implements only the parts it needs, by their names alone.
+What engine may find on a model client (what `engine_create_client` returns) is optional, part by part: engine
+checks for each with isinstance, so a client implements only the parts it needs, by their names alone.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -22,3 +24,80 @@ class LoadsUserModels(Protocol):
 
     def set_load_method(self, load_model: Callable[[str], Any]) -> None:
         """Called once the predictor's __init__ has returned, with its load_model(model_path)."""
+
+
+# --- tensors: a model client's models as named tensors in, named tensors out (the Open Inference Protocol's view) ---
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model: its name, numpy dtype name ("float32", "int64", "bool", "object" for
+    strings) and shape (-1 for a dimension of any size)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@runtime_checkable
+class ServesTensors(Protocol):
+    """A client whose models take and give named tensors; the onnx and tensorflow types' clients are ones."""
+
+    def tensor_models(self) -> dict[str, list[str]]:
+        """Each model's versions, newest first, by the model's name within its API."""
+
+    def tensor_signature(self, model_name: str, version: str | None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """A version's inputs and outputs (None: the latest); ModelError (404) for one that does not exist."""
+
+    def infer(self, model_name: str, version: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Run a version on named numpy arrays; its outputs by name. ModelError (400) for inputs it cannot take."""
+
+
+# --- operations: a plugin's work on an API's models, wherever the API's predictor runs -------------------------------
+
+
+@dataclass(frozen=True)
+class OperationContext:
+    """What an operation works with: the API, its model client, and the user's predictor object."""
+
+    api: Any
+    client: Any
+    predictor: Any
+    headers: Any  # the request's headers (starlette Headers)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """Work a plugin does for a request inside an API's pipeline — in the front process or in a worker process,
+    wherever the API's predictor is — with the API's client and predictor at hand. `run(context, body)` runs on the
+    API's thread pool and returns a starlette Response; raising engine.ModelError or engine.PayloadError answers
+    with that status. A plugin calls it through Served.operate, under the API's concurrency limit and deadline."""
+
+    name: str
+    run: Callable[[OperationContext, bytes], Any]
+
+
+class Served(Protocol):
+    """The running APIs, as a plugin's routes and services reach them (engine.served(request), or the argument of
+    engine_services)."""
+
+    apis: list[Any]
+
+    def is_ready(self, api_name: str | None = None) -> bool:
+        """True when that API (or every API) can answer."""
+
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """True when these request headers carry a valid API key, or when none is required."""
+
+    async def operate(self, api_name: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+        """Run a plugin's operation for one of an API's requests: its starlette Response."""
+
+
+class Service(Protocol):
+    """Something a plugin runs beside the HTTP server, started and stopped with it (e.g. a gRPC server)."""
+
+    async def start(self) -> None:
+        """Start serving (the APIs may still be initialising: Served.is_ready says)."""
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let what is in flight finish within `grace` seconds, then stop."""

@@ -19,6 +19,7 @@ import pluggy
 
 from engine import hookspecs
 from engine.errors import MissingPluginError, PluginError
+from engine.plugin_api import Operation
 from engine.types import Device, PredictorType
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ DEFAULT_PLUGINS = (
     "engine.default_plugins.payloads",
     "engine.default_plugins.responses",
     "engine.default_plugins.metrics",
+    "engine.default_plugins.docs",
 )
 
 # Which pip extra installs the plugin for a predictor type or a hardware target.
@@ -159,6 +161,18 @@ def predictor_type(pm: PluginManager, name: str) -> PredictorType:
 def _provider(pm: PluginManager, type_name: str) -> object:
     return next(plugin for plugin, provided in answers(pm, "engine_predictor_types")
                 if any(ptype.name == type_name for ptype in provided or ()))
+
+
+def operations(pm: PluginManager) -> dict[str, Operation]:
+    """Every operation the installed plugins provide, by name."""
+    found: dict[str, Operation] = {}
+    for plugin, provided in answers(pm, "engine_operations"):
+        for operation in provided or ():
+            if not isinstance(operation, Operation):
+                raise PluginError(f"{_named(pm, plugin)}: engine_operations must return engine.Operation objects, "
+                                  f"not {_shown(operation)}")
+            found[operation.name] = operation
+    return found
 
 
 def hardware_targets(pm: PluginManager) -> list[str]:

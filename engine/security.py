@@ -97,6 +97,10 @@ class Guard:
             return refusal, None
         return None, foreign
 
+    def key_allowed(self, headers: dict[bytes, bytes]) -> bool:
+        """True when no key is required, or lower-cased `headers` carry a valid one (for services beside HTTP)."""
+        return not self.keys or self._key_valid(headers.get(b"authorization"), headers.get(b"x-api-key"))
+
     def cors_headers(self, origin: str) -> dict[str, str]:
         """What a response to an allowed cross-origin request adds."""
         return {"access-control-allow-origin": origin, "vary": "Origin",

@@ -134,6 +134,9 @@ class ServeSettings:
                          "with a warning for each")
     on: str | None = _setting(None, optional_path, "serve on a distributed engine instead of this process, through "
                               "the plugin that provides it (ray: pip install engine[ray])", "ENGINE")
+    grpc_port: int | None = _setting(None, lambda text: port_number(text) if text.strip() else None, "serve "
+                                     "gRPC on this port too, for the plugins that speak it (engine-oip: the Open "
+                                     "Inference Protocol); off unless given", "PORT")
     address: str | None = _setting(None, optional_path, "with --on: the cluster to join (for Ray, its address, such "
                                    "as ray://head:10001); without it a local one is started", "ADDRESS")
     # --- limits: docs/operations.md says why each default is what it is

@@ -130,7 +130,12 @@ async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[i
                   call: messages.Call) -> None:
     request = ApiRequest(call.scope, call.body)
     try:
-        response = await (pipeline.predict(request) if call.kind == "predict" else pipeline.summary(request))
+        if call.kind == "predict":
+            response = await pipeline.predict(request)
+        elif call.kind.startswith("operate:"):
+            response = await pipeline.operate(call.kind.removeprefix("operate:"), request)
+        else:
+            response = await pipeline.summary(request)
         await _reply(call, response, writer, sent)
         for work in request.after:  # post_predict: the worker is busy until it ends
             await asyncio.wrap_future(work)

@@ -350,6 +350,10 @@ class WorkerGroup:
         """The API's summary, from one of its workers."""
         return await self._forward("summary", request)
 
+    async def operate(self, operation: str, request: ApiRequest) -> Response:
+        """A plugin's operation, run by one of its workers."""
+        return await self._forward(f"operate:{operation}", request)
+
     async def _forward(self, kind: str, request: ApiRequest) -> Response:
         worker = await self._acquire()
         call = messages.Call(next(self._calls), kind, {key: request.scope[key] for key in _SCOPE_KEYS

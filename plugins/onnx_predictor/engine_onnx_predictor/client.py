@@ -5,7 +5,8 @@ from typing import Any
 
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from engine import DEFAULT_MODEL_NAME, Batching, ModelError, ModelRepository
+from engine import DEFAULT_MODEL_NAME, Batching, ModelError, ModelRepository, TensorSpec
+from engine_onnx_predictor import tensors
 from engine_onnx_predictor.batching import batch_key, run_batch, unwrap
 from engine_onnx_predictor.convert import describe_value, to_feed
 from engine_onnx_predictor.model_format import OnnxModel
@@ -22,7 +23,26 @@ class ONNXClient:
         """Convert model_input as Cortex did, run the model and return the list of all its outputs."""
         model: OnnxModel = self._repository.get(model_name, model_version)
         label = self._label(model, model_name, model_version)
-        feed = to_feed(model_input, model.inputs, label)
+        return self._run(model, to_feed(model_input, model.inputs, label), label)
+
+    # --- engine.ServesTensors: for protocols that speak in named tensors (the Open Inference Protocol) ---
+
+    def tensor_models(self) -> dict[str, list[str]]:
+        """Each model's versions, newest first."""
+        return {name: entry["versions"] for name, entry in self._repository.metadata().items() if entry["versions"]}
+
+    def tensor_signature(self, model_name: str, version: str | None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """A version's inputs and outputs, read from its session."""
+        return tensors.signature(self._repository.get(model_name, version or "latest").session)
+
+    def infer(self, model_name: str, version: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Run a version on named arrays of its inputs' dtypes; its outputs by name."""
+        model: OnnxModel = self._repository.get(model_name, version or "latest")
+        label = self._label(model, model_name, version)
+        outputs = self._run(model, tensors.feed(inputs, model.inputs, label), label)
+        return {node.name: output for node, output in zip(model.session.get_outputs(), outputs)}
+
+    def _run(self, model: OnnxModel, feed: dict[str, Any], label: str) -> list[Any]:
         key = batch_key(model, feed) if self.batcher is not None else None
         try:
             if key is not None:
