@@ -117,6 +117,9 @@ class ServerSideBatching(Section):
 
     max_batch_size: Integer = Field(ge=2, le=1024)
     batch_interval: PositiveDuration
+    # when_free: a batch starts as soon as a thread is free, with what waits; interval: Cortex's (full, or
+    # batch_interval after its first request)
+    dispatch: Literal["when_free", "interval"] = "when_free"
 
 
 class Predictor(Section):

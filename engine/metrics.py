@@ -52,6 +52,9 @@ class Metrics:
                                             ["api"], registry=registry)
         self.batch_size = Histogram("engine_batch_size", "Requests (or inference calls) merged into one batch",
                                     ["api"], buckets=_BATCH_BUCKETS, registry=registry)
+        self.batch_wait = Histogram("engine_batch_wait_seconds", "Time a request (or inference call) waited for "
+                                    "its batch to start, by API", ["api"], buckets=_LATENCY_BUCKETS,
+                                    registry=registry)
         self.model_loads = Counter("engine_model_loads", "Model version loads, by API, model, kind (load or "
                                    "reload) and outcome (ok or error)", ["api", "model", "kind", "outcome"],
                                    registry=registry)

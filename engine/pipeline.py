@@ -95,10 +95,8 @@ class Pipeline:
                 on_load=lambda model, reload, ok, seconds: self.metrics.model_loaded(api.name, model, reload, ok,
                                                                                      seconds))
             self.models.scan()
-        batching = api.predictor.server_side_batching
-        on_batch = self.metrics.child(self.metrics.batch_size, api.name).observe
-        client_batching = Batching(batching.max_batch_size, batching.batch_interval, on_batch) \
-            if batching and ptype.client_batching else None
+        batching = self._batching()
+        client_batching = batching if batching and ptype.client_batching else None
         self.client = plugins.create_client(self.pm, api, device, self.models, client_batching)
         predictor_class, methods = load_class(view, api, ptype)
         predictor = Predictor.construct(predictor_class, methods, api.predictor.config, ptype.client_arg, self.client)
@@ -116,8 +114,18 @@ class Pipeline:
         if batching and not ptype.client_batching:
             run = (lambda items: self._on_loop(predictor.predict_batch_async(items))) if predictor.async_predict \
                 else (lambda items: self._on_pool(predictor.predict_batch, items))
-            self.batcher = AsyncBatcher(run, batching.max_batch_size, batching.batch_interval, on_batch=on_batch)
+            self.batcher = AsyncBatcher(run, batching)
         self.predictor = predictor
+
+    def _batching(self) -> Batching | None:
+        """The API's server_side_batching, with the metrics it feeds."""
+        section, name = self.api.predictor.server_side_batching, self.api.name
+        if section is None:
+            return None
+        return Batching(section.max_batch_size, section.batch_interval,
+                        on_batch=self.metrics.child(self.metrics.batch_size, name).observe, dispatch=section.dispatch,
+                        slots=self.api.predictor.threads_per_process,
+                        on_wait=self.metrics.child(self.metrics.batch_wait, name).observe)
 
     async def stop(self) -> None:
         """Wait for running predicts and pending post_predicts (off the event loop), then free the models."""

@@ -916,7 +916,7 @@ def test_monitoring_model_type(tmp_path):
     (api(predictor={"multi_model_reloading": {"paths": [{"name": "a", "path": "p", "version": 1}]}}),
      "predictor.multi_model_reloading.paths[0].version", "model_path, name, path, signature_key"),
     (api(predictor={"server_side_batching": {"max_batch_size": 2, "batch_interval": "1s", "timeout": "1s"}}),
-     "predictor.server_side_batching.timeout", "batch_interval, max_batch_size"),
+     "predictor.server_side_batching.timeout", "batch_interval, dispatch, max_batch_size"),
     (api(compute={"memory": "1Gi"}), "compute.memory", "cpu, gpu, inf, mem"),
     (api(autoscaling={"replicas": 1}), "autoscaling.replicas",
      "downscale_stabilization_period, downscale_tolerance, init_replicas, max_downscale_factor, "

@@ -1,4 +1,5 @@
-"""Python predictor server-side batching end to end: lists in, lists out, per-request routing, partial batches."""
+"""Python predictor server-side batching end to end: lists in, lists out, per-request routing, partial batches,
+and both dispatch policies (most tests use Cortex's `interval`, whose batches are predictable)."""
 from __future__ import annotations
 
 import json
@@ -7,13 +8,14 @@ import httpx
 import pytest
 from support import send_together
 
-from engine.testing import api_yaml, wait_file
+from engine.testing import api_yaml, in_thread, wait_file
 
 pytestmark = pytest.mark.e2e
 
 BATCHED = """
 import json
 import os
+import time
 
 
 class PythonPredictor:
@@ -21,6 +23,10 @@ class PythonPredictor:
         self.dir = config["dir"]
 
     def predict(self, payload, query_params, headers):
+        if payload[0].get("hold"):  # keeps its thread busy until the test lets it go
+            open(os.path.join(self.dir, "holding"), "w").close()
+            while not os.path.exists(os.path.join(self.dir, "go")):
+                time.sleep(0.01)
         kinds = sorted({type(payload).__name__, type(query_params).__name__, type(headers).__name__})
         first = payload[0]
         if first.get("fail") == "exception":
@@ -41,9 +47,10 @@ class PythonPredictor:
 """
 
 
-def batched_project(tmp_path, max_batch_size, interval, threads=1):
+def batched_project(tmp_path, max_batch_size, interval, threads=1, dispatch: str | None = "interval"):
+    policy = f"  dispatch: {dispatch}\n" if dispatch else ""  # None: the default
     extra = (f"threads_per_process: {threads}\nserver_side_batching:\n  max_batch_size: {max_batch_size}\n"
-             f"  batch_interval: {interval}\nconfig:\n  dir: {tmp_path}")
+             f"  batch_interval: {interval}\n{policy}config:\n  dir: {tmp_path}")
     return {"cortex.yaml": api_yaml("batch", predictor_extra=extra), "predictor.py": BATCHED}
 
 
@@ -95,3 +102,38 @@ def test_any_threads_and_batch_size_combination_works(serve, tmp_path, threads, 
     assert sorted(r.json()["id"] for r in responses) == list(range(10))
     assert all(r.json()["batch"] <= max_batch_size for r in responses)
 
+
+
+# --- dispatch: when_free (the default) ------------------------------------------------------------------------
+
+
+def when_free_project(tmp_path, max_batch_size=4):
+    """batch_interval an hour: a request that waited for it would never be answered within the test."""
+    return batched_project(tmp_path, max_batch_size=max_batch_size, interval="1h", dispatch=None)
+
+
+def test_a_lone_request_never_waits_for_a_batch(serve, tmp_path, processes):
+    server = serve(when_free_project(tmp_path))
+    for i in range(3):
+        answer = httpx.post(server.url + "/batch", json={"id": i}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["batch"] == 1
+    assert 'engine_batch_wait_seconds_count{api="batch"} 3.0' in server.client.get("/metrics").text
+
+
+def test_requests_arriving_while_the_predictor_is_busy_form_the_next_batch(serve, tmp_path, processes):
+    if processes > 1:
+        pytest.skip("one process: with two, the other worker's thread is free and takes requests at once")
+    server = serve(when_free_project(tmp_path, max_batch_size=4))
+    held, held_result = in_thread(httpx.post, server.url + "/batch", json={"id": "first", "hold": True}, timeout=30)
+    wait_file(tmp_path / "holding")
+    queued = [in_thread(httpx.post, server.url + "/batch", json={"id": i}, timeout=30) for i in range(6)]
+    server.wait_metric('engine_requests_in_flight{api="batch"} 7.0')
+    (tmp_path / "go").touch()
+    held.join(30)
+    assert held_result["value"].json()["batch"] == 1  # it ran alone, at once
+    bodies = []
+    for thread, result in queued:
+        thread.join(30)
+        bodies.append(result["value"].json())
+    assert sorted(b["id"] for b in bodies) == list(range(6))
+    assert max(b["batch"] for b in bodies) > 1 and all(b["batch"] <= 4 for b in bodies)

@@ -68,13 +68,15 @@ def test_metrics_after_a_known_sequence(serve, tmp_path):
 
 
 def test_batch_sizes_are_counted_where_batches_run(serve, tmp_path, processes):
-    extra = "server_side_batching:\n  max_batch_size: 2\n  batch_interval: 30s"
+    # Cortex's policy: only full batches of 2 run
+    extra = "server_side_batching:\n  max_batch_size: 2\n  batch_interval: 30s\n  dispatch: interval"
     server = serve({"cortex.yaml": api_yaml("batch", predictor_extra=extra), "predictor.py": BATCHED})
     for response in send_together(server, [{"i": i} for i in range(2 * processes)]):
         assert response.status_code == 200
     found = samples(server)
     assert value(found, "engine_batch_size_count", api="batch") == processes
     assert value(found, "engine_batch_size_sum", api="batch") == 2 * processes
+    assert value(found, "engine_batch_wait_seconds_count", api="batch") == 2 * processes
 
 
 def test_request_ids_are_kept_or_generated_returned_and_logged(serve, tmp_path):

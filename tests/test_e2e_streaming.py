@@ -183,7 +183,7 @@ class PythonPredictor:
 
 
 def test_an_async_predictor_with_batching_gets_lists(serve, tmp_path):
-    extra = "server_side_batching:\n  max_batch_size: 2\n  batch_interval: 10s"
+    extra = "server_side_batching:\n  max_batch_size: 2\n  batch_interval: 10s\n  dispatch: interval"
     server = serve({"cortex.yaml": api_yaml("s", predictor_extra=extra), "predictor.py": ASYNC_BATCH})
     answers = []
     threads = [in_thread(lambda p=p: answers.append(server.client.post("/s", json=p).json())) for p in (1, 2)]

@@ -31,10 +31,11 @@ def mlp(models, path: Path, rows=None) -> Path:
 
 
 def batched_client(repository, config, max_batch_size=8, interval=0.05):
+    """A client batching on Cortex's interval policy, so that calls released together surely merge."""
     repo, _ = repository(config)
-    client = ONNXClient(repo, Batching(max_batch_size=max_batch_size, interval=interval))
     sizes = []
-    client.batcher.on_batch = sizes.append
+    client = ONNXClient(repo, Batching(max_batch_size=max_batch_size, interval=interval, on_batch=sizes.append,
+                                       dispatch="interval"))
     return repo, client, sizes
 
 
@@ -118,7 +119,8 @@ def test_iris_example_with_batching_over_http(tmp_path):
         (project / name).symlink_to(source, target_is_directory=source.is_dir())
     (project / "cortex.yaml").write_text(
         "- name: iris-classifier\n  kind: RealtimeAPI\n  predictor:\n    type: onnx\n    path: predictor.py\n"
-        "    model_path: model/\n    server_side_batching:\n      max_batch_size: 8\n      batch_interval: 100ms\n")
+        "    model_path: model/\n    server_side_batching:\n      max_batch_size: 8\n      batch_interval: 100ms\n"
+        "      dispatch: interval\n")  # Cortex's policy: requests sent together surely merge
     samples = [({"sepal_length": 5.2, "sepal_width": 3.6, "petal_length": 1.4, "petal_width": 0.3}, "setosa"),
                ({"sepal_length": 6.4, "sepal_width": 3.2, "petal_length": 4.5, "petal_width": 1.5}, "versicolor"),
                ({"sepal_length": 7.2, "sepal_width": 3.0, "petal_length": 6.1, "petal_width": 2.3}, "virginica")] * 3

@@ -203,7 +203,8 @@ class Opened:
         self.repository.scan()
         batching = self.api.predictor.server_side_batching  # the type batches in its client: it gets the limits
         self.client = create_client(pm, self.api, device, self.repository,
-                                    Batching(batching.max_batch_size, batching.batch_interval) if batching else None)
+                                    Batching(batching.max_batch_size, batching.batch_interval,
+                                             dispatch=batching.dispatch) if batching else None)
         if preload and self.repository.cache_size is None:
             self.repository.preload()
 

@@ -30,10 +30,11 @@ def runs(monkeypatch):
 
 @pytest.fixture
 def batched_client(open_client, saved_models, copy_model, tmp_path):
-    """batched_client(model, max_batch_size, interval): a client over a copy of a session model, batching."""
+    """batched_client(model, max_batch_size, interval): a client over a copy of a session model, batching on Cortex's
+    interval policy (so that calls made together surely merge)."""
     def build(name: str, max_batch_size: int, interval: str = "30s"):
         copy_model(saved_models[name], tmp_path / name)
-        batching = {"max_batch_size": max_batch_size, "batch_interval": interval}
+        batching = {"max_batch_size": max_batch_size, "batch_interval": interval, "dispatch": "interval"}
         return open_client({"model_path": name, "server_side_batching": batching}).client
 
     return build
