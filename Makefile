@@ -33,8 +33,9 @@ setup: $(VENV)/.test  ## create .venv with engine, its plugins and the test tool
 serve: $(VENV)/.core $(foreach t,$(EXAMPLE_TYPES),$(VENV)/.type-$(t))  ## make serve [EXAMPLE=...] [PORT=8888]
 	$(BIN)/engine serve $(EXAMPLE) --port $(PORT)
 
-test: $(VENV)/.test  ## run the whole test suite
+test: $(VENV)/.test  ## run the whole test suite, then its end-to-end part again on uvicorn (--server uvicorn)
 	$(BIN)/python -m pytest
+	ENGINE_SERVER=uvicorn $(BIN)/python -m pytest -q -m "e2e and not packaging" --ignore=plugins/ray
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info plugins/*/*.egg-info

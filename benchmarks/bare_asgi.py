@@ -1,9 +1,15 @@
-"""The floor of any server hosted by Hypercorn: one ASGI function, JSON parsed, the sum on one thread, JSON answered.
+"""The floor of any server hosting an ASGI app: one ASGI function that parses the JSON body, does the work on one
+thread and answers JSON. Run on each HTTP server the benchmarks compare:
 
     hypercorn --worker-class uvloop benchmarks.bare_asgi:app
+    uvicorn --loop uvloop --http httptools benchmarks.bare_asgi:app
+    granian --interface asgi --workers 1 --runtime-threads 1 benchmarks.bare_asgi:app
+
+The work is the echo sum, or with BARE_ASGI_MODEL=path/to/mlp.onnx the ONNX MLP at batch 1 (as benchmarks/mlp).
 """
 import asyncio
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 pool = ThreadPoolExecutor(1)
@@ -11,6 +17,25 @@ pool = ThreadPoolExecutor(1)
 
 def total(payload: dict) -> dict:
     return {"y": sum(payload["x"])}
+
+
+def mlp(path: str):
+    """The MLP's best class for one row, onnxruntime on one thread."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def best_class(payload: dict) -> dict:
+        x = np.asarray(payload["x"], dtype=np.float32).reshape(1, -1)
+        return {"class": int(session.run(None, {"x": x})[0][0].argmax())}
+
+    return best_class
+
+
+work = mlp(os.environ["BARE_ASGI_MODEL"]) if os.environ.get("BARE_ASGI_MODEL") else total
 
 
 async def app(scope, receive, send):
@@ -25,7 +50,7 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    result = await asyncio.get_running_loop().run_in_executor(pool, total, json.loads(body))
+    result = await asyncio.get_running_loop().run_in_executor(pool, work, json.loads(body))
     content = json.dumps(result).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})

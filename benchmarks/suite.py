@@ -1,6 +1,8 @@
-"""The benchmark suite: engine against the stack Cortex shipped and against the floor of Hypercorn, side by side.
+"""The benchmark suite: engine on each of its HTTP servers, against the bare-function floor of each server, KServe
+and the stack Cortex shipped, side by side.
 
-    .venv/bin/python benchmarks/suite.py [--duration 10] [--rounds 2] [--only echo|mlp] [--baseline PYTHON]
+    .venv/bin/python benchmarks/suite.py [--duration 10] [--rounds 2] [--only echo|mlp] [--kserve PYTHON]
+                                         [--servers WORDS] [--baseline PYTHON]
 
 Every server runs pinned to core 0 and wrk to core 1 (taskset); each measurement is preceded by a warm-up, and the
 servers alternate within one run so that they share the machine's state. Needs wrk (Debian: apt-get install wrk)
@@ -9,6 +11,7 @@ and benchmarks/requirements.txt. Prints one table per workload and the ratios ag
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -53,6 +56,7 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     port: int = 0
+    idle_rss_mb: float = 0.0  # resident memory once it has answered its first request
 
     def start(self, body: str) -> None:
         """Start the server and wait until it answers the workload's request with 200."""
@@ -66,6 +70,7 @@ class Server:
             try:
                 answer = httpx.post(self.url, content=body, headers={"Content-Type": "application/json"})
                 if answer.status_code == 200:
+                    self.idle_rss_mb = memory_mb(self.pids())
                     return
             except httpx.TransportError:
                 pass
@@ -107,12 +112,12 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def peak_rss_mb(pids: list[int]) -> float:
-    """Sum of the processes' peak resident memory."""
+def memory_mb(pids: list[int], field: str = "VmRSS") -> float:
+    """Sum of the processes' resident memory now (VmRSS) or at its peak (VmHWM)."""
     total = 0
     for pid in pids:
         try:
-            match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+            match = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
             total += int(match.group(1)) if match else 0
         except FileNotFoundError:
             pass
@@ -139,7 +144,7 @@ def wrk(server: Server, body: str, connections: int, seconds: float) -> Result:
         raise RuntimeError(f"{server.name}: {errors.group(1)} failed requests\n{output}")
     return Result(rps=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
                   p50_ms=_percentile(output, "50"), p99_ms=_percentile(output, "99"),
-                  cpu_us_per_request=cpu / max(requests, 1) * 1e6, peak_rss_mb=peak_rss_mb(pids))
+                  cpu_us_per_request=cpu / max(requests, 1) * 1e6, peak_rss_mb=memory_mb(pids, "VmHWM"))
 
 
 def _percentile(output: str, which: str) -> float:
@@ -181,33 +186,106 @@ def table(results: dict[tuple[str, int], list[Result]]) -> None:
               f"{r.cpu_us_per_request:>11.0f} {r.peak_rss_mb:>8.0f}")
 
 
-def engine_command(project: Path, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "engine", "--log-level", "warning", "serve", str(project), "--port", "{port}"]
+def engine_command(project: Path, *flags: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "engine", "serve", str(project), "--port", "{port}", *flags]
+
+
+def floors(env: dict[str, str] | None = None) -> list[Server]:
+    """The bare ASGI function (benchmarks/bare_asgi.py) on each HTTP server: what any app on it can reach at most."""
+    app, py, env = "benchmarks.bare_asgi:app", sys.executable, env or {}
+    servers = [
+        Server("floor: Hypercorn", [py, "-m", "hypercorn", "--worker-class", "uvloop", "--bind", "127.0.0.1:{port}",
+                                    "--log-level", "warning", app], "/", env),
+        Server("floor: uvicorn", [py, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--port", "{port}",
+                                  "--log-level", "warning", "--no-access-log", app], "/", env),
+    ]
+    if importlib.util.find_spec("granian"):
+        servers.append(Server("floor: Granian", [py, "-m", "granian", "--interface", "asgi", "--workers", "1",
+                                                 "--runtime-threads", "1", "--loop", "uvloop", "--no-ws", "--port",
+                                                 "{port}", "--log-level", "warning", app], "/", env))
+    return servers
+
+
+def engines(project: Path, path: str, env: dict[str, str] | None = None, label: str = "engine",
+            access_log_off: bool = True) -> list[Server]:
+    """engine on each of its HTTP servers, default settings (access log on), and with the access log off."""
+    servers = []
+    for server in ("hypercorn", "uvicorn"):
+        servers.append(Server(f"{label} {server}", engine_command(project, "--server", server), path, env or {}))
+        if access_log_off:
+            servers.append(Server(f"{label} {server}, no access log",
+                                  engine_command(project, "--server", server, "--log-level", "warning"), path,
+                                  env or {}))
+    return servers
+
+
+def kserve(python: str | None, *args: str) -> list[Server]:
+    """KServe's Python model server with its defaults, in its own virtual environment (--kserve PYTHON)."""
+    if not python:
+        return []
+    model = "mlp" if args else "echo"
+    return [Server("KServe", [python, str(HERE / "kserve" / "server.py"), "{port}", *args],
+                   f"/v1/models/{model}:predict")]
+
+
+def ratio(results: dict, a: str, b: str, connections: int, goal: str = "") -> str:
+    """a's throughput over b's at `connections`, with the goal it is held to."""
+    if (a, connections) not in results or (b, connections) not in results:
+        return ""
+    value = best(results, a, connections).rps / best(results, b, connections).rps
+    line = f"  {a} / {b} at {connections}: {value:.2f}x" + (f" (goal {goal})" if goal else "")
+    print(line)
+    return line
+
+
+def p99_check(results: dict, peer: str, connections: list[int]) -> None:
+    """Every server's p99 against the peer's, level by level."""
+    for count in connections:
+        if (peer, count) not in results:
+            return
+        theirs = best(results, peer, count).p99_ms
+        for name, level in results:
+            if level == count and name != peer and not name.startswith("floor"):
+                print(f"  p99 at {count}: {name} {best(results, name, count).p99_ms:.2f} ms vs {peer} "
+                      f"{theirs:.2f} ms ({best(results, name, count).p99_ms / theirs:.2f}x, goal <= 1x)")
+
+
+def chosen(servers: list[Server], only: str | None) -> list[Server]:
+    """The servers whose names contain one of the comma-separated words of --servers."""
+    if not only:
+        return servers
+    return [server for server in servers if any(word in server.name for word in only.split(","))]
 
 
 def echo(args: argparse.Namespace) -> None:
     print("echo workload: {\"x\": [64 floats]} -> {\"y\": sum}, threads_per_process 1, server on one core")
-    servers = [
-        Server("bare ASGI on Hypercorn", [sys.executable, "-m", "hypercorn", "--worker-class", "uvloop",
-                                          "--bind", "127.0.0.1:{port}", "--log-level", "warning",
-                                          "benchmarks.bare_asgi:app"], "/"),
-        Server("engine", engine_command(HERE / "echo"), "/echo"),
+    servers = floors() + engines(HERE / "echo", "/echo") + kserve(args.kserve) + [
         Server("Cortex-style FastAPI+uvicorn", [sys.executable, str(HERE / "cortex_style.py"), str(HERE / "echo"),
-                                                "{port}"], "/predict"),
-    ]
+                                                "{port}"], "/predict")]
     if args.baseline:
-        servers.append(Server("engine (baseline)", engine_command(HERE / "echo", args.baseline), "/echo"))
-    results = measure(servers, ECHO_BODY, [1, 32], args.duration, args.rounds)
+        servers.append(Server("engine (baseline)", engine_command(HERE / "echo", python=args.baseline), "/echo"))
+    results = measure(chosen(servers, args.servers), ECHO_BODY, [1, 32], args.duration, args.rounds)
     table(results)
+    print("\nratios (throughput):")
+    ratio(results, "engine uvicorn", "KServe", 32, ">= 2.5x")
+    ratio(results, "engine uvicorn", "KServe", 1, ">= 1.3x")
+    ratio(results, "engine uvicorn", "floor: uvicorn", 32, ">= 0.7x")
+    ratio(results, "engine uvicorn", "floor: uvicorn", 1)
+    ratio(results, "engine hypercorn", "floor: Hypercorn", 32, ">= 0.95x")
+    ratio(results, "engine hypercorn", "floor: Hypercorn", 1)
+    ratio(results, "engine hypercorn", "KServe", 32)
+    ratio(results, "engine hypercorn", "KServe", 1)
+    for server in ("hypercorn", "uvicorn"):
+        for count in (1, 32):
+            ratio(results, f"engine {server}", f"engine {server}, no access log", count, ">= 0.95x")
+    ratio(results, "engine hypercorn", "Cortex-style FastAPI+uvicorn", 32)
+    ratio(results, "engine uvicorn", "Cortex-style FastAPI+uvicorn", 32)
     if args.baseline:
-        for connections in (1, 32):
-            ratio = best(results, "engine", connections).rps / best(results, "engine (baseline)", connections).rps
-            print(f"at {connections} connection(s): engine / engine (baseline) throughput = {ratio:.3f}x")
-    bare, engine, cortex = (best(results, s.name, 32) for s in servers[:3])
-    print(f"\nat 32 connections: engine / bare Hypercorn throughput = {engine.rps / bare.rps:.2f}x (goal >= 0.9x); "
-          f"engine / Cortex-style = {engine.rps / cortex.rps:.2f}x; bare / Cortex-style = {bare.rps / cortex.rps:.2f}x")
-    print(f"p99 engine / bare = {engine.p99_ms / bare.p99_ms:.2f}x (goal <= 1.2x); server CPU per request: engine "
-          f"{engine.cpu_us_per_request:.0f} us, bare {bare.cpu_us_per_request:.0f} us")
+        for count in (1, 32):
+            ratio(results, "engine hypercorn", "engine (baseline)", count)
+    p99_check(results, "KServe", [1, 32])
+    print("idle memory (MB, right after start): " + ", ".join(
+        f"{server.name} {server.idle_rss_mb:.0f}" for server in chosen(servers, args.servers)))
 
 
 def mlp(args: argparse.Namespace) -> None:
@@ -218,25 +296,30 @@ def mlp(args: argparse.Namespace) -> None:
         model_dir.mkdir()
         subprocess.run([sys.executable, str(HERE / "mlp" / "make_model.py"), str(model_dir / "mlp.onnx")], check=True)
         in_process = in_process_rows_per_second(model_dir / "mlp.onnx", args.duration)
-        servers = []
-        for name, batching in (("engine unbatched", ""), ("engine batched (64, 20ms)",
-                                                          "    server_side_batching:\n      max_batch_size: 64\n"
-                                                          "      batch_interval: 20ms\n")):
-            project = root / name.split()[1]
+        env = {"ENGINE_ONNX_INTRA_OP_THREADS": "1"}
+        servers = floors({"BARE_ASGI_MODEL": str(model_dir / "mlp.onnx")})[:2]
+        batched = "    server_side_batching:\n      max_batch_size: 64\n      batch_interval: 20ms\n"
+        for name, batching in (("unbatched", ""), ("batched", batched)):
+            project = root / name
             project.mkdir()
             shutil.copy(HERE / "mlp" / "predictor.py", project)
             (project / "cortex.yaml").write_text(
                 f"- name: mlp\n  kind: RealtimeAPI\n  predictor:\n    type: onnx\n    path: predictor.py\n"
                 f"    model_path: {model_dir}\n{batching}")
-            servers.append(Server(name, engine_command(project), "/mlp", env={"ENGINE_ONNX_INTRA_OP_THREADS": "1"}))
-        results = measure(servers, MLP_BODY, [1, 64], args.duration, args.rounds)
+            servers += engines(project, "/mlp", env, label=f"engine {name}", access_log_off=False)
+        servers += kserve(args.kserve, str(model_dir / "mlp.onnx"))
+        results = measure(chosen(servers, args.servers), MLP_BODY, [1, 64], args.duration, args.rounds)
         table(results)
-        unbatched, batched = (best(results, s.name, 64) for s in servers)
         print(f"\nin process (no HTTP): {in_process[1]:.0f} rows/s at batch 1, {in_process[32]:.0f} at batch 32, "
               f"{in_process[64]:.0f} at batch 64")
-        print(f"at 64 connections: batched / unbatched = {batched.rps / unbatched.rps:.2f}x (goal >= 3x); "
-              f"batched / in-process batch 32 = {batched.rps / in_process[32]:.2f}x (goal >= 0.5x); "
-              f"batched / in-process batch 64 = {batched.rps / in_process[64]:.2f}x")
+        print("ratios (throughput):")
+        for server, floor in (("uvicorn", "floor: uvicorn"), ("hypercorn", "floor: Hypercorn")):
+            for count in (1, 64):
+                ratio(results, f"engine unbatched {server}", "KServe", count)
+                ratio(results, f"engine unbatched {server}", floor, count)
+                ratio(results, f"engine batched {server}", "KServe", count)
+                ratio(results, f"engine batched {server}", f"engine unbatched {server}", count)
+        p99_check(results, "KServe", [1, 64])
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -267,6 +350,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
     parser.add_argument("--rounds", type=int, default=2, help="times each server is measured (default 2)")
     parser.add_argument("--only", choices=["echo", "mlp"], help="run one workload")
+    parser.add_argument("--kserve", metavar="PYTHON", help="also measure KServe, installed for this Python (its own "
+                        "virtual environment: pip install kserve onnxruntime)")
+    parser.add_argument("--servers", metavar="WORDS", help="only the servers whose names contain one of these "
+                        "comma-separated words (e.g. 'floor,uvicorn')")
     parser.add_argument("--baseline", metavar="PYTHON", help="echo: also measure the engine installed for this "
                         "Python (e.g. another checkout's .venv/bin/python), side by side")
     args = parser.parse_args()

@@ -49,6 +49,7 @@ _LAZY = {
     "OperationContext": "engine.plugin_api",
     "Served": "engine.plugin_api",
     "Service": "engine.plugin_api",
+    "HttpServer": "engine.plugin_api",
     "served": "engine.app",
     # batching inside a client
     "Batching": "engine.batching",
@@ -79,7 +80,7 @@ if TYPE_CHECKING:
     from engine.config import DEFAULT_MODEL_NAME, Api, Models, ServerSideBatching  # noqa: F401
     from engine.default_plugins.cpu import THREAD_ENV_VARS, usable_cores  # noqa: F401
     from engine.models import FileEntry, ModelFormat, ModelRepository, Store, VersionInfo  # noqa: F401
-    from engine.plugin_api import (DescribesModels, LoadsUserModels, Operation, OperationContext,  # noqa: F401
-                                   Served, ServesTensors, Service, TensorSpec)
+    from engine.plugin_api import (DescribesModels, HttpServer, LoadsUserModels, Operation,  # noqa: F401
+                                   OperationContext, Served, ServesTensors, Service, TensorSpec)
     from engine.settings import ServeSettings  # noqa: F401
     from engine.types import Device, PredictorType  # noqa: F401

@@ -12,13 +12,13 @@ from typing import Protocol
 
 from starlette.responses import Response
 
+from engine.accesslog import access_log
 from engine.backend import ApiRequest, Backend
 from engine.metrics import Metrics
 from engine.pipeline import error_response
 from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")
-access_log = logging.getLogger("engine.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID = 200  # longer ids, or ids with characters outside visible ASCII, are replaced
@@ -68,8 +68,8 @@ class Admission:
             response = await self._answer(method, scope, receive, held)
         except ClientGone:
             self._disconnects.inc()
-            access_log.info("%s %s %s client disconnected %.1fms request_id=%s", self.api.name, method,
-                            scope["path"], (time.perf_counter() - started) * 1e3, request_id)
+            access_log.request(self.api.name, method, scope["path"], "client disconnected",
+                               time.perf_counter() - started, request_id)
             return
         response.headers["x-request-id"] = request_id
         if self.server.draining:
@@ -111,17 +111,9 @@ class Admission:
         return error_response(500, f"internal error in engine: {type(error).__name__}: {error}")
 
     async def _predict(self, scope: dict, receive, held: list[bool]) -> Response:
-        problem = framing_problem(scope, self.max_body_size)
-        if problem is not None:
-            return problem
-        try:
-            async with asyncio.timeout(self.body_timeout):
-                body = await read_body(receive, self.max_body_size)
-        except TimeoutError:
-            return _closing(error_response(408, f"the request body did not arrive within {self.body_timeout:g} s"))
-        except BodyTooLarge:
-            return _closing(error_response(413, f"the request body is larger than {self.max_body_size} bytes "
-                                                "(--max-body-size)"))
+        body = await body_or_refusal(scope, receive, self.max_body_size, self.body_timeout)
+        if isinstance(body, Response):
+            return body
         return await self._admitted(ApiRequest(scope, body), receive, held)
 
     async def _admitted(self, request: ApiRequest, receive, held: list[bool], operation: str | None = None) -> Response:
@@ -207,8 +199,24 @@ class Admission:
         metrics, api = self.metrics, self.api.name
         metrics.child(metrics.requests, api, method, str(status)).inc()
         metrics.child(metrics.latency, api).observe(seconds)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %s %s %.1fms request_id=%s", api, method, path, status, seconds * 1e3, request_id)
+        access_log.request(api, method, path, status, seconds, request_id)
+
+
+async def body_or_refusal(scope: dict, receive, max_body_size: int | None,
+                          body_timeout: float | None) -> bytes | Response:
+    """The request's whole body, or the 400, 408 or 413 to answer instead (closing the connection); ClientGone if the
+    client disconnects first."""
+    problem = framing_problem(scope, max_body_size)
+    if problem is not None:
+        return problem
+    try:
+        async with asyncio.timeout(body_timeout):
+            return await read_body(receive, max_body_size)
+    except TimeoutError:
+        return _closing(error_response(408, f"the request body did not arrive within {body_timeout:g} s"))
+    except BodyTooLarge:
+        return _closing(error_response(413, f"the request body is larger than {max_body_size} bytes "
+                                            "(--max-body-size)"))
 
 
 def framing_problem(scope: dict, max_body_size: int | None) -> Response | None:

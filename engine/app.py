@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine import openapi, plugins, tempdirs, tracebacks
-from engine.admission import Admission
+from engine.admission import Admission, ClientGone, body_or_refusal
 from engine.backend import ApiRequest, Backend
 from engine.batching import concurrent_predicts
 from engine.errors import ConfigError, EngineError
@@ -82,6 +82,15 @@ class AppState:
     def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """True when these headers carry a valid API key, or when none is required."""
         return self.guard.key_allowed({name.lower(): value for name, value in headers})
+
+    async def read_body(self, request: Request) -> bytes | Response:
+        """A plugin route's request body, under --max-body-size and --body-timeout as an API's: the body, or the 400,
+        408 or 413 response to send instead (its connection closes)."""
+        try:
+            return await body_or_refusal(request.scope, request.receive, self.settings.max_body_size,
+                                         self.settings.body_timeout)
+        except ClientGone:
+            return error_response(400, "the client disconnected before its request body was complete")
 
     async def operate(self, api_name: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
         """Run a plugin's operation for one of an API's requests, as that API's admission layer lets it."""

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from engine.batching import Batching
     from engine.config import Api
     from engine.models import ModelRepository
-    from engine.plugin_api import Operation, Served, Service
+    from engine.plugin_api import HttpServer, Operation, Served, Service
     from engine.settings import ServeSettings
     from engine.types import Device, PredictorType
 
@@ -58,6 +58,11 @@ def engine_operations() -> list[Operation]:
 @hookspec
 def engine_services(served: Served, settings: ServeSettings) -> list[Service]:
     """Return services to run beside the HTTP server, started and stopped with it (e.g. a gRPC server)."""
+
+
+@hookspec
+def engine_http_servers() -> list[HttpServer]:
+    """Return the HTTP servers this plugin provides (engine serve --server NAME chooses one)."""
 
 
 @hookspec

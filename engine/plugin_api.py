@@ -89,8 +89,24 @@ class Served(Protocol):
     def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """True when these request headers carry a valid API key, or when none is required."""
 
+    async def read_body(self, request: Any) -> Any:
+        """A plugin route's request body (bytes) under --max-body-size and --body-timeout, as an API's, or the
+        starlette Response (400, 408 or 413, JSON {"error": ...}) to send instead."""
+
     async def operate(self, api_name: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
         """Run a plugin's operation for one of an API's requests: its starlette Response."""
+
+
+class HttpServer(Protocol):
+    """An HTTP server that runs engine's ASGI app (engine_http_servers); Hypercorn is the built-in one."""
+
+    name: str  # what --server chooses it by
+    features: frozenset[str]  # of "tls", "client_certificates", "http2", "websockets", "max_connections"
+
+    async def serve(self, app: Any, listener: Any, settings: Any, shutdown: Callable[[], Any]) -> None:
+        """Serve `app` (running its lifespan) on `listener`, a bound and listening socket, with the settings'
+        keep-alive timeout, TLS and connection bound, until the coroutine function `shutdown` returns; then stop
+        accepting and let what is in flight finish within settings.graceful_timeout."""
 
 
 class Service(Protocol):

@@ -36,6 +36,7 @@ BUILT_IN = "engine (built-in)"
 
 # Registered exactly like third-party plugins; their hooks are `trylast` so an installed plugin wins.
 DEFAULT_PLUGINS = (
+    "engine.default_plugins.hypercorn_server",
     "engine.default_plugins.cpu",
     "engine.default_plugins.payloads",
     "engine.default_plugins.responses",
@@ -173,6 +174,16 @@ def operations(pm: PluginManager) -> dict[str, Operation]:
                                   f"not {_shown(operation)}")
             found[operation.name] = operation
     return found
+
+
+def http_server(pm: PluginManager, name: str) -> Any:
+    """The installed HTTP server called `name` (engine serve --server)."""
+    servers = {server.name: server for _, provided in answers(pm, "engine_http_servers") for server in provided or ()}
+    if name not in servers:
+        hint = " (pip install engine[uvicorn])" if name == "uvicorn" else ""
+        raise MissingPluginError(f"--server {name}: no installed plugin provides that HTTP server{hint}; installed: "
+                                 f"{', '.join(sorted(servers))}")
+    return servers[name]
 
 
 def hardware_targets(pm: PluginManager) -> list[str]:

@@ -24,6 +24,7 @@ DOCUMENTATION = ("/openapi.json", "/docs")  # open to all, so that the page can 
 METRICS_PATH = "/metrics"
 _CORS_HEADERS = "authorization, x-api-key, content-type, x-request-id"
 _CORS_MAX_AGE = "600"
+_HOSTS_REMEMBERED = 256  # distinct Host values whose verdict is kept
 
 
 def load_keys(settings: ServeSettings) -> list[bytes]:
@@ -56,6 +57,7 @@ class Guard:
         self.open_prefixes = () if settings.no_docs else ("/docs/",)  # the page's assets
         self.allowed_hosts = set(settings.allowed_hosts) or (None if not is_loopback(settings.host) else {"*loopback"})
         self.cors_origins = set(settings.cors_origins)
+        self._host_verdicts: dict[bytes, str | None] = {}
 
     def check(self, scope: dict) -> tuple[Response | None, str | None]:
         """(the answer to a request that may not pass — 400, 403, 401, or 204 to an allowed preflight —, the Origin
@@ -75,9 +77,8 @@ class Guard:
                 api_key = value
             elif name == b"access-control-request-method":
                 preflight = value
-        hostname = _hostname(host.decode("latin-1")) if host else None
-        if hostname is not None and self.allowed_hosts is not None and not self._host_allowed(hostname):
-            return error_response(400, f"Host {hostname!r} is not one this server answers (see --allowed-hosts)"), None
+        if host and self.allowed_hosts is not None and (refused := self._refused_host(host)) is not None:
+            return error_response(400, f"Host {refused!r} is not one this server answers (see --allowed-hosts)"), None
         foreign = None
         if origin is not None and not self._same_origin(scope, origin, host):
             foreign = origin.decode("latin-1")
@@ -105,6 +106,17 @@ class Guard:
         """What a response to an allowed cross-origin request adds."""
         return {"access-control-allow-origin": origin, "vary": "Origin",
                 "access-control-expose-headers": "x-request-id"}
+
+    def _refused_host(self, host: bytes) -> str | None:
+        """The host name in a refused Host header, None for an allowed one (remembered: parsing costs per request)."""
+        if host in self._host_verdicts:
+            return self._host_verdicts[host]
+        hostname = _hostname(host.decode("latin-1"))
+        verdict = None if self._host_allowed(hostname) else hostname
+        if len(self._host_verdicts) >= _HOSTS_REMEMBERED:  # random Host values cannot grow it without bound
+            self._host_verdicts.clear()
+        self._host_verdicts[host] = verdict
+        return verdict
 
     def _host_allowed(self, hostname: str) -> bool:
         for allowed in self.allowed_hosts:

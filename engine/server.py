@@ -53,9 +53,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def _serve(project_dir: str | Path, config_file: str | Path | None, settings: ServeSettings) -> int:
-    from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config as HypercornConfig
-
+    from engine import plugins
     from engine.app import create_app
 
     shutdown = asyncio.Event()
@@ -66,27 +64,16 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
         failures.append(message)
         shutdown.set()
 
-    app = create_app(project_dir, config_file, settings=settings, on_fatal=fail)
-    config = HypercornConfig()
-    _tls(config, settings)
+    pm = plugins.make_plugin_manager()
+    server = plugins.http_server(pm, settings.server)
+    check_features(server, settings)
+    app = create_app(project_dir, config_file, settings=settings, pm=pm, on_fatal=fail)
     listener = bind(settings.host, settings.port)  # before anything starts, so that its errors are the only output
     raise_open_file_limit()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, shutdown.set)
-
-    _announce(app, settings, listener.getsockname()[1])
-    config.bind = [f"fd://{listener.detach()}"]
-    config.graceful_timeout = settings.graceful_timeout
-    config.keep_alive_timeout = settings.keep_alive_timeout
-    # An HTTP/2 connection opened with prior knowledge that never sends a request is not closed by Hypercorn's
-    # keep-alive timer: a silent connection goes once nothing has been read from it for longer than any request
-    # may take. (A connection waiting for its response reads nothing either, hence the margin.)
-    config.read_timeout = int(max(settings.request_timeout or 0, settings.body_timeout or 0, 60)
-                              + settings.keep_alive_timeout)
-    config.shutdown_timeout = settings.graceful_timeout + 60  # engine bounds its own stop (AppState.stop)
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
+    _announce(app, settings, listener.getsockname()[1], server.name)
     state = app.state.engine
 
     async def stop_when_asked() -> None:
@@ -94,13 +81,41 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
         state.drain()
         log.info("stopping: no new connections; requests in flight have %g s to finish", settings.graceful_timeout)
 
-    await hypercorn_serve(app, config, shutdown_trigger=stop_when_asked)
+    await server.serve(app, listener, settings, stop_when_asked)
     code = 1 if failures or not state.stopped_cleanly else 0
     if not state.stopped_cleanly:  # a thread that never returns would keep the interpreter from exiting
         tempdirs.remove_all()
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def check_features(server: Any, settings: ServeSettings) -> None:
+    """Refuse to start when a flag asks for what the chosen HTTP server cannot do (never drop a limit silently)."""
+    wanted = {"tls": settings.certfile or settings.keyfile or settings.ca_certs,
+              "client_certificates": settings.ca_certs, "max_connections": settings.max_connections}
+    for feature, flag in (("tls", "--certfile"), ("client_certificates", "--ca-certs"),
+                          ("max_connections", "--max-connections")):
+        if wanted[feature] and feature not in server.features:
+            raise EngineError(f"{flag}: the {server.name} server cannot do that; choose a server that can with "
+                              "--server (engine serve --help lists the installed ones)")
+    if wanted["tls"]:
+        _check_tls_files(settings)
+
+
+def _check_tls_files(settings: ServeSettings) -> None:
+    if not (settings.certfile and settings.keyfile):
+        raise EngineError("HTTPS needs both --certfile and --keyfile (and --ca-certs only with them)")
+    for flag, path in (("--certfile", settings.certfile), ("--keyfile", settings.keyfile),
+                       ("--ca-certs", settings.ca_certs)):
+        if path and not Path(path).is_file():
+            raise EngineError(f"{flag} {path}: no such file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.certfile, settings.keyfile)
+    except (ssl.SSLError, OSError) as error:
+        raise EngineError(f"cannot use --certfile {settings.certfile} and --keyfile {settings.keyfile}: "
+                          f"{error}") from None
 
 
 def raise_open_file_limit() -> None:
@@ -113,10 +128,11 @@ def raise_open_file_limit() -> None:
             log.debug("cannot raise the open-file limit from %s to %s: %s", soft, hard, error)
 
 
-def _announce(app: Any, settings: ServeSettings, port: int) -> None:
+def _announce(app: Any, settings: ServeSettings, port: int, server: str) -> None:
     host = settings.host
     scheme = "https" if settings.certfile else "http"
     base = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
+    log.info("listening on %s (%s)", base, server)
     backends = app.state.engine.backends
     for backend in backends:
         aliases = " (also / and /predict)" if len(backends) == 1 else ""
@@ -126,24 +142,3 @@ def _announce(app: Any, settings: ServeSettings, port: int) -> None:
                  "s" if threads > 1 else "")
     for warning in describe(app.guard, settings):
         log.warning("%s", warning)
-
-
-def _tls(config: Any, settings: ServeSettings) -> None:
-    """HTTPS through Hypercorn's own options; with --ca-certs, clients must present a certificate it signed."""
-    if not settings.certfile and not settings.keyfile and not settings.ca_certs:
-        return
-    if not (settings.certfile and settings.keyfile):
-        raise EngineError("HTTPS needs both --certfile and --keyfile (and --ca-certs only with them)")
-    for flag, path in (("--certfile", settings.certfile), ("--keyfile", settings.keyfile),
-                       ("--ca-certs", settings.ca_certs)):
-        if path and not Path(path).is_file():
-            raise EngineError(f"{flag} {path}: no such file")
-    config.certfile, config.keyfile = settings.certfile, settings.keyfile
-    if settings.ca_certs:
-        config.ca_certs = settings.ca_certs
-        config.verify_mode = ssl.CERT_REQUIRED
-    try:
-        config.create_ssl_context()
-    except (ssl.SSLError, OSError) as error:
-        raise EngineError(f"cannot use --certfile {settings.certfile} and --keyfile {settings.keyfile}: "
-                          f"{error}") from None

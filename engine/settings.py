@@ -121,6 +121,8 @@ def _list(help: str, metavar: str) -> Any:
 class ServeSettings:
     """How `engine serve` runs a project (not what it serves: that is cortex.yaml)."""
 
+    server: str = _setting("hypercorn", str, "the HTTP server: hypercorn (built in), or one an installed plugin "
+                           "provides (engine-uvicorn: uvicorn)", "NAME")
     host: str = _setting("127.0.0.1", str, "address to listen on", "ADDRESS")
     port: int = _setting(8888, port_number, "port to listen on", "PORT")
     log_level: str = _setting("info", log_level, "debug, info, warning (no access log) or error", "LEVEL")
@@ -148,6 +150,9 @@ class ServeSettings:
                                           "408 and its connection is closed (0 turns it off)", "SECONDS")
     keep_alive_timeout: float = _setting(5.0, seconds, "idle keep-alive connections are closed after this long",
                                          "SECONDS")
+    max_connections: int | None = _setting(None, optional_count, "open connections (and requests) at most; the "
+                                           "server answers 503 beyond it (a server that cannot bound them refuses "
+                                           "to start with it)", "COUNT")
     worker_kill_after: float | None = _setting(None, optional_seconds, "with worker processes: a worker whose "
                                                "predict runs this long past its request's deadline is killed and "
                                                "replaced (off unless given)", "SECONDS")

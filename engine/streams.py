@@ -9,6 +9,7 @@ request id and ends the stream: with a last `{"error": ..., "request_id": ...}` 
 """
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -95,10 +96,20 @@ async def stream_response(pull: Callable[[], Awaitable[Any]], close: Callable[[]
 
 
 class ItemStream(StreamingResponse):
-    """Starlette's streaming response, closing the stream whatever ends it (a disconnect cancels it mid-way)."""
+    """Starlette's streaming response, watching for the client's disconnect whatever the server's ASGI version
+    (a disconnect stops the stream), and closing the stream whatever ends it."""
 
     async def __call__(self, scope, receive, send) -> None:
+        gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        streaming = asyncio.ensure_future(self.stream_response(send))
         try:
-            await super().__call__(scope, receive, send)
+            await asyncio.wait({gone, streaming}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in (gone, streaming):
+                task.cancel()
+            await asyncio.gather(gone, streaming, return_exceptions=True)
             await self.body_iterator.aclose()
+        if not streaming.cancelled() and streaming.exception() is not None:
+            raise streaming.exception()  # a plain stream's generator failed: cut off, without a final chunk
+        if self.background is not None:  # post_predict, with the items sent (all, or those before a disconnect)
+            await self.background()

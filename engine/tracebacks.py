@@ -77,10 +77,15 @@ class Formatter(logging.Formatter):
         return format_exception(exc_info[1]).rstrip("\n")
 
 
+HANDLER_NAME = "engine"
+LINE_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"  # engine.accesslog writes its lines alike
+
+
 def configure_logging(level: str, name: str = "%(name)s") -> None:
     """Log to stderr at `level` with the user-facing formatter (`name` shows who logs, e.g. a worker's label)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(Formatter(f"%(asctime)s {name} %(levelname)s %(message)s"))
+    handler.set_name(HANDLER_NAME)
+    handler.setFormatter(Formatter(LINE_FORMAT.replace("%(name)s", name)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -88,6 +88,9 @@ def test_a_taken_port_is_one_paragraph_and_leaves_no_folders(serve, tmp_path):
     (["--host", "300.1.1.1"], "cannot listen on 300.1.1.1:"),
     (["--host", "no-such-host.invalid"], "is not an address or a host name of this machine"),
     (["--graceful-timeout", "-1"], "argument --graceful-timeout: -1 is negative"),
+    (["--server", "nosuch"], "--server nosuch: no installed plugin provides that HTTP server; installed: hypercorn"),
+    (["--server", "hypercorn", "--max-connections", "5"], "--max-connections: the hypercorn server cannot do that"),
+    (["--server", "hypercorn", "--certfile", "missing.pem", "--keyfile", "missing.key"], "--certfile missing.pem: no such file"),
 ])
 def test_bad_flags_are_one_line_and_exit_1(tmp_path, args, message):
     project = write_project(tmp_path, {"cortex.yaml": api_yaml("x"), "predictor.py": SIMPLE})
@@ -284,5 +287,6 @@ def test_serve_on_hands_the_project_to_the_plugin_of_that_engine(tmp_path):
     env = plugin_environment(tmp_path / "site", "elsewhere", SERVE_ON)
     run = engine("serve", str(project), "--on", "elsewhere", "--address", "cluster:1", env=env)
     assert run.returncode == 3 and "serving ['x'] elsewhere at cluster:1" in run.stdout
-    missing = engine("serve", str(project), "--on", "ray", env=env)
+    without_ray = {**env, "ENGINE_PLUGINS": "python,elsewhere"}  # as if engine-ray were not installed
+    missing = engine("serve", str(project), "--on", "ray", env=without_ray)
     assert missing.returncode == 1 and "no installed plugin serves on 'ray'; pip install engine[ray]" in missing.stderr
