@@ -1,0 +1,58 @@
+"""The plugin's operations (engine.Operation): what its REST routes and gRPC service ask of an API, run on the API's
+thread pool where its predictor and client are (the front process, or a worker process)."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from engine import Operation
+from engine_oip import grpc_messages, rest
+from engine_oip.models import Model, list_models
+
+
+def _json(value: Any) -> Response:
+    return Response(orjson.dumps(value), media_type="application/json")
+
+
+def _model(context: Any) -> Model:
+    name, version = rest.target(context.headers)
+    return Model(context, name, version)
+
+
+def metadata(context: Any, body: bytes) -> Response:
+    """The model's metadata (versions, platform, tensors)."""
+    return _json(_model(context).metadata())
+
+
+def ready(context: Any, body: bytes) -> Response:
+    """The model's readiness: it exists with that version."""
+    model = _model(context)
+    return _json({"name": model.name, "ready": model.ready()})
+
+
+def models(context: Any, body: bytes) -> Response:
+    """Every OIP model of the API, for the repository index."""
+    return _json(list_models(context))
+
+
+def infer(context: Any, body: bytes) -> Response:
+    """REST: the JSON request (with binary data after it when Inference-Header-Content-Length says so)."""
+    model = _model(context)
+    request, wanted, default_binary = rest.decode_request(body, context.headers.get(rest.HEADER_LENGTH))
+    outputs = model.infer(request)
+    return rest.encode_response(model.name, model.version, request, outputs, wanted, default_binary)
+
+
+def infer_grpc(context: Any, body: bytes) -> Response:
+    """gRPC: a serialized ModelInferRequest in, a serialized ModelInferResponse out."""
+    model = _model(context)
+    request = grpc_messages.decode_request(body)
+    outputs = model.infer(request)
+    return Response(grpc_messages.encode_response(model.name, model.version, request, outputs),
+                    media_type="application/grpc+proto")
+
+
+OPERATIONS = [Operation("oip.metadata", metadata), Operation("oip.ready", ready), Operation("oip.models", models),
+              Operation("oip.infer", infer), Operation("oip.infer_grpc", infer_grpc)]
