@@ -7,8 +7,8 @@ from engine import hookimpl
 
 @hookimpl
 def engine_routes():
-    from engine_oip import rest
-    return rest.routes()
+    from engine_oip import routes
+    return routes.routes()
 
 
 @hookimpl
@@ -19,8 +19,8 @@ def engine_openapi_paths(apis):
 
 @hookimpl
 def engine_operations():
-    from engine_oip.operations import OPERATIONS
-    return OPERATIONS
+    from engine_oip import routes
+    return routes.operations()
 
 
 @hookimpl

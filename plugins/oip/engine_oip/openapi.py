@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine_oip.tensors import DATATYPES
+from engine_oip.datatypes import DTYPE_NAMES
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"},
                                                                  "request_id": {"type": "string"}}}
@@ -20,7 +20,7 @@ INFER_REQUEST = {"type": "object", "required": ["inputs"], "properties": {
     "id": {"type": "string"}, "parameters": PARAMETERS,
     "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
         "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "datatype": {"type": "string", "enum": list(DATATYPES)}, "parameters": PARAMETERS, "data": DATA}}},
+        "datatype": {"type": "string", "enum": list(DTYPE_NAMES)}, "parameters": PARAMETERS, "data": DATA}}},
     "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
         "name": {"type": "string"}, "parameters": PARAMETERS}}}}}
 INFER_RESPONSE = {"type": "object", "required": ["model_name", "outputs"], "properties": {
@@ -49,7 +49,7 @@ def _errors(*statuses: str) -> dict[str, Any]:
 
 
 def paths() -> dict[str, Any]:
-    """The OpenAPI path items of every route in rest.routes()."""
+    """The OpenAPI path items of every route in routes.routes()."""
     model_errors = _errors("401", "404", "500", "503", "504")
     described: dict[str, Any] = {
         "/v2": {"get": {"summary": "server metadata", "operationId": "oip_server_metadata", "tags": [TAG],

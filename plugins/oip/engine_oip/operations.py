@@ -7,7 +7,6 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from engine import Operation
 from engine_oip import grpc_messages, rest
 from engine_oip.models import Model, list_models
 
@@ -52,7 +51,3 @@ def infer_grpc(context: Any, body: bytes) -> Response:
     outputs = model.infer(request)
     return Response(grpc_messages.encode_response(model.name, model.version, request, outputs),
                     media_type="application/grpc+proto")
-
-
-OPERATIONS = [Operation("oip.metadata", metadata), Operation("oip.ready", ready), Operation("oip.models", models),
-              Operation("oip.infer", infer), Operation("oip.infer_grpc", infer_grpc)]

@@ -9,7 +9,6 @@ import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 import engine
 from engine import ModelError
@@ -105,21 +104,6 @@ async def _model_call(request: Request, operation: str, body: bytes) -> Response
     if version is not None:
         headers.append((VERSION_HEADER, version.encode()))
     return await served.operate(api, operation, body, headers)
-
-
-def routes() -> list[Route]:
-    """The protocol's REST routes."""
-    model = "/v2/models/{model_name}"
-    versioned = model + "/versions/{model_version}"
-    return [
-        Route("/v2", metadata_route, methods=["GET"]),
-        Route("/v2/health/live", live_route, methods=["GET"]),
-        Route("/v2/health/ready", ready_route, methods=["GET"]),
-        Route("/v2/repository/index", repository_index_route, methods=["POST"]),
-        *(Route(path, model_metadata_route, methods=["GET"]) for path in (model, versioned)),
-        *(Route(path + "/ready", model_ready_route, methods=["GET"]) for path in (model, versioned)),
-        *(Route(path + "/infer", infer_route, methods=["POST"]) for path in (model, versioned)),
-    ]
 
 
 def target(headers: Any) -> tuple[str, str | None]:

@@ -12,16 +12,10 @@ from typing import Any
 import numpy as np
 
 from engine import ModelError
+from engine_oip.datatypes import DTYPE_NAMES
 
 # The protocol's datatypes and the numpy dtypes that hold them (BYTES: an object array of bytes).
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16), "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8), "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
+DATATYPES: dict[str, np.dtype] = {datatype: np.dtype(name) for datatype, name in DTYPE_NAMES.items()}
 _BY_DTYPE_NAME = {dtype.name: datatype for datatype, dtype in DATATYPES.items()}
 _BY_DTYPE_NAME.update({"object": "BYTES", "str": "BYTES", "bytes": "BYTES", "bfloat16": "BF16"})
 _LENGTH = struct.Struct("<I")  # a BYTES element's length, before its bytes

@@ -229,3 +229,18 @@ def test_schemathesis_finds_no_5xx_and_no_contradiction_in_the_protocol_routes(s
                                            response_schema_conformance])
 
         call()
+
+
+def test_numpy_and_the_codecs_load_with_the_first_protocol_request_not_at_start(servers, tmp_path):
+    """Having the plugin installed costs an engine serve that never speaks the protocol no memory for them."""
+    project = write_project(tmp_path / "lazy", {"cortex.yaml": api_yaml("plain"),
+                                                "predictor.py": "class PythonPredictor:\n"
+                                                                "    def __init__(self, config):\n        pass\n\n"
+                                                                "    def predict(self, payload):\n        return 1\n"})
+    server = servers(project, grpc=False)
+    server.wait_ready()
+    assert server.client.post("/plain", json=1).json() == 1
+    mapped = Path(f"/proc/{server.process.pid}/maps")
+    assert "numpy" not in mapped.read_text() and "grpc" not in mapped.read_text()
+    assert server.client.get("/v2/models/plain").status_code == 200
+    assert "numpy" in mapped.read_text()
