@@ -1,4 +1,5 @@
-"""Run an app on Hypercorn until SIGTERM/SIGINT (graceful) or a predictor fails to start (exit 1)."""
+"""Run an app on the chosen HTTP server (a plugin; Hypercorn by default) until SIGTERM/SIGINT (graceful) or a
+predictor fails to start (exit 1)."""
 from __future__ import annotations
 
 import asyncio

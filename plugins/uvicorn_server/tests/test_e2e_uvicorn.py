@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from engine.testing import Server, api_yaml, in_thread, wait_file, write_project
+from engine.testing import Server, api_yaml, in_thread, plugin_environment, wait_file, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -72,3 +72,29 @@ def test_a_response_sent_while_draining_closes_its_connection(project, tmp_path)
     finally:
         server.close()
 
+
+
+FAILING_SERVICE = """
+from engine import EngineError, hookimpl
+
+
+class Failing:
+    async def start(self):
+        raise EngineError("the failing service cannot start: its port is taken")
+
+    async def stop(self, grace):
+        pass
+
+
+@hookimpl
+def engine_services(served, settings):
+    return [Failing()]
+"""
+
+
+def test_a_start_up_failure_is_engines_one_paragraph_not_uvicorns_traceback(project, tmp_path):
+    env = plugin_environment(tmp_path / "site", "failing", FAILING_SERVICE)
+    server = Server(project, "--server", "uvicorn", env=env)
+    assert server.wait_exit() == 1
+    assert "error: the failing service cannot start: its port is taken" in server.output
+    assert "Traceback" not in server.output
