@@ -6,9 +6,9 @@ itself does not): a plugin's tests import from `engine` and `engine.testing` onl
     from engine.testing import pm, processes, serve  # noqa: F401  (fixtures)
 
 End to end: Server, serve (fixture), processes (fixture), write_project, api_yaml, free_port, wait_for, wait_file,
-in_thread, fake_distribution, plugin_environment, http_server_features. The core's services, for a plugin's own tests: plugin_manager,
-pm (fixture), plugin_infos, predictor_type, check_hardware_target, setup_device, create_client, validate, load_apis,
-make_api.
+in_thread, fake_distribution, plugin_environment, http_server_features. The core's services, for a plugin's own
+tests: plugin_manager, pm (fixture), plugin_infos, predictor_type, check_hardware_target, setup_device,
+create_client, validate, load_apis, make_api.
 """
 from __future__ import annotations
 
@@ -192,8 +192,8 @@ def http_server_features() -> frozenset[str]:
     """What the HTTP server that Servers run on can do (ENGINE_SERVER chooses it; CI runs the suite on each)."""
     from engine.settings import ServeSettings
 
-    return _plugins.http_server(_plugins.make_plugin_manager(), os.environ.get("ENGINE_SERVER",
-                                                                                ServeSettings.server)).features
+    name = os.environ.get("ENGINE_SERVER") or ServeSettings.server
+    return _plugins.http_server(_plugins.make_plugin_manager(), name).features
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20) -> Any:
