@@ -112,7 +112,9 @@ async def _serve(pipeline: Pipeline, reader: asyncio.StreamReader, writer: async
         if isinstance(message, messages.Stop):
             stopping.set()  # the calls in hand still get their Sent and Cancel messages
         elif isinstance(message, messages.Sent):
-            sent.pop(message.call).set_result(None)
+            # it comes before the reply's end when the client left mid-stream: then that end does not wait for it
+            if message.call in calls and not (future := _sent_future(sent, message.call)).done():
+                future.set_result(None)
         elif isinstance(message, messages.Cancel):
             if message.call in calls:
                 calls[message.call].cancel()
@@ -142,7 +144,15 @@ async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[i
     except asyncio.CancelledError:
         pass  # given up by the front: predict never ran, or has finished (the pipeline waits for a running one)
     finally:
+        sent.pop(call.call, None)
         await messages.send(writer, messages.Done(call.call))
+
+
+def _sent_future(sent: dict[int, asyncio.Future], call: int) -> asyncio.Future:
+    """The future that the front's Sent for `call` resolves, made by whichever comes first: Sent or the reply's end."""
+    if call not in sent:
+        sent[call] = asyncio.get_running_loop().create_future()
+    return sent[call]
 
 
 async def _reply(call: messages.Call, response, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future]) -> None:
@@ -164,7 +174,7 @@ async def _reply(call: messages.Call, response, writer: asyncio.StreamWriter, se
             return
         body, last = message.get("body", b""), not message.get("more_body", False)
         if last and wants_sent:  # registered before sending: Sent may come back before send() returns
-            sent[call.call] = asyncio.get_running_loop().create_future()
+            _sent_future(sent, call.call)
         if streaming or not last:
             if not streaming:
                 streaming = True

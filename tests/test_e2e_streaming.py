@@ -306,6 +306,23 @@ def test_a_streaming_predict_sends_each_item_as_a_message(serve, tmp_path):
     assert talk(server, "/s?kind=bytes", ["0"], 2) == [b"\x00\x01", b"\x02"]
 
 
+def test_a_socket_closed_mid_stream_leaves_its_worker_serving(serve, tmp_path, processes):
+    server = serve(project(tmp_path, STREAMING))
+
+    async def leave_after_the_first_item() -> str:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/s?kind=gated") as socket:
+            await socket.send('"w1"')
+            return await socket.recv()  # then the socket closes while the generator waits for its release
+
+    assert json.loads(asyncio.run(leave_after_the_first_item())) == {"item": 1}
+    if processes > 1:  # the front has given the message up and told its worker, whose generator still waits
+        server.wait_output("s WEBSOCKET /s")
+    (tmp_path / "release-w1").touch()
+    wait_file(tmp_path / "closed-w1")
+    assert talk(server, "/s?kind=dicts", ["2"], 2) == ['{"n":0}', '{"n":1}']
+    assert "died" not in server.output and "Traceback" not in server.output
+
+
 def test_websockets_need_the_api_key_like_any_route(serve, tmp_path):
     server = serve(project(tmp_path, ASYNC), "--api-key", "sock-key")
     with pytest.raises(websockets.exceptions.InvalidStatus):
