@@ -64,8 +64,7 @@ class AppState:
         if api.predictor.processes_per_replica == 1 and not settings.isolate:
             return Pipeline(api, self.pm, self.metrics, settings.model_poll_interval,
                             shows_errors=settings.shows_errors)
-        client_batching = plugins.predictor_type(self.pm, api.predictor.type).client_batching
-        return WorkerGroup(api, self.pm, capacity=concurrent_predicts(api, client_batching), settings=settings,
+        return WorkerGroup(api, self.pm, capacity=concurrent_predicts(api), settings=settings,
                            on_fatal=lambda message: self.on_fatal(message))
 
     @property

@@ -1,10 +1,13 @@
 """Server-side batching: gather concurrent work into batches of at most max_batch_size.
 
-Two policies (server_side_batching.dispatch):
-- "when_free" (the default): a batch goes to the predictor as soon as one of its slots (threads_per_process) is
-  free, holding whatever waits; what arrives while every slot is busy waits and forms the next batch. A lone request
-  never waits, and under load batches fill by themselves.
-- "interval" (Cortex's): a batch goes when max_batch_size items wait or batch_interval has passed since its first.
+At most `max_concurrent_batches` batches run at once in a process (default 1, as Cortex's batcher ran). When the
+next batch starts depends on server_side_batching.dispatch:
+- "when_free" (the default): as soon as fewer than max_concurrent_batches run, with whatever waits; what arrives
+  while they run forms the next batch. A lone request never waits for an interval, and under load batches fill by
+  themselves. Work that arrives together is batched together: a batch is formed at the end of the event-loop pass
+  in which a request found room (AsyncBatcher), or once the calls handed to threads with it have reached the batcher
+  (ThreadBatcher, waiting at most ARRIVAL_PATIENCE for them).
+- "interval" (Cortex's): when max_batch_size items wait or batch_interval has passed since the first of them.
 
 Two gatherers apply them: AsyncBatcher gathers requests on the event loop (the python predictor's list-in, list-out
 batching), ThreadBatcher gathers calls from worker threads (transparent batching inside model clients).
@@ -14,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +27,64 @@ if TYPE_CHECKING:
 
 WHEN_FREE, INTERVAL = "when_free", "interval"
 DISPATCH_POLICIES = (WHEN_FREE, INTERVAL)
+# How long a ThreadBatcher about to start a batch waits for calls already handed to threads (they were read with the
+# ones it holds); a thread waiting for the GIL can take up to sys.getswitchinterval() (5 ms) to run.
+ARRIVAL_PATIENCE = 0.005
+
+
+class Arrivals:
+    """Calls on their way to a ThreadBatcher: announced on the event loop when a predict is handed to the API's pool of
+    `threads`, and counted until that predict's first call reaches the batcher or the predict ends."""
+
+    def __init__(self, threads: int, patience: float = ARRIVAL_PATIENCE) -> None:
+        self.threads = threads
+        self.patience = patience
+        self.condition = threading.Condition()  # the ThreadBatcher's lock too: an arrival wakes its waiting threads
+        self.on_the_way = 0  # announced, not arrived
+        self.starting = 0  # of those, running on a thread
+        self.holding = 0  # threads running an announced predict
+        self._carried = threading.local()
+
+    def announce(self) -> None:
+        """One more call is on its way (called before the predict is handed to a thread)."""
+        with self.condition:
+            self.on_the_way += 1
+
+    def withdraw(self) -> None:
+        """An announced predict will never run (it was cancelled while it waited for a thread)."""
+        with self.condition:
+            self.on_the_way -= 1
+            self.condition.notify_all()
+
+    @contextmanager
+    def carried(self) -> Iterator[None]:
+        """Run an announced predict on this thread: its arrival (or its end without one) is counted once."""
+        with self.condition:
+            self.starting += 1
+            self.holding += 1
+        self._carried.pending = True
+        try:
+            yield
+        finally:
+            with self.condition:
+                if self._carried.pending:
+                    self._carried.pending = False
+                    self.on_the_way -= 1
+                    self.starting -= 1
+                self.holding -= 1
+                self.condition.notify_all()
+
+    def arrive(self) -> None:
+        """This thread's call reached the batcher (under `condition`); later calls of the same predict count not."""
+        if getattr(self._carried, "pending", False):
+            self._carried.pending = False
+            self.on_the_way -= 1
+            self.starting -= 1
+            self.condition.notify_all()
+
+    def expected(self) -> bool:
+        """Whether a call is still on its way and can arrive soon: running, or with a free thread to run it."""
+        return self.starting > 0 or (self.on_the_way > 0 and self.holding < self.threads)
 
 
 @dataclass(frozen=True)
@@ -33,23 +95,23 @@ class Batching:
     interval: float  # seconds
     on_batch: Callable[[int], None] | None = None  # engine counts batch sizes with it
     dispatch: str = WHEN_FREE
-    slots: int = 1  # batches run at once (threads_per_process)
+    slots: int = 1  # batches run at once (max_concurrent_batches)
     on_wait: Callable[[float], None] | None = None  # engine times each item's wait for its batch with it
+    arrivals: Arrivals | None = None  # the pipeline's announcements of calls on their way (ThreadBatcher only)
 
     def thread_batcher(self, run_batch: Callable[[Hashable, list[Any]], list[Any]]) -> ThreadBatcher:
         """A ThreadBatcher with the API's limits that merges the client's concurrent calls with `run_batch`."""
         return ThreadBatcher(run_batch, self)
 
 
-def concurrent_predicts(api: Api, client_batching: bool) -> int:
-    """How many requests one process can usefully hold at once: its threads, times the batch size when batching."""
+def concurrent_predicts(api: Api) -> int:
+    """How many requests one process can usefully hold at once: its threads, or, when batching, the batches that run
+    and the one that gathers meanwhile (for a batching client, predict() calls each hold a thread)."""
     threads = api.predictor.threads_per_process
     batching = api.predictor.server_side_batching
     if batching is None:
         return threads
-    if client_batching:  # calls merge only while that many predict() calls run at the same time
-        return max(threads, batching.max_batch_size)
-    return threads * batching.max_batch_size  # each thread runs one batch while the next one gathers
+    return max(threads, (batching.max_concurrent_batches + 1) * batching.max_batch_size)
 
 
 class AsyncBatcher:
@@ -59,7 +121,9 @@ class AsyncBatcher:
         self.run = run
         self.batching = batching
         self._waiting: list[tuple[Any, asyncio.Future, float]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # "interval": the waiting batch's time runs out
+        self._due = False  # "interval": the waiting batch is full or its time is up, and goes once there is room
+        self._forming: asyncio.Handle | None = None  # "when_free": the batch forms at the end of this loop pass
         self._running: set[asyncio.Task] = set()
 
     async def submit(self, item: Any) -> Any:
@@ -68,27 +132,49 @@ class AsyncBatcher:
         future = loop.create_future()
         self._waiting.append((item, future, time.monotonic()))
         if self.batching.dispatch == WHEN_FREE:
-            if len(self._running) < self.batching.slots:
-                self._dispatch()
+            self._form_soon()
         elif len(self._waiting) >= self.batching.max_batch_size:
-            self._dispatch()
+            self._on_due()
         elif self._timer is None:  # the interval runs from the first request of the batch
-            self._timer = loop.call_later(self.batching.interval, self._dispatch)
+            self._timer = loop.call_later(self.batching.interval, self._on_due)
         try:
             return await future
         except asyncio.CancelledError:  # given up (a deadline, a disconnect): leave the batch if it has not run yet
             self._waiting = [entry for entry in self._waiting if entry[1] is not future]
             raise
 
-    def _dispatch(self) -> None:
-        """Run the next batch of what waits."""
+    def _room(self) -> bool:
+        return len(self._running) < self.batching.slots
+
+    def _form_soon(self) -> None:
+        """"when_free": start a batch at the end of this loop pass, so that requests read in it join."""
+        if self._forming is None and self._room() and self._waiting:
+            self._forming = asyncio.get_running_loop().call_soon(self._form, len(self._waiting))
+
+    def _form(self, seen: int) -> None:
+        self._forming = None
+        if seen < len(self._waiting) < self.batching.max_batch_size:  # this pass brought more: they may not be all
+            self._forming = asyncio.get_running_loop().call_soon(self._form, len(self._waiting))
+        elif self._room():
+            self._start()
+
+    def _on_due(self) -> None:
+        """"interval": the waiting batch is full or its time is up; it starts now, or when a running batch ends."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._due = True
+        if self._room():
+            self._start()
+
+    def _start(self) -> None:
+        """Run the next batch of what waits."""
         size = self.batching.max_batch_size
         batch, self._waiting = self._waiting[:size], self._waiting[size:]
-        if self._waiting and self.batching.dispatch == INTERVAL:
-            self._timer = asyncio.get_running_loop().call_later(self.batching.interval, self._dispatch)
+        if self.batching.dispatch == INTERVAL:
+            self._due = len(self._waiting) >= size
+            if self._waiting and not self._due:
+                self._timer = asyncio.get_running_loop().call_later(self.batching.interval, self._on_due)
         if not batch:
             return
         _observe(self.batching, [queued for _, _, queued in batch])
@@ -99,8 +185,10 @@ class AsyncBatcher:
     def _finished(self, task: asyncio.Task, futures: list[asyncio.Future]) -> None:
         self._running.discard(task)
         _settle(futures, task)
-        if self._waiting and self.batching.dispatch == WHEN_FREE:  # a slot is free: the next batch goes now
-            self._dispatch()
+        if self.batching.dispatch == WHEN_FREE:  # there is room: what waits forms the next batch
+            self._form_soon()
+        elif self._due:
+            self._start()
 
 
 def _observe(batching: Batching, queued_since: list[float]) -> None:
@@ -142,14 +230,16 @@ class _Slot:
 class ThreadBatcher:
     """Merges concurrent calls from threads into one `run_batch` call per key (e.g. per model version and shape).
 
-    A waiting thread runs a batch for everyone in it: with "when_free", the one that finds a slot free (on arrival,
-    or woken when a batch ends); with "interval", the one that fills the batch or whose batch's interval runs out.
+    A waiting thread runs a batch for everyone in it: with "when_free", the one that finds room (on arrival, or woken
+    when a batch ends), once the calls announced with it have arrived; with "interval", the one that fills the batch
+    or whose batch's interval runs out, once there is room.
     """
 
     def __init__(self, run_batch: Callable[[Hashable, list[Any]], list[Any]], batching: Batching) -> None:
         self.run_batch = run_batch
         self.batching = batching
-        self._lock = threading.Condition()
+        self.arrivals = batching.arrivals
+        self._lock = self.arrivals.condition if self.arrivals is not None else threading.Condition()
         self._queues: dict[Hashable, list[_Slot]] = {}
         self._started: dict[Hashable, float] = {}
         self._running = 0  # batches running now
@@ -162,6 +252,8 @@ class ThreadBatcher:
             if not queue:
                 self._started[key] = time.monotonic()
             queue.append(slot)
+            if self.arrivals is not None:
+                self.arrivals.arrive()
             batch = self._when_free(key, slot) if self.batching.dispatch == WHEN_FREE else self._on_interval(key, slot)
         if batch is not None:
             self._run(key, batch)
@@ -171,25 +263,44 @@ class ThreadBatcher:
         return slot.result
 
     def _when_free(self, key: Hashable, slot: _Slot) -> list[_Slot] | None:
-        """The batch this thread runs once a slot is free, or None when another thread took `slot` into its own."""
+        """The batch this thread runs once there is room and its companions have arrived, or None when another
+        thread took `slot` into its own."""
+        patience_ends: float | None = None
         while not slot.taken:
             if self._running < self.batching.slots:
-                return self._take(key)
-            self._lock.wait()
+                remaining = self._still_arriving(key, patience_ends)
+                if remaining is None:
+                    return self._take(key)
+                patience_ends = patience_ends or time.monotonic() + remaining
+                self._lock.wait(remaining)
+            else:
+                patience_ends = None
+                self._lock.wait()
         return None
 
+    def _still_arriving(self, key: Hashable, patience_ends: float | None) -> float | None:
+        """How long to wait for announced calls before forming `key`'s batch; None when it forms now."""
+        arrivals = self.arrivals
+        if arrivals is None or not arrivals.expected() or len(self._queues[key]) >= self.batching.max_batch_size:
+            return None
+        if patience_ends is None:
+            return arrivals.patience
+        remaining = patience_ends - time.monotonic()
+        return remaining if remaining > 0 else None
+
     def _on_interval(self, key: Hashable, slot: _Slot) -> list[_Slot] | None:
-        """The batch this thread runs when it is full or its time is up, or None when another thread runs it."""
-        if len(self._queues[key]) >= self.batching.max_batch_size:
-            return self._take(key)
-        deadline = self._started[key] + self.batching.interval
+        """The batch this thread runs when it is full or its time is up and there is room, or None when another
+        thread runs it."""
         while not slot.taken:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return self._take(key)  # our batch's time is up: we run it
-            self._lock.wait(remaining)
-            if key in self._started:
-                deadline = self._started[key] + self.batching.interval
+            if self._running < self.batching.slots:
+                if len(self._queues[key]) >= self.batching.max_batch_size:
+                    return self._take(key)
+                remaining = self._started[key] + self.batching.interval - time.monotonic()
+                if remaining <= 0:
+                    return self._take(key)  # our batch's time is up: we run it
+                self._lock.wait(remaining)
+            else:
+                self._lock.wait()
         return None
 
     def _take(self, key: Hashable) -> list[_Slot]:

@@ -117,9 +117,10 @@ class ServerSideBatching(Section):
 
     max_batch_size: Integer = Field(ge=2, le=1024)
     batch_interval: PositiveDuration
-    # when_free: a batch starts as soon as a thread is free, with what waits; interval: Cortex's (full, or
-    # batch_interval after its first request)
+    # when_free: a batch starts as soon as none runs (max_concurrent_batches), with what waits; interval: Cortex's
+    # (full, or batch_interval after its first request)
     dispatch: Literal["when_free", "interval"] = "when_free"
+    max_concurrent_batches: Integer = Field(1, ge=1, le=1024)  # engine only: batches running at once per process
 
 
 class Predictor(Section):

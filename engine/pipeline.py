@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from engine import plugins
 from engine.backend import ApiRequest
-from engine.batching import AsyncBatcher, Batching, concurrent_predicts
+from engine.batching import Arrivals, AsyncBatcher, Batching, concurrent_predicts
 from engine.config import Api
 from engine.errors import ModelError, PayloadError
 from engine.metrics import Metrics
@@ -59,9 +59,15 @@ class Pipeline:
         self.model_poll_interval = model_poll_interval
         self.process_index = process_index
         self.ptype = plugins.predictor_type(pm, api.predictor.type)
-        threads = api.predictor.threads_per_process
-        if self.ptype.client_batching and api.predictor.server_side_batching:
-            threads = concurrent_predicts(api, client_batching=True)  # concurrent calls are what the client merges
+        threads, batching = api.predictor.threads_per_process, api.predictor.server_side_batching
+        # With a batching client every predict() holds a thread while its call waits for its batch; with lists, each
+        # running batch holds one.
+        self.arrivals: Arrivals | None = None  # a batching client's calls on their way to its batcher
+        if batching is not None and self.ptype.client_batching:
+            threads = concurrent_predicts(api)
+            self.arrivals = Arrivals(threads)
+        elif batching is not None:
+            threads = max(threads, batching.max_concurrent_batches)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"api-{api.name}")
         self.parse_payload = plugins.fast_caller(pm.hook.engine_parse_payload)
         self.operations = plugins.operations(pm)
@@ -124,7 +130,7 @@ class Pipeline:
             return None
         return Batching(section.max_batch_size, section.batch_interval,
                         on_batch=self.metrics.child(self.metrics.batch_size, name).observe, dispatch=section.dispatch,
-                        slots=self.api.predictor.threads_per_process,
+                        slots=section.max_concurrent_batches, arrivals=self.arrivals,
                         on_wait=self.metrics.child(self.metrics.batch_wait, name).observe)
 
     async def stop(self) -> None:
@@ -177,6 +183,10 @@ class Pipeline:
                 result = await self.batcher.submit(arguments)
             elif predictor.async_predict:
                 result = await self._on_loop(predictor.predict(arguments))
+            elif self.arrivals is not None:
+                self.arrivals.announce()
+                result = await self._on_pool(self._predict_announced, predictor, arguments,
+                                             never_ran=self.arrivals.withdraw)
             else:
                 result = await self._on_pool(predictor.predict, arguments)
             if is_stream(result):
@@ -252,10 +262,11 @@ class Pipeline:
         this cancels it there."""
         return await asyncio.wrap_future(self.loop.submit(coroutine))
 
-    async def _on_pool(self, function: Callable[..., Any], *arguments: Any) -> Any:
-        """Run function(*arguments) on the API's pool. Cancelled while it waits for a thread, it never runs;
-        cancelled while it runs, it cannot be stopped: this waits for it (its slot stays taken) and counts the
-        overrun."""
+    async def _on_pool(self, function: Callable[..., Any], *arguments: Any,
+                       never_ran: Callable[[], None] | None = None) -> Any:
+        """Run function(*arguments) on the API's pool. Cancelled while it waits for a thread, it never runs (and
+        `never_ran` is called); cancelled while it runs, it cannot be stopped: this waits for it (its slot stays
+        taken) and counts the overrun."""
         future = self.pool.submit(function, *arguments)
         try:
             return await asyncio.wrap_future(future)
@@ -263,7 +274,14 @@ class Pipeline:
             if not future.cancel():
                 self.metrics.child(self.metrics.overruns, self.api.name).inc()
                 await _finished(future)
+            elif never_ran is not None:
+                never_ran()
             raise
+
+    def _predict_announced(self, predictor: Predictor, arguments: dict[str, Any]) -> Any:
+        """predict() for a batching client, its arrival at the batcher counted (see engine.batching.Arrivals)."""
+        with self.arrivals.carried():
+            return predictor.predict(arguments)
 
     async def _arguments(self, request: ApiRequest, predictor: Predictor) -> dict[str, Any]:
         arguments: dict[str, Any] = {}

@@ -87,12 +87,13 @@ def test_post_predict_gets_each_request_its_own_element(serve, tmp_path):
                                            ("not_list", "please return a list when using server side batching"),
                                            ("short", "returned 1 results for a batch of 2")])
 def test_a_failing_batch_fails_every_request_in_it_with_a_json_500(serve, tmp_path, processes, fail, message):
-    server = serve(batched_project(tmp_path, max_batch_size=2, interval="5s"))
+    # An interval of an hour: batches go only when full, so the requests surely fail in pairs
+    server = serve(batched_project(tmp_path, max_batch_size=2, interval="1h"))
     responses = send_together(server, [{"id": i, "fail": fail} for i in range(2 * processes)])
     for response in responses:
         assert response.status_code == 500
         assert message in response.json()["error"]
-    assert httpx.post(server.url + "/batch", json={"id": "ok"}, timeout=30).status_code == 200
+    assert [r.status_code for r in send_together(server, [{"id": "ok"}, {"id": "fine"}])] == [200, 200]
 
 
 @pytest.mark.parametrize("threads, max_batch_size", [(1, 4), (3, 2), (4, 4)])
@@ -121,8 +122,6 @@ def test_a_lone_request_never_waits_for_a_batch(serve, tmp_path, processes):
 
 
 def test_requests_arriving_while_the_predictor_is_busy_form_the_next_batch(serve, tmp_path, processes):
-    if processes > 1:
-        pytest.skip("one process: with two, the other worker's thread is free and takes requests at once")
     server = serve(when_free_project(tmp_path, max_batch_size=4))
     held, held_result = in_thread(httpx.post, server.url + "/batch", json={"id": "first", "hold": True}, timeout=30)
     wait_file(tmp_path / "holding")
@@ -137,3 +136,69 @@ def test_requests_arriving_while_the_predictor_is_busy_form_the_next_batch(serve
         bodies.append(result["value"].json())
     assert sorted(b["id"] for b in bodies) == list(range(6))
     assert max(b["batch"] for b in bodies) > 1 and all(b["batch"] <= 4 for b in bodies)
+
+
+# --- a Cortex project's batching: threads_per_process == max_batch_size, one batch at a time --------------------
+
+CORTEX_LIKE = """
+import itertools
+import os
+import threading
+import time
+
+BATCHES = itertools.count()
+LOCK = threading.Lock()
+
+
+class PythonPredictor:
+    def __init__(self, config):
+        self.go = os.path.join(config["dir"], "go")
+
+    def predict(self, payload):
+        with LOCK:
+            number = next(BATCHES)
+        while not os.path.exists(self.go):  # every batch waits until the test has seen all its requests arrive
+            time.sleep(0.01)
+        time.sleep(0.05)  # a predictor costing 50 ms
+        return [{"id": p["id"], "batch": f"{os.getpid()}-{number}", "size": len(payload)} for p in payload]
+"""
+
+
+def cortex_like_project(tmp_path):
+    """Cortex's shape: threads_per_process equal to max_batch_size, an interval too long to ever be waited for."""
+    extra = (f"threads_per_process: 4\nserver_side_batching:\n  max_batch_size: 4\n  batch_interval: 1h\n"
+             f"config:\n  dir: {tmp_path}")
+    return {"cortex.yaml": api_yaml("batch", predictor_extra=extra), "predictor.py": CORTEX_LIKE}
+
+
+def send_held(server, tmp_path, count):
+    """Send `count` requests at once, let the predictor go once all are in flight; the bodies in request order."""
+    threads = [in_thread(httpx.post, server.url + "/batch", json={"id": i}, timeout=30) for i in range(count)]
+    server.wait_metric(f'engine_requests_in_flight{{api="batch"}} {float(count)}')
+    (tmp_path / "go").touch()
+    bodies = []
+    for thread, result in threads:
+        thread.join(30)
+        assert result["value"].status_code == 200, result["value"].text
+        bodies.append(result["value"].json())
+    assert [b["id"] for b in bodies] == list(range(count))
+    return bodies
+
+
+def test_four_simultaneous_requests_take_at_most_two_batches(serve, tmp_path, processes):
+    if processes > 1:
+        pytest.skip("one process: the two-batch bound is per process")
+    server = serve(cortex_like_project(tmp_path))
+    bodies = send_held(server, tmp_path, 4)
+    batches = {b["batch"] for b in bodies}
+    assert len(batches) <= 2  # the first batch went at once (no 1 h interval), the rest formed the next one
+    for b in bodies:  # each batch held exactly the requests that name it
+        assert b["size"] == sum(1 for c in bodies if c["batch"] == b["batch"])
+
+
+def test_sixteen_simultaneous_requests_form_batches_of_two_to_four(serve, tmp_path, processes):
+    server = serve(cortex_like_project(tmp_path))
+    bodies = send_held(server, tmp_path, 16)
+    sizes = {b["batch"]: b["size"] for b in bodies}
+    assert 1 < max(sizes.values()) <= 4
+    assert sum(sizes.values()) == 16  # every request was in exactly one batch
