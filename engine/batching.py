@@ -216,23 +216,25 @@ def _settle(futures: list[asyncio.Future], done: asyncio.Future) -> None:
 class _Slot:
     """One call waiting in a ThreadBatcher."""
 
-    __slots__ = ("item", "done", "result", "error", "taken", "queued")
+    __slots__ = ("item", "woken", "result", "error", "taken", "leads", "queued")
 
     def __init__(self, item: Any) -> None:
         self.item = item
-        self.done = threading.Event()
+        self.woken = threading.Event()  # set once: to lead the next batch, or when its batch has run
         self.result: Any = None
         self.error: BaseException | None = None
-        self.taken = False
+        self.taken = False  # in a batch
+        self.leads = False  # its thread forms and runs the next batch of its key
         self.queued = time.monotonic()
 
 
 class ThreadBatcher:
     """Merges concurrent calls from threads into one `run_batch` call per key (e.g. per model version and shape).
 
-    A waiting thread runs a batch for everyone in it: with "when_free", the one that finds room (on arrival, or woken
-    when a batch ends), once the calls announced with it have arrived; with "interval", the one that fills the batch
-    or whose batch's interval runs out, once there is room.
+    The first call waiting for a key leads: its thread waits for the batch to be ready, takes it (its own call
+    first), hands the lead to the next call waiting and runs the batch for everyone in it; the other threads sleep
+    until their batch has run. A batch is ready, with "when_free", once there is room and the calls announced with it
+    have arrived; with "interval", once it is full or its interval has run out, and there is room.
     """
 
     def __init__(self, run_batch: Callable[[Hashable, list[Any]], list[Any]], batching: Batching) -> None:
@@ -251,35 +253,40 @@ class ThreadBatcher:
             queue = self._queues.setdefault(key, [])
             if not queue:
                 self._started[key] = time.monotonic()
+                slot.leads = True
             queue.append(slot)
+            if len(queue) == self.batching.max_batch_size:
+                self._lock.notify_all()  # its leader need wait no more
             if self.arrivals is not None:
                 self.arrivals.arrive()
-            batch = self._when_free(key, slot) if self.batching.dispatch == WHEN_FREE else self._on_interval(key, slot)
-        if batch is not None:
+        if not slot.leads:
+            slot.woken.wait()
+        if not slot.taken:  # it leads
+            with self._lock:
+                batch = self._when_ready(key)
             self._run(key, batch)
-        slot.done.wait()
         if slot.error is not None:
             raise slot.error
         return slot.result
 
-    def _when_free(self, key: Hashable, slot: _Slot) -> list[_Slot] | None:
-        """The batch this thread runs once there is room and its companions have arrived, or None when another
-        thread took `slot` into its own."""
+    def _when_ready(self, key: Hashable) -> list[_Slot]:
+        """Wait (holding the lock) until `key`'s batch may start, then take it."""
+        when_free = self.batching.dispatch == WHEN_FREE
         patience_ends: float | None = None
-        while not slot.taken:
-            if self._running < self.batching.slots:
-                remaining = self._still_arriving(key, patience_ends)
-                if remaining is None:
-                    return self._take(key)
-                patience_ends = patience_ends or time.monotonic() + remaining
-                self._lock.wait(remaining)
-            else:
+        while True:
+            if self._running >= self.batching.slots:
                 patience_ends = None
                 self._lock.wait()
-        return None
+                continue
+            remaining = self._still_arriving(key, patience_ends) if when_free else self._interval_left(key)
+            if remaining is None:
+                return self._take(key)
+            if when_free:
+                patience_ends = patience_ends or time.monotonic() + remaining
+            self._lock.wait(remaining)
 
     def _still_arriving(self, key: Hashable, patience_ends: float | None) -> float | None:
-        """How long to wait for announced calls before forming `key`'s batch; None when it forms now."""
+        """"when_free": how long to wait for announced calls before forming `key`'s batch; None when it forms now."""
         arrivals = self.arrivals
         if arrivals is None or not arrivals.expected() or len(self._queues[key]) >= self.batching.max_batch_size:
             return None
@@ -288,20 +295,12 @@ class ThreadBatcher:
         remaining = patience_ends - time.monotonic()
         return remaining if remaining > 0 else None
 
-    def _on_interval(self, key: Hashable, slot: _Slot) -> list[_Slot] | None:
-        """The batch this thread runs when it is full or its time is up and there is room, or None when another
-        thread runs it."""
-        while not slot.taken:
-            if self._running < self.batching.slots:
-                if len(self._queues[key]) >= self.batching.max_batch_size:
-                    return self._take(key)
-                remaining = self._started[key] + self.batching.interval - time.monotonic()
-                if remaining <= 0:
-                    return self._take(key)  # our batch's time is up: we run it
-                self._lock.wait(remaining)
-            else:
-                self._lock.wait()
-        return None
+    def _interval_left(self, key: Hashable) -> float | None:
+        """"interval": how long until `key`'s batch is due; None when it is (full, or its time is up)."""
+        if len(self._queues[key]) >= self.batching.max_batch_size:
+            return None
+        remaining = self._started[key] + self.batching.interval - time.monotonic()
+        return remaining if remaining > 0 else None
 
     def _take(self, key: Hashable) -> list[_Slot]:
         queue = self._queues[key]
@@ -311,11 +310,12 @@ class ThreadBatcher:
         if rest:
             self._queues[key] = rest
             self._started[key] = time.monotonic()
+            rest[0].leads = True
+            rest[0].woken.set()
         else:
             del self._queues[key]
             del self._started[key]
         self._running += 1
-        self._lock.notify_all()
         return batch
 
     def _run(self, key: Hashable, batch: list[_Slot]) -> None:
@@ -330,6 +330,6 @@ class ThreadBatcher:
         finally:
             with self._lock:
                 self._running -= 1
-                self._lock.notify_all()  # a waiting thread may take the next batch
+                self._lock.notify_all()  # a leader waiting for room may start its batch
             for slot in batch:
-                slot.done.set()
+                slot.woken.set()
