@@ -5,7 +5,9 @@ thread and answers JSON. Run on each HTTP server the benchmarks compare:
     uvicorn --loop uvloop --http httptools benchmarks.bare_asgi:app
     granian --interface asgi --workers 1 --runtime-threads 1 benchmarks.bare_asgi:app
 
-The work is the echo sum, or with BARE_ASGI_MODEL=path/to/mlp.onnx the ONNX MLP at batch 1 (as benchmarks/mlp).
+The work is the echo sum, or with BARE_ASGI_MODEL=path/to/mlp.onnx the ONNX MLP at batch 1 (as benchmarks/mlp); with
+BARE_ASGI_BATCH=N too, the MLP on batches of up to N requests, one batch at a time, each formed from what waits when
+the previous ends (the floor of server-side batching on that server).
 """
 import asyncio
 import json
@@ -35,7 +37,47 @@ def mlp(path: str):
     return best_class
 
 
-work = mlp(os.environ["BARE_ASGI_MODEL"]) if os.environ.get("BARE_ASGI_MODEL") else total
+def mlp_batches(path: str, size: int):
+    """The MLP's best class for each of up to `size` waiting requests, one session.run per batch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    waiting: list[tuple[dict, asyncio.Future]] = []
+    busy = False  # a batch runs, or the next is about to form (at the end of this loop pass)
+
+    def best_classes(payloads: list[dict]) -> list[dict]:
+        x = np.stack([np.asarray(payload["x"], dtype=np.float32) for payload in payloads])
+        return [{"class": int(row.argmax())} for row in session.run(None, {"x": x})[0]]
+
+    async def run_batches() -> None:
+        nonlocal busy, waiting
+        while waiting:
+            batch, waiting = waiting[:size], waiting[size:]
+            results = await asyncio.get_running_loop().run_in_executor(pool, best_classes, [p for p, _ in batch])
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
+        busy = False
+
+    async def submit(payload: dict) -> dict:
+        nonlocal busy
+        future = asyncio.get_running_loop().create_future()
+        waiting.append((payload, future))
+        if not busy:
+            busy = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(run_batches()))
+        return await future
+
+    return submit
+
+
+if os.environ.get("BARE_ASGI_BATCH"):
+    batched = mlp_batches(os.environ["BARE_ASGI_MODEL"], int(os.environ["BARE_ASGI_BATCH"]))
+else:
+    batched = None
+    work = mlp(os.environ["BARE_ASGI_MODEL"]) if os.environ.get("BARE_ASGI_MODEL") else total
 
 
 async def app(scope, receive, send):
@@ -50,7 +92,10 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    result = await asyncio.get_running_loop().run_in_executor(pool, work, json.loads(body))
+    if batched is not None:
+        result = await batched(json.loads(body))
+    else:
+        result = await asyncio.get_running_loop().run_in_executor(pool, work, json.loads(body))
     content = json.dumps(result).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})

@@ -28,6 +28,7 @@ from suite import (
     MLP_BODY,
     Server,
     engine_command,
+    floors,
     in_process_rows_per_second,
     wrk,
 )
@@ -70,6 +71,9 @@ def run(model_name: str, model_dir: Path, root: Path, http_server: str,
     servers = {name: Server(f"{model_name} {http_server} {name}",
                             engine_command(project(root, model_dir, policy), "--server", http_server), "/mlp",
                             {"ENGINE_ONNX_INTRA_OP_THREADS": "1"}) for name, policy in POLICIES.items()}
+    # The floor: benchmarks/bare_asgi.py batching the same model on the same server, one batch at a time
+    bare = {"BARE_ASGI_MODEL": str(model_dir / "mlp.onnx"), "BARE_ASGI_BATCH": str(BATCH)}
+    servers["floor"] = next(server for server in floors(bare) if server.name.lower() == f"floor: {http_server}")
     results: dict[tuple[str, int], list] = {}
     for _ in range(args.rounds):
         for name, server in servers.items():
@@ -77,15 +81,13 @@ def run(model_name: str, model_dir: Path, root: Path, http_server: str,
             try:
                 for count in CONNECTIONS:
                     wrk(server, MLP_BODY, count, min(2.0, args.duration))
-                    before = sums(server.url)
+                    before = sums(server.url) if name != "floor" else {}
                     result = wrk(server, MLP_BODY, count, args.duration)
-                    after = sums(server.url)
-                    batches = after["engine_batch_size_count"] - before["engine_batch_size_count"]
-                    waits = after["engine_batch_wait_seconds_count"] - before["engine_batch_wait_seconds_count"]
-                    size = (after["engine_batch_size_sum"] - before["engine_batch_size_sum"]) / batches \
-                        if batches else 0.0
-                    wait_ms = (after["engine_batch_wait_seconds_sum"] - before["engine_batch_wait_seconds_sum"]) \
-                        / waits * 1e3 if waits else 0.0
+                    after = sums(server.url) if name != "floor" else before
+                    change = {key: after[key] - before[key] for key in after}
+                    batches, waits = change.get("engine_batch_size_count"), change.get("engine_batch_wait_seconds_count")
+                    size = change["engine_batch_size_sum"] / batches if batches else 0.0
+                    wait_ms = change["engine_batch_wait_seconds_sum"] / waits * 1e3 if waits else 0.0
                     results.setdefault((name, count), []).append((result, size, wait_ms))
                     print(f"  {server.name:<32} c={count:<3} {result.rps:8.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
                           f"p99 {result.p99_ms:7.2f} ms  batch {size:5.1f}  wait {wait_ms:6.2f} ms", flush=True)
@@ -108,6 +110,9 @@ def run(model_name: str, model_dir: Path, root: Path, http_server: str,
             goal = {1: " (goal: when_free >= 0.9x, p50 <= 1.2x)", 64: " (goal: when_free >= 5x)"}.get(count, "")
             print(f"  {policy} / unbatched at {count}: throughput {rps / base_rps:.2f}x, p50 {p50 / base_p50:.2f}x"
                   f"{goal if policy == 'when_free' else ''}")
+    for count in CONNECTIONS:
+        print(f"  when_free / the bare batching floor at {count}: "
+              f"{medians[('when_free', count)][0] / medians[('floor', count)][0]:.2f}x")
     return medians
 
 
