@@ -54,9 +54,14 @@ _LAZY = {
     # batching inside a client
     "Batching": "engine.batching",
     "ThreadBatcher": "engine.batching",
-    # serving elsewhere (engine_serve_on): the app of a project, or of some of its APIs, and its settings
+    # serving elsewhere (engine_serve_on): the app of a project, or of some of its APIs, its settings, the project
+    # loaded as data (its APIs, environment and warnings) and the API keys the settings name
     "create_app": "engine.app",
     "ServeSettings": "engine.settings",
+    "load_project": "engine.loading",
+    "LoadedProject": "engine.loading",
+    "ProjectWarning": "engine.project",
+    "load_keys": "engine.security",
     # hardware targets
     "usable_cores": "engine.default_plugins.cpu",
     "THREAD_ENV_VARS": "engine.default_plugins.cpu",
@@ -79,8 +84,11 @@ if TYPE_CHECKING:
     from engine.batching import Batching, ThreadBatcher  # noqa: F401
     from engine.config import DEFAULT_MODEL_NAME, Api, Models, ServerSideBatching  # noqa: F401
     from engine.default_plugins.cpu import THREAD_ENV_VARS, usable_cores  # noqa: F401
+    from engine.loading import LoadedProject, load_project  # noqa: F401
     from engine.models import FileEntry, ModelFormat, ModelRepository, Store, VersionInfo  # noqa: F401
     from engine.plugin_api import (DescribesModels, HttpServer, LoadsUserModels, Operation,  # noqa: F401
                                    OperationContext, Served, ServesTensors, Service, TensorSpec)
+    from engine.project import ProjectWarning  # noqa: F401
+    from engine.security import load_keys  # noqa: F401
     from engine.settings import ServeSettings  # noqa: F401
     from engine.types import Device, PredictorType  # noqa: F401

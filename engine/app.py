@@ -22,7 +22,7 @@ from engine import openapi, plugins, tempdirs, tracebacks
 from engine.admission import Admission, ClientGone, body_or_refusal
 from engine.backend import ApiRequest, Backend
 from engine.batching import concurrent_predicts
-from engine.errors import ConfigError, EngineError
+from engine.errors import EngineError
 from engine.memory import settle_after_start_up
 from engine.metrics import Metrics
 from engine.pipeline import Pipeline, error_response
@@ -30,7 +30,7 @@ from engine.project import enter_view, remove_view
 from engine.security import Guard
 from engine.websocket import serve_websocket
 from engine.settings import ServeSettings
-from engine.validate import ValidatedProject, validate_project
+from engine.loading import LoadedProject, load_project
 from engine.workers import WorkerGroup
 
 log = logging.getLogger("engine")
@@ -41,10 +41,11 @@ OPENAPI_PATH = "/openapi.json"
 class AppState:
     """Everything one app serves; kept on `app.state.engine`."""
 
-    def __init__(self, validated: ValidatedProject, pm: plugins.PluginManager, on_fatal: Callable[[str], None],
+    def __init__(self, validated: LoadedProject, pm: plugins.PluginManager, on_fatal: Callable[[str], None],
                  settings: ServeSettings) -> None:
         self.project = validated.project
         self.apis = validated.apis
+        self.environment = validated.environment
         self.pm = pm
         self.metrics = Metrics()
         self.on_fatal = on_fatal
@@ -105,7 +106,7 @@ class AppState:
         services."""
         tempdirs.remove_stale()
         self.view = self.project.create_view()
-        self.project.apply_environment({api.name: api.predictor.env for api in self.apis})
+        os.environ.update(self.environment)
         enter_view(self.view, [api.predictor.python_path or "" for api in self.apis])
         self.init_task = asyncio.create_task(self._initialise())
         self.services = [service for answer in self.pm.hook.engine_services(served=self, settings=self.settings)
@@ -160,7 +161,8 @@ class AppState:
 
 def create_app(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
                settings: ServeSettings | None = None, pm: plugins.PluginManager | None = None,
-               on_fatal: Callable[[str], None] | None = None, apis: list[str] | None = None) -> EngineApp:
+               on_fatal: Callable[[str], None] | None = None, apis: list[str] | None = None,
+               project: LoadedProject | None = None) -> EngineApp:
     """Validate the project and build its app, which any ASGI server can host.
 
     For example: `hypercorn "engine.app:create_app('.')"`. Without `settings`, the ENGINE_* environment variables
@@ -169,16 +171,12 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
     """
     settings = settings or ServeSettings.load()
     pm = pm or plugins.make_plugin_manager()
-    validated = validate_project(project_dir, config_file, pm, cpu=settings.cpu)
-    aliases = len(validated.apis) == 1
-    if apis is not None:
-        unknown = sorted(set(apis) - {api.name for api in validated.apis})
-        if unknown:
-            raise ConfigError(f"{validated.project.config_file}: no api named {', '.join(unknown)}")
-        validated.apis = [api for api in validated.apis if api.name in apis]
-    for warning in validated.warnings:
-        log.warning(warning)
-    state = AppState(validated, pm, on_fatal or _stop_process, settings)
+    if project is None:
+        project = load_project(project_dir, config_file, pm=pm, cpu=settings.cpu, apis=apis)
+        for warning in project.warnings:
+            log.warning("%s", warning)
+    aliases = len(project.every_api) == 1
+    state = AppState(project, pm, on_fatal or _stop_process, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -79,17 +79,17 @@ def _has_worker_processes(args: argparse.Namespace) -> bool:
 def _validate(args: argparse.Namespace, started: float) -> int:
     from engine.errors import ConfigError
     from engine.import_check import check_imports
-    from engine.validate import validate_project
+    from engine.loading import load_project
 
     cpu = settings.ServeSettings.load(vars(args)).cpu
-    validated = validate_project(args.project_dir, args.config_file, cpu=cpu)
-    for warning in validated.warnings:
+    loaded = load_project(args.project_dir, args.config_file, cpu=cpu)
+    for warning in loaded.warnings:
         print(f"warning: {warning}")
-    config_file = validated.project.config_file
-    problems = check_imports(config_file, [api.name for api in validated.apis], cpu, args.import_timeout)
+    config_file = loaded.config_file
+    problems = check_imports(config_file, [api.name for api in loaded.apis], cpu, args.import_timeout)
     if problems:
         raise ConfigError("\n".join(f"{config_file}: api '{name}': {problem}" for name, problem in problems.items()))
-    for api in validated.apis:
+    for api in loaded.apis:
         print(f"ok: api '{api.name}' ({api.predictor.type} predictor, {api.predictor.path}) at {api.endpoint}")
     return 0
 

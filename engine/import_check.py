@@ -48,16 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from engine import plugins
     from engine.predictor import load_class
+    from engine.loading import load_project
     from engine.project import enter_view, remove_view
-    from engine.validate import validate_project
 
-    validated = validate_project(Path(args.config).parent, args.config, cpu=args.cpu)
-    api = next(api for api in validated.apis if api.name == args.api)
+    loaded = load_project(Path(args.config).parent, args.config, cpu=args.cpu, apis=[args.api])
+    api = loaded.apis[0]
     pm = plugins.make_plugin_manager()
     plugins.setup_device(pm, api, process_index=0)  # sets what frameworks read at import (threads, visible devices)
-    view = validated.project.create_view()
+    view = loaded.project.create_view()
     try:
-        validated.project.apply_environment({api.name: api.predictor.env})
+        os.environ.update(loaded.environment)
         enter_view(view, [api.predictor.python_path or ""])
         load_class(view, api, plugins.predictor_type(pm, api.predictor.type))
     except EngineError as error:

@@ -1,20 +1,18 @@
 """The project directory: the files a predictor may see, its .env, and the view it runs in."""
 from __future__ import annotations
 
-import logging
 import os
 import posixpath
 import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import dotenv.parser
 import pathspec
 
 from engine import tempdirs, tracebacks
-
-log = logging.getLogger("engine")
 
 IGNORE_FILE = ".cortexignore"
 ENV_FILE = ".env"
@@ -25,18 +23,42 @@ _VARIABLE = re.compile(r"\\\$|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<def
                        r"|\$(?P<plain>[A-Za-z_][A-Za-z0-9_]*)")
 
 
+@dataclass(frozen=True)
+class ProjectWarning:
+    """Something about a project that engine serves anyway and tells the user once, at start-up."""
+
+    message: str
+    # True when it holds only for engine serve, which serves every API in one process on this machine; an engine
+    # that serves each API on its own replicas says its own instead.
+    local: bool = False
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class _Binding:
+    """One `NAME=value` line of a .env file."""
+
+    name: str
+    value: str
+    literal: bool  # in single quotes, where bash expands nothing
+
+
 class Project:
-    """The directory holding cortex.yaml and the set of files the seed makes visible to the predictor."""
+    """The directory holding cortex.yaml, the set of files the seed makes visible to the predictor, and its .env."""
 
     def __init__(self, root: Path, config_file: Path) -> None:
         self.root = root.resolve()
         # Only the directory is resolved: a config file that is a symlink hides itself, not its target.
         self.config_file = config_file.absolute().parent.resolve() / config_file.name
         self.ignore = self._read_ignore_file()
+        self.warnings: list[ProjectWarning] = []
         self.files: list[str] = []
         self.dirs: list[str] = []
         self._walk(self.root, "", frozenset({str(self.root)}))
         self._file_set, self._dir_set = set(self.files), set(self.dirs)
+        self._env_file = self._read_env_file()
 
     def _read_ignore_file(self) -> pathspec.GitIgnoreSpec:
         ignore_file = self.root / IGNORE_FILE
@@ -69,8 +91,8 @@ class Project:
         try:
             entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
         except OSError as error:
-            log.warning("project directory %s cannot be read, so its files are not visible: %s",
-                        prefix or ".", error.strerror)
+            self.warnings.append(ProjectWarning(f"project directory {prefix or '.'} cannot be read, so its files are "
+                                                f"not visible: {error.strerror}"))
             return
         for entry in entries:
             relative = prefix + entry.name
@@ -101,33 +123,43 @@ class Project:
             os.symlink(self.root / file, view / file)
         return view
 
-    def apply_environment(self, api_envs: dict[str, dict[str, str]]) -> None:
-        """Set each API's predictor.env, then the project's .env (bash-like, overriding as Cortex's `source` did)."""
-        applied: dict[str, tuple[str, str]] = {}
-        for api_name, env in api_envs.items():
-            for key, value in env.items():
-                if key in applied and applied[key][1] != value:
-                    log.warning("predictor.env %s differs between api '%s' and api '%s'; they share one process, "
-                                "so api '%s''s value is used", key, applied[key][0], api_name, api_name)
-                applied[key] = (api_name, value)
-                os.environ[key] = value
+    def environment(self, api_envs: dict[str, dict[str, str]], environ: Mapping[str, str]) -> dict[str, str]:
+        """The variables a process serving these APIs runs with: each API's predictor.env (a later API's value wins),
+        then the project's .env as `set -a; source .env` sets them (overriding, as Cortex's `source` did), its
+        $VARIABLES expanded against `environ` and what precedes them."""
+        values = {name: value for env in api_envs.values() for name, value in env.items()}
+        for binding in self._env_file:
+            values[binding.name] = binding.value if binding.literal else _expand(binding.value, {**environ, **values})
+        return values
+
+    def _read_env_file(self) -> list[_Binding]:
+        """The .env file's assignments, read with python-dotenv's parser; a warning for each line that is not one."""
         env_file = self.root / ENV_FILE
-        if env_file.is_file():
-            os.environ.update(read_env_file(env_file, os.environ))
+        if not env_file.is_file():
+            return []
+        bindings = []
+        with open(env_file, encoding="utf-8") as stream:
+            for binding in dotenv.parser.parse_stream(stream):
+                if binding.error:
+                    line = binding.original
+                    self.warnings.append(ProjectWarning(f"{env_file} line {line.line} is not VARIABLE=value and is "
+                                                        f"ignored: {line.string.strip()}"))
+                elif binding.key is not None and binding.value is not None:
+                    bindings.append(_Binding(binding.key, binding.value, _single_quoted(binding.original.string)))
+        return bindings
 
 
-def read_env_file(env_file: Path, environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables `set -a; source .env` sets: python-dotenv's parser, with bash's $VAR expansion and quoting."""
-    values: dict[str, str] = {}
-    with open(env_file, encoding="utf-8") as stream:
-        for binding in dotenv.parser.parse_stream(stream):
-            if binding.error:
-                log.warning("%s line %d is not VARIABLE=value and is ignored: %s", env_file,
-                            binding.original.line, binding.original.string.strip())
-            elif binding.key is not None and binding.value is not None:
-                literal = _single_quoted(binding.original.string)
-                values[binding.key] = binding.value if literal else _expand(binding.value, {**environ, **values})
-    return values
+def conflicting_env(api_envs: dict[str, dict[str, str]]) -> list[str]:
+    """One line per predictor.env variable that APIs sharing one process set to different values."""
+    applied: dict[str, tuple[str, str]] = {}
+    lines = []
+    for api_name, env in api_envs.items():
+        for name, value in env.items():
+            if name in applied and applied[name][1] != value:
+                lines.append(f"predictor.env {name} differs between api '{applied[name][0]}' and api '{api_name}'; "
+                             f"they share one process, so api '{api_name}''s value is used")
+            applied[name] = (api_name, value)
+    return lines
 
 
 def _single_quoted(line: str) -> bool:

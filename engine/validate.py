@@ -10,7 +10,7 @@ from engine import plugins
 from engine.config import Api, load_config, not_applied_locally
 from engine.errors import ConfigError, EngineError
 from engine.predictor import check_class, static_methods
-from engine.project import Project
+from engine.project import Project, ProjectWarning
 from engine.settings import env_name
 
 CONFIG_FILE_NAME = "cortex.yaml"
@@ -22,7 +22,7 @@ class ValidatedProject:
 
     project: Project
     apis: list[Api]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[ProjectWarning] = field(default_factory=list)
 
 
 def find_config(project_dir: str | Path = ".", config_file: str | Path | None = None) -> Path:
@@ -36,32 +36,36 @@ def find_config(project_dir: str | Path = ".", config_file: str | Path | None = 
 
 
 def validate_project(project_dir: str | Path = ".", config_file: str | Path | None = None,
-                     pm: pluggy.PluginManager | None = None, cpu: bool = False) -> ValidatedProject:
+                     pm: pluggy.PluginManager | None = None, cpu: bool = False,
+                     hardware: bool = True) -> ValidatedProject:
     """Load cortex.yaml and check it against the project files and the installed plugins.
 
-    With `cpu`, APIs that ask for GPUs or Inferentia chips are served on the CPU instead (with a warning each)."""
+    With `cpu`, APIs that ask for GPUs or Inferentia chips are served on the CPU instead (with a warning each).
+    Without `hardware`, each API is checked as if it were served on the CPU, its compute left as it is: for a
+    distributed engine whose replicas check their hardware on their own nodes."""
     pm = pm or plugins.make_plugin_manager()
     path = find_config(project_dir, config_file)
     apis = load_config(path, hints={"predictor.type": "installed predictor types: "
                                                       + ", ".join(sorted(plugins.predictor_types(pm)))})
     project = Project(path.parent, path)
     problems: list[str] = []
-    warnings = on_cpu(apis) if cpu else []
+    warnings = [ProjectWarning(line) for line in on_cpu(apis)] if cpu else []
     for api in apis:
+        checked = api if hardware else _on_cpu_copy(api)
         found: list[str] = []
         try:
-            check_api(api, project, pm)
+            check_api(checked, project, pm)
         except EngineError as error:
             found.append(str(error))
-        found += [problem for answer in pm.hook.engine_validate_api(api=api, project_root=project.root)
+        found += [problem for answer in pm.hook.engine_validate_api(api=checked, project_root=project.root)
                   for problem in answer or ()]
-        if found and plugins.compute_target(api) != "cpu":
+        if found and plugins.compute_target(checked) != "cpu":
             found.append(f"to serve it on the CPU instead, run engine serve --cpu (or set {env_name('cpu')}=1)")
         problems += [f"{path}: api '{api.name}': {problem}" for problem in found]
         ignored = not_applied_locally(api)
         if ignored:
-            warnings.append(f"api '{api.name}': not applied locally (accepted for Cortex compatibility): "
-                            f"{', '.join(ignored)}")
+            warnings.append(ProjectWarning(f"api '{api.name}': not applied locally (accepted for Cortex "
+                                           f"compatibility): {', '.join(ignored)}", local=True))
     if problems:
         raise ConfigError("\n".join(problems))
     return ValidatedProject(project, apis, warnings)
@@ -77,6 +81,11 @@ def on_cpu(apis: list[Api]) -> list[str]:
             api.compute.gpu = api.compute.inf = 0
             warnings.append(f"api '{api.name}': served on the CPU (--cpu), ignoring {' and '.join(changed)}")
     return warnings
+
+
+def _on_cpu_copy(api: Api) -> Api:
+    """The API as --cpu would serve it (the original is left as it is)."""
+    return api.model_copy(update={"compute": api.compute.model_copy(update={"gpu": 0, "inf": 0})})
 
 
 def check_api(api: Api, project: Project, pm: pluggy.PluginManager) -> None:

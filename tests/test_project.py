@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.project import Project, enter_view, read_env_file, remove_view
+from engine import ConfigError, ServeSettings, create_app, load_project
+from engine.project import Project, conflicting_env, enter_view, remove_view
+from engine.testing import api_yaml
 
 
 def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -322,6 +324,11 @@ def environ(monkeypatch):
     return env
 
 
+def apply_environment(project: Project, api_envs: dict[str, dict[str, str]]) -> None:
+    """Set the variables the project's predictors would run with, as the app does when it starts."""
+    os.environ.update(project.environment(api_envs, os.environ))
+
+
 def added(environ: dict[str, str]) -> dict[str, str]:
     """The variables the test's code set (pytest itself writes PYTEST_CURRENT_TEST)."""
     return {key: value for key, value in environ.items() if key not in ("HOME", "PRESET", "PYTEST_CURRENT_TEST")}
@@ -329,7 +336,7 @@ def added(environ: dict[str, str]) -> dict[str, str]:
 
 def test_predictor_env_is_applied(tmp_path, environ):
     project = project_of(tmp_path, {"predictor.py": ""})
-    project.apply_environment({"api": {"MODEL": "small", "PRESET": "from-config"}})
+    apply_environment(project, {"api": {"MODEL": "small", "PRESET": "from-config"}})
     assert environ["MODEL"] == "small" and environ["PRESET"] == "from-config"
 
 
@@ -352,7 +359,7 @@ def test_env_file_is_parsed_like_bash(tmp_path, environ):
         "",
     ])
     project = project_of(tmp_path, {"predictor.py": "", ".env": env_file})
-    project.apply_environment({})
+    apply_environment(project, {})
     assert added(environ) == {
         "PLAIN": "value", "EXPORTED": "yes", "SPACED": "two words", "DOUBLE": "double quoted",
         "TRAILING": "kept", "EMPTY": "", "BRACED": "/home/user/models", "UNBRACED": "/home/user/data",
@@ -363,59 +370,124 @@ def test_env_file_is_parsed_like_bash(tmp_path, environ):
 
 def test_env_file_sees_predictor_env(tmp_path, environ):
     project = project_of(tmp_path, {"predictor.py": "", ".env": "MODEL_DIR=${BUCKET}/models\nURL=s3://$BUCKET\n"})
-    project.apply_environment({"api": {"BUCKET": "my-bucket"}})
+    apply_environment(project, {"api": {"BUCKET": "my-bucket"}})
     assert environ["MODEL_DIR"] == "my-bucket/models" and environ["URL"] == "s3://my-bucket"
 
 
 def test_env_file_overrides_predictor_env_and_the_shell(tmp_path, environ):
     project = project_of(tmp_path, {"predictor.py": "", ".env": "MODEL=large\nPRESET=from-env-file\n"})
-    project.apply_environment({"api": {"MODEL": "small"}})
+    apply_environment(project, {"api": {"MODEL": "small"}})
     assert environ["MODEL"] == "large" and environ["PRESET"] == "from-env-file"
 
 
 def test_env_file_lines_see_earlier_lines(tmp_path, environ):
     project = project_of(tmp_path, {"predictor.py": "", ".env": "A=1\nB=${A}2\nA=3\nC=$A$B\n"})
-    project.apply_environment({})
+    apply_environment(project, {})
     assert (environ["A"], environ["B"], environ["C"]) == ("3", "12", "312")
 
 
 def test_env_file_is_applied_even_when_python_dotenv_is_disabled(tmp_path, environ):
     environ["PYTHON_DOTENV_DISABLED"] = "1"
     project = project_of(tmp_path, {"predictor.py": "", ".env": "A=1\n"})
-    project.apply_environment({})
+    apply_environment(project, {})
     assert environ["A"] == "1"
 
 
-def test_env_file_bad_line_is_reported_and_the_rest_applied(tmp_path, environ, caplog):
+def test_env_file_bad_line_is_a_warning_and_the_rest_applied(tmp_path, environ):
     project = project_of(tmp_path, {"predictor.py": "", ".env": "A=1\nthis is not an assignment\nB=2\n"})
-    with caplog.at_level(logging.WARNING, logger="engine"):
-        project.apply_environment({})
+    apply_environment(project, {})
     assert environ["A"] == "1" and environ["B"] == "2"
-    assert "line 2" in caplog.text and ".env" in caplog.text
+    assert [str(warning) for warning in project.warnings] == [
+        f"{tmp_path / '.env'} line 2 is not VARIABLE=value and is ignored: this is not an assignment"]
+    assert not project.warnings[0].local
 
 
 def test_no_env_file_applies_only_predictor_env(tmp_path, environ):
     project = project_of(tmp_path, {"predictor.py": ""})
-    project.apply_environment({"a": {"X": "1"}, "b": {"Y": "2"}})
+    apply_environment(project, {"a": {"X": "1"}, "b": {"Y": "2"}})
     assert added(environ) == {"X": "1", "Y": "2"} and environ["PRESET"] == "from-shell"
 
 
 def test_sub_folder_env_files_are_not_read(tmp_path, environ):
     project = project_of(tmp_path, {"predictor.py": "", "sub/.env": "A=1\n"})
-    project.apply_environment({})
+    apply_environment(project, {})
     assert "A" not in environ
 
 
-def test_different_predictor_env_values_across_apis_warn(tmp_path, environ, caplog):
+def test_different_predictor_env_values_across_apis_warn(tmp_path, environ):
     project = project_of(tmp_path, {"predictor.py": ""})
-    with caplog.at_level(logging.WARNING, logger="engine"):
-        project.apply_environment({"first": {"MODE": "a", "SAME": "x"}, "second": {"MODE": "b", "SAME": "x"}})
+    api_envs = {"first": {"MODE": "a", "SAME": "x"}, "second": {"MODE": "b", "SAME": "x"}}
+    apply_environment(project, api_envs)
     assert environ["MODE"] == "b"
-    assert "MODE" in caplog.text and "first" in caplog.text and "second" in caplog.text
-    assert "SAME" not in caplog.text
+    assert conflicting_env(api_envs) == ["predictor.env MODE differs between api 'first' and api 'second'; they "
+                                         "share one process, so api 'second''s value is used"]
 
 
-def test_read_env_file_does_not_touch_os_environ(tmp_path, environ):
-    env_file = write_tree(tmp_path, {".env": "A=${B}x\n"}) / ".env"
-    assert read_env_file(env_file, {"B": "b"}) == {"A": "bx"}
-    assert "A" not in environ
+def test_the_environment_is_data_and_leaves_os_environ_alone(tmp_path, environ):
+    project = project_of(tmp_path, {"predictor.py": "", ".env": "A=${B}x\n"})
+    assert project.environment({"api": {"C": "c"}}, {"B": "b"}) == {"C": "c", "A": "bx"}
+    assert "A" not in environ and "C" not in environ
+
+
+# --- load_project: the project as data ------------------------------------------------------------------------
+
+PREDICTOR = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n\n    def predict(self, payload):\n" \
+            "        return payload\n"
+
+
+def two_api_project(root: Path) -> Path:
+    """`gpu` (compute.gpu: 1, predictor.env MODE=a) and `scaled` (autoscaling set, MODE=b), and a .env with a
+    reference, a literal and a bad line."""
+    return write_tree(root, {
+        "cortex.yaml": api_yaml("gpu", predictor_extra="env:\n  MODE: a", api_extra="compute:\n  gpu: 1")
+        + api_yaml("scaled", predictor_extra="env:\n  MODE: b", api_extra="autoscaling:\n  max_replicas: 3"),
+        "predictor.py": PREDICTOR,
+        ".env": "URL=s3://$MODE/${HOME}\nLITERAL='$HOME'\nnot an assignment\n"})
+
+
+def test_load_project_gives_the_apis_environment_and_warnings_as_data(tmp_path, environ, caplog):
+    root = two_api_project(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="engine"):
+        loaded = load_project(root, cpu=True)
+    assert [api.name for api in loaded.apis] == loaded.every_api == ["gpu", "scaled"]
+    assert loaded.config_file == root / "cortex.yaml"
+    assert loaded.environment == {"MODE": "b", "URL": "s3://b//home/user", "LITERAL": "$HOME"}
+    assert [(str(warning), warning.local) for warning in loaded.warnings] == [
+        (f"{root / '.env'} line 3 is not VARIABLE=value and is ignored: not an assignment", False),
+        ("api 'gpu': served on the CPU (--cpu), ignoring compute.gpu: 1", False),
+        ("api 'scaled': not applied locally (accepted for Cortex compatibility): autoscaling.max_replicas", True),
+        ("predictor.env MODE differs between api 'gpu' and api 'scaled'; they share one process, so api "
+         "'scaled''s value is used", True)]
+    assert caplog.records == [] and added(environ) == {}
+
+
+def test_load_project_keeps_the_apis_named(tmp_path, environ):
+    root = two_api_project(tmp_path)
+    loaded = load_project(root, cpu=True, apis=["gpu"])
+    assert [api.name for api in loaded.apis] == ["gpu"] and loaded.every_api == ["gpu", "scaled"]
+    assert loaded.environment == {"MODE": "a", "URL": "s3://a//home/user", "LITERAL": "$HOME"}
+    assert not any("differs" in str(warning) for warning in loaded.warnings)
+    assert loaded.environment_for(loaded.apis) == loaded.environment
+    with pytest.raises(ConfigError, match="cortex.yaml: no api named nothing"):
+        load_project(root, cpu=True, apis=["nothing"])
+
+
+def test_without_hardware_a_gpu_api_is_checked_as_on_the_cpu_and_kept_as_it_is(tmp_path, environ):
+    environ["ENGINE_SIMULATED_GPUS"] = ""  # this machine has no GPU
+    root = write_tree(tmp_path, {"cortex.yaml": api_yaml("gpu", api_extra="compute:\n  gpu: 1"),
+                                 "predictor.py": PREDICTOR})
+    with pytest.raises(ConfigError, match="api 'gpu'.*engine serve --cpu"):
+        load_project(root)
+    loaded = load_project(root, hardware=False)
+    assert loaded.apis[0].compute.gpu == 1 and loaded.warnings == []
+
+
+def test_create_app_says_the_warnings_of_what_it_loads_only(tmp_path, environ, caplog):
+    root = two_api_project(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        create_app(project=load_project(root, cpu=True), settings=ServeSettings(cpu=True))
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        create_app(root, settings=ServeSettings(cpu=True))
+    assert [record.getMessage() for record in caplog.records] == \
+        [str(warning) for warning in load_project(root, cpu=True).warnings]

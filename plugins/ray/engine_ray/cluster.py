@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -11,7 +12,7 @@ from ray import serve
 from engine import Api, ConfigError, EngineError, ServeSettings
 from engine_ray.mapping import http_options, replica_resources
 from engine_ray.metrics import COLLECTOR_NAME, MetricsCollector
-from engine_ray.project import Project
+from engine_ray.project import job_runtime_env
 from engine_ray.replica import NAMESPACE
 
 log = logging.getLogger("engine")
@@ -19,7 +20,7 @@ log = logging.getLogger("engine")
 REACH_TIMEOUT = 10.0  # seconds to open a connection to --address (ray.init itself retries an absent cluster forever)
 
 
-def connect(settings: ServeSettings, project: Project) -> str:
+def connect(settings: ServeSettings, root: Path) -> str:
     """Join the cluster at --address (uploading the project), or start a local instance (no dashboard, the project
     read where it is); the working_dir URI of the replicas."""
     level = getattr(logging, settings.log_level.upper())
@@ -27,10 +28,10 @@ def connect(settings: ServeSettings, project: Project) -> str:
         if settings.address:
             check_reachable(settings.address)
             ray.init(address=settings.address, namespace=NAMESPACE, logging_level=level,
-                     runtime_env=project.job_runtime_env())
+                     runtime_env=job_runtime_env(root))
             return ray.get_runtime_context().runtime_env["working_dir"]
         ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, logging_level=level)
-        return f"local://{project.root}"
+        return f"local://{root}"
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = f"the Ray cluster at {settings.address}" if settings.address else "a local Ray instance"
         raise EngineError(f"cannot reach {where}: {error}") from None

@@ -12,9 +12,9 @@ from typing import Any
 import ray
 from ray import serve
 
-from engine import EngineError, ServeSettings
+from engine import EngineError, LoadedProject, ServeSettings, load_project
 from engine_ray import cluster, mapping
-from engine_ray.project import Project, load_project, read_keys
+from engine_ray.project import read_keys
 from engine_ray.replica import EngineReplica, ReplicaSpec
 
 log = logging.getLogger("engine")
@@ -29,16 +29,19 @@ def serve_on_ray(project_dir: Path, config_file: Path | None, settings: ServeSet
     """Deploy, serve until SIGTERM or SIGINT, clean up; the exit code."""
     mapping.check_settings(settings)
     local = not settings.address
-    project = load_project(project_dir, config_file, settings, local)
-    for warning in [line for api in project.apis for line in mapping.api_warnings(api)] + \
-            mapping.settings_warnings(settings):
+    # Every check engine serve runs; on a cluster, whose nodes are not this machine, each replica checks its hardware.
+    project = load_project(project_dir, config_file, cpu=settings.cpu, hardware=local)
+    keys = read_keys(settings)
+    # The warnings of engine serve on this machine (what it leaves unapplied, APIs sharing a process) are Ray's to say.
+    for warning in [warning.message for warning in project.warnings if not warning.local] + \
+            [line for api in project.apis for line in mapping.api_warnings(api)] + mapping.settings_warnings(settings):
         log.warning("%s", warning)
     started = time.monotonic()
-    working_dir = cluster.connect(settings, project)
+    working_dir = cluster.connect(settings, project.project.root)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets a handler of its own
         signal.signal(signum, lambda *_: stop.set())
-    deployment = Deployment(project, settings, local, working_dir)
+    deployment = Deployment(project, settings, keys, local, working_dir)
     try:
         cluster.check_placement(project.apis, settings.cpu, local)
         deployment.start()
@@ -58,9 +61,11 @@ def serve_on_ray(project_dir: Path, config_file: Path | None, settings: ServeSet
 class Deployment:
     """The Ray Serve applications of one project, and what was started for them."""
 
-    def __init__(self, project: Project, settings: ServeSettings, local: bool, working_dir: str) -> None:
+    def __init__(self, project: LoadedProject, settings: ServeSettings, keys: tuple[str, ...], local: bool,
+                 working_dir: str) -> None:
         self.project = project
         self.settings = settings
+        self.keys = keys
         self.local = local
         self.working_dir = working_dir
         single = len(project.apis) == 1
@@ -87,12 +92,12 @@ class Deployment:
 
     def _application(self, name: str) -> Any:
         """One application: EngineReplica with the API's options, or the server routes on no resources."""
-        keys = read_keys(self.settings)
-        settings = mapping.replica_settings(self.settings, keys)
+        settings = mapping.replica_settings(self.settings, self.keys)
         apps = {api.name: api.name for api in self.project.apis}
         working_dir = self.working_dir
-        spec = {"config_name": self.project.config_name, "settings": settings, "apps": apps, "keys": keys,
-                "project_dir": str(self.project.root) if self.local else None}
+        root = self.project.project.root
+        spec = {"config_name": self.project.config_file.name, "settings": settings, "apps": apps, "keys": self.keys,
+                "project_dir": str(root) if self.local else None}
         deployment = serve.deployment(EngineReplica)
         if name == FRONT_APP:
             actor = {"num_cpus": 0, "runtime_env": {"working_dir": working_dir}}
@@ -100,10 +105,11 @@ class Deployment:
             return deployment.options(name="server", num_replicas=1, ray_actor_options=actor,
                                       logging_config=logging_config).bind(ReplicaSpec(api=None, **spec))
         api = next(api for api in self.project.apis if api.name == name)
-        actor = mapping.actor_options(api, self.settings.cpu, self.project.env_vars(api), working_dir)
+        actor = mapping.actor_options(api, self.settings.cpu, working_dir)
         workers = api.predictor.processes_per_replica > 1 or self.settings.isolate
         return deployment.options(**mapping.deployment_options(api, self.settings), ray_actor_options=actor).bind(
-            ReplicaSpec(api=api.name, worker_processes=workers, **spec))
+            ReplicaSpec(api=api.name, worker_processes=workers, environment=self.project.environment_for([api]),
+                        **spec))
 
     def wait_running(self, stop: threading.Event, timeout: float) -> bool:
         """Until every application runs (True), SIGTERM (False), or an error: one failed, or `timeout` passed."""

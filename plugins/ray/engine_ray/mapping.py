@@ -41,8 +41,9 @@ def replica_resources(api: Api, cpu_only: bool) -> dict[str, float]:
     return wanted
 
 
-def actor_options(api: Api, cpu_only: bool, env_vars: dict[str, str], working_dir: str) -> dict[str, Any]:
-    """ray_actor_options: compute.* as resources, and the runtime environment (project files and variables)."""
+def actor_options(api: Api, cpu_only: bool, working_dir: str) -> dict[str, Any]:
+    """ray_actor_options: compute.* as resources, and the runtime environment (the project's files; its variables
+    travel in the ReplicaSpec, as Ray would expand `$` in env_vars)."""
     wanted = replica_resources(api, cpu_only)
     options: dict[str, Any] = {"num_cpus": wanted["CPU"]}
     if "memory" in wanted:
@@ -51,7 +52,7 @@ def actor_options(api: Api, cpu_only: bool, env_vars: dict[str, str], working_di
         options["num_gpus"] = wanted["GPU"]
     if NEURON_RESOURCE in wanted:
         options["resources"] = {NEURON_RESOURCE: wanted[NEURON_RESOURCE]}
-    options["runtime_env"] = {"working_dir": working_dir, "env_vars": env_vars}
+    options["runtime_env"] = {"working_dir": working_dir}
     return options
 
 

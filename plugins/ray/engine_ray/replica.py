@@ -15,10 +15,9 @@ from typing import Any
 
 from ray import serve
 
-from engine import ServeSettings, create_app
+from engine import ServeSettings, create_app, load_project
 from engine_ray import asgi
 from engine_ray.metrics import COLLECTOR_NAME, REPORT_INTERVAL
-from engine_ray.project import LOCAL_WARNINGS, dropping
 
 log = logging.getLogger("engine")
 
@@ -39,6 +38,9 @@ class ReplicaSpec:
     project_dir: str | None = None  # None: Ray's working directory (the project, uploaded)
     worker_processes: bool = False  # the API runs its predictor in worker processes (processes_per_replica > 1)
     keys: tuple[str, ...] = field(default=(), repr=False)
+    # the variables the API's predictor runs with, worked out once by the driver as engine serve works them out
+    # (not Ray's env_vars, which would expand a `$` the project's .env kept literal)
+    environment: dict[str, str] = field(default_factory=dict, repr=False)
 
     def auth(self) -> list[tuple[bytes, bytes]]:
         """The header that opens /metrics when keys are required."""
@@ -64,9 +66,11 @@ class EngineReplica:
         settings = spec.settings
         if spec.api is None:  # the server routes: every API's documentation, no predictor, no hardware
             settings = dataclasses.replace(settings, cpu=True)
-        with dropping(logging.getLogger("engine"), LOCAL_WARNINGS):  # the driver has said what Ray applies
-            app = create_app(project_dir, os.path.join(project_dir, spec.config_name), settings=settings,
-                             on_fatal=self._on_fatal, apis=None if spec.api is None else [spec.api])
+        # Checked again on this node (its hardware, its copy of the files); the driver has said the warnings.
+        project = load_project(project_dir, os.path.join(project_dir, spec.config_name), cpu=settings.cpu,
+                               apis=None if spec.api is None else [spec.api])
+        project.environment = dict(spec.environment)
+        app = create_app(settings=settings, on_fatal=self._on_fatal, project=project)
         if spec.api is not None:
             self.lifespan = asgi.Lifespan(app)
             await self.lifespan.start()

@@ -115,11 +115,14 @@ class Sandbox:
 
 
 class RayServer:
-    """`engine serve --on ray` inside a sandbox, its output in a file."""
+    """`engine serve --on ray` inside a sandbox (or, with on_ray=False, plain `engine serve` to compare with), its
+    output in a file."""
 
-    def __init__(self, sandbox: Sandbox, project: Path, *args: str, port: int = PROXY_PORT) -> None:
+    def __init__(self, sandbox: Sandbox, project: Path, *args: str, port: int = PROXY_PORT,
+                 on_ray: bool = True) -> None:
         self.log_path = sandbox.folder / f"engine-{project.name}-{len(sandbox.clients)}.log"
-        self.process = sandbox.popen([sys.executable, "-m", "engine", "serve", "--on", "ray", str(project),
+        target = ["--on", "ray"] if on_ray else []
+        self.process = sandbox.popen([sys.executable, "-m", "engine", "serve", *target, str(project),
                                       "--port", str(port), *args], self.log_path)
         self.client = sandbox.client(port)
 
@@ -137,7 +140,7 @@ class RayServer:
                 return self.client.get("/readyz").status_code == 200
             except httpx.TransportError:
                 return False
-        wait_for(ready, "the applications on Ray being ready", timeout)
+        wait_for(ready, "the APIs being ready", timeout)
 
     def wait_exit(self, timeout: float = START_TIMEOUT) -> int:
         """Until the process ends by itself: its exit code."""
@@ -176,11 +179,12 @@ def ray_cluster(sandbox):
 
 @pytest.fixture(scope="module")
 def ray_server(sandbox):
-    """Start `engine serve --on ray PROJECT ARGS...` in the sandbox; whatever is still running is stopped at the end."""
+    """Start `engine serve --on ray PROJECT ARGS...` (on_ray=False: plain `engine serve`) in the sandbox; whatever is
+    still running is stopped at the end."""
     started: list[RayServer] = []
 
-    def start(project: Path, *args: str) -> RayServer:
-        server = RayServer(sandbox, project, *args)
+    def start(project: Path, *args: str, on_ray: bool = True) -> RayServer:
+        server = RayServer(sandbox, project, *args, on_ray=on_ray)
         started.append(server)
         return server
 

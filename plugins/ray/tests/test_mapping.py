@@ -35,11 +35,10 @@ def test_target_concurrency_defaults_to_processes_times_threads_as_in_cortex():
 
 
 def test_compute_maps_onto_ray_actor_options_and_the_runtime_environment():
-    options = mapping.actor_options(api(compute={"cpu": "500m", "mem": "1Gi", "gpu": 2}), False, {"A": "1"},
-                                    "local:///project")
+    options = mapping.actor_options(api(compute={"cpu": "500m", "mem": "1Gi", "gpu": 2}), False, "local:///project")
     assert options == {"num_cpus": 0.5, "memory": float(2**30), "num_gpus": 2.0,
-                       "runtime_env": {"working_dir": "local:///project", "env_vars": {"A": "1"}}}
-    inferentia = mapping.actor_options(api(compute={"inf": 1}), False, {}, "local:///project")
+                       "runtime_env": {"working_dir": "local:///project"}}
+    inferentia = mapping.actor_options(api(compute={"inf": 1}), False, "local:///project")
     assert (inferentia["num_cpus"], inferentia["resources"]) == (1.0, {"neuron_cores": 4.0})
 
 

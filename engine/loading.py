@@ -1,0 +1,60 @@
+"""Loading a project as data: its APIs checked as `engine serve` checks them, the environment its predictors run
+with, and what to warn the user of. `engine serve`, `engine validate` and distributed engines (engine-ray) all load
+a project through load_project, so that it gets the same environment, warnings and errors everywhere."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pluggy
+
+from engine.config import Api
+from engine.errors import ConfigError
+from engine.project import Project, ProjectWarning, conflicting_env
+from engine.validate import validate_project
+
+
+@dataclass
+class LoadedProject:
+    """A project that passed every check `engine serve` runs before it binds a port."""
+
+    project: Project  # its files (what the predictors see) and its .env
+    apis: list[Api]  # the APIs to serve: every API of the configuration file, or those named
+    environment: dict[str, str]  # the variables the process serving `apis` runs with (predictor.env, then .env)
+    warnings: list[ProjectWarning]  # for the user, once; the caller says them (load_project logs nothing)
+    every_api: list[str]  # the names of every API of the configuration file, served here or not
+
+    @property
+    def config_file(self) -> Path:
+        """The configuration file (absolute)."""
+        return self.project.config_file
+
+    def environment_for(self, apis: list[Api]) -> dict[str, str]:
+        """The variables a process serving just `apis` runs with ($VARIABLES in .env expanded against this process's
+        environment): what a distributed engine hands the replicas of each API."""
+        return self.project.environment({api.name: api.predictor.env for api in apis}, os.environ)
+
+
+def load_project(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
+                 pm: pluggy.PluginManager | None = None, cpu: bool = False, apis: list[str] | None = None,
+                 hardware: bool = True) -> LoadedProject:
+    """Read and check a project (PROJECT_DIR/cortex.yaml, or `config_file`); ConfigError (one paragraph, every
+    problem) when it cannot be served.
+
+    `cpu` serves GPU and Inferentia APIs on the CPU (engine serve --cpu); `apis` keeps only the APIs named; without
+    `hardware`, the APIs' compute is not checked against this machine (a cluster's replicas check it on their node).
+    The environment's $VARIABLES are expanded against os.environ as it is now.
+    """
+    validated = validate_project(project_dir, config_file, pm, cpu=cpu, hardware=hardware)
+    served = validated.apis
+    if apis is not None:
+        unknown = sorted(set(apis) - {api.name for api in served})
+        if unknown:
+            raise ConfigError(f"{validated.project.config_file}: no api named {', '.join(unknown)}")
+        served = [api for api in served if api.name in apis]
+    api_envs = {api.name: api.predictor.env for api in served}
+    warnings = [*validated.project.warnings, *validated.warnings,
+                *(ProjectWarning(line, local=True) for line in conflicting_env(api_envs))]
+    return LoadedProject(validated.project, served, validated.project.environment(api_envs, os.environ), warnings,
+                         [api.name for api in validated.apis])
