@@ -168,6 +168,8 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
     For example: `hypercorn "engine.app:create_app('.')"`. Without `settings`, the ENGINE_* environment variables
     and the defaults apply (see engine.settings). `apis` serves only the APIs named (each replica of a distributed
     engine serves one API), at the same routes as the whole project would (/ and /predict with a single API).
+    `project`, one that engine.load_project has loaded (its warnings are the caller's to say), is served instead of
+    loading PROJECT_DIR (then project_dir, config_file and apis are not used).
     """
     settings = settings or ServeSettings.load()
     pm = pm or plugins.make_plugin_manager()
