@@ -848,18 +848,21 @@ def test_endpoint_may_not_collide_with_another_api_name(tmp_path):
                      "unique across APIs"]
 
 
-@pytest.mark.parametrize("route", ["/healthz", "/readyz", "/metrics"])
+SERVER_ROUTES = "/healthz, /readyz, /metrics, /openapi.json, /docs and the paths under /docs/"
+
+
+@pytest.mark.parametrize("route", ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/predict"])
 def test_endpoint_may_not_collide_with_server_routes(tmp_path, route):
     assert one_line(tmp_path, networking={"endpoint": route}) == \
         (f"api 'my-api': networking.endpoint: the endpoint {route} collides with a route engine serves itself "
-         "(/healthz, /readyz, /metrics); rename the API or set networking.endpoint")
+         f"({SERVER_ROUTES}); rename the API or set networking.endpoint")
 
 
-@pytest.mark.parametrize("name", ["healthz", "readyz", "metrics"])
+@pytest.mark.parametrize("name", ["healthz", "readyz", "metrics", "docs"])
 def test_api_name_may_not_collide_with_server_routes(tmp_path, name):
     assert one_line(tmp_path, name=name) == \
         (f"api '{name}': name: the endpoint /{name} collides with a route engine serves itself "
-         "(/healthz, /readyz, /metrics); rename the API or set networking.endpoint")
+         f"({SERVER_ROUTES}); rename the API or set networking.endpoint")
     assert load_one(tmp_path, name=name, networking={"endpoint": f"/api/{name}"}).endpoint == f"/api/{name}"
 
 
@@ -916,7 +919,7 @@ def test_monitoring_model_type(tmp_path):
     (api(predictor={"multi_model_reloading": {"paths": [{"name": "a", "path": "p", "version": 1}]}}),
      "predictor.multi_model_reloading.paths[0].version", "model_path, name, path, signature_key"),
     (api(predictor={"server_side_batching": {"max_batch_size": 2, "batch_interval": "1s", "timeout": "1s"}}),
-     "predictor.server_side_batching.timeout", "batch_interval, dispatch, max_batch_size"),
+     "predictor.server_side_batching.timeout", "batch_interval, dispatch, max_batch_size, max_concurrent_batches"),
     (api(compute={"memory": "1Gi"}), "compute.memory", "cpu, gpu, inf, mem"),
     (api(autoscaling={"replicas": 1}), "autoscaling.replicas",
      "downscale_stabilization_period, downscale_tolerance, init_replicas, max_downscale_factor, "
