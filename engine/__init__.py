@@ -62,9 +62,17 @@ _LAZY = {
     "LoadedProject": "engine.loading",
     "ProjectWarning": "engine.project",
     "load_keys": "engine.security",
-    # hardware targets
-    "usable_cores": "engine.default_plugins.cpu",
-    "THREAD_ENV_VARS": "engine.default_plugins.cpu",
+    # hardware targets: the cores and devices shared among an API's worker processes
+    "usable_cores": "engine.hardware",
+    "THREAD_ENV_VARS": "engine.hardware",
+    "share_cores": "engine.hardware",
+    "VisibleDevices": "engine.hardware",
+    # ASGI driven in-process: an app's lifespan, a response played into a fake send
+    "Lifespan": "engine.asgi",
+    "LifespanError": "engine.asgi",
+    "play": "engine.asgi",
+    "Played": "engine.asgi",
+    "http_scope": "engine.asgi",
 }
 
 __all__ = ["ConfigError", "EngineError", "MissingPluginError", "ModelError", "PayloadError", "PluginError",
@@ -81,9 +89,10 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from engine.app import create_app, served  # noqa: F401
+    from engine.asgi import Lifespan, LifespanError, Played, http_scope, play  # noqa: F401
     from engine.batching import Batching, ThreadBatcher  # noqa: F401
     from engine.config import DEFAULT_MODEL_NAME, Api, Models, ServerSideBatching  # noqa: F401
-    from engine.default_plugins.cpu import THREAD_ENV_VARS, usable_cores  # noqa: F401
+    from engine.hardware import THREAD_ENV_VARS, VisibleDevices, share_cores, usable_cores  # noqa: F401
     from engine.loading import LoadedProject, load_project  # noqa: F401
     from engine.models import FileEntry, ModelFormat, ModelRepository, Store, VersionInfo  # noqa: F401
     from engine.plugin_api import (DescribesModels, HttpServer, LoadsUserModels, Operation,  # noqa: F401

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from engine import jsoncodec
 from engine.admission import ensure_request_id
+from engine.asgi import play
 from engine.backend import ApiRequest
 
 if TYPE_CHECKING:
@@ -56,20 +57,15 @@ async def _answer(admission: Admission, scope: dict, message: dict, send) -> Non
     request_id = ensure_request_id(request)
     response, held = await admission.answer_message(ApiRequest(request, body))
     status = response.status_code
-    start: dict = {}
-
-    async def forward(event: dict) -> None:
-        if event["type"] == "http.response.start":
-            start.update(event)
-        elif event.get("body"):
-            await send(_message(event["body"], dict(start.get("headers", []))))
-
-    async def nothing_more() -> dict:
-        await asyncio.Future()  # never: the socket's own receive() watches for the disconnect
-        return {}
-
     try:
-        await response(request, nothing_more, forward)
+        async with play(response, request) as played:
+            headers = dict(played.headers)
+            if played.chunks is None:
+                if played.body:
+                    await send(_message(played.body, headers))
+            else:
+                async for chunk in played.chunks:
+                    await send(_message(chunk, headers))
     finally:
         admission.finished_message(held, status, started, request_id, scope["path"])
 

@@ -15,6 +15,7 @@ import signal
 import sys
 
 from engine import messages, plugins, tracebacks
+from engine.asgi import play
 from engine.backend import ApiRequest
 from engine.errors import EngineError
 from engine.eventloop import run_event_loop
@@ -157,40 +158,23 @@ def _sent_future(sent: dict[int, asyncio.Future], call: int) -> asyncio.Future:
 
 async def _reply(call: messages.Call, response, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future]) -> None:
     """Send the response: whole as a Reply, or, when it streams, as a ReplyStart and Chunks as they come; with a
-    post_predict, wait until the front says the client has it all."""
+    post_predict, wait until the front says the client has it all (post_predict runs then, as `play` ends)."""
     wants_sent = response.background is not None
-    start: dict = {}
-    streaming = False
-    finished = asyncio.Event()
-
-    async def receive() -> dict:
-        await finished.wait()  # like a client that stays connected until the response is complete
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        nonlocal streaming
-        if message["type"] == "http.response.start":
-            start.update(message)
-            return
-        body, last = message.get("body", b""), not message.get("more_body", False)
-        if last and wants_sent:  # registered before sending: Sent may come back before send() returns
-            _sent_future(sent, call.call)
-        if streaming or not last:
-            if not streaming:
-                streaming = True
-                await messages.send(writer, messages.ReplyStart(call.call, start["status"], start["headers"],
-                                                                wants_sent))
-            await messages.send(writer, messages.Chunk(call.call, body, last))
-        else:
-            await messages.send(writer, messages.Reply(call.call, start["status"], start["headers"], body,
+    async with play(response, call.scope) as played:
+        if played.chunks is None:
+            if wants_sent:  # registered before sending: Sent may come back before send() returns
+                _sent_future(sent, call.call)
+            await messages.send(writer, messages.Reply(call.call, played.status, played.headers, played.body,
                                                        wants_sent))
-        if last and wants_sent:
+        else:
+            await messages.send(writer, messages.ReplyStart(call.call, played.status, played.headers, wants_sent))
+            async for chunk in played.chunks:
+                await messages.send(writer, messages.Chunk(call.call, chunk, False))
+            if wants_sent:
+                _sent_future(sent, call.call)
+            await messages.send(writer, messages.Chunk(call.call, b"", True))
+        if wants_sent:
             await sent[call.call]
-
-    try:
-        await response(call.scope, receive, send)
-    finally:
-        finished.set()
 
 
 if __name__ == "__main__":

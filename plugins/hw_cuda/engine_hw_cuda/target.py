@@ -7,16 +7,13 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from engine import THREAD_ENV_VARS, ConfigError, Device, hookimpl, usable_cores
+from engine import ConfigError, Device, VisibleDevices, hookimpl, share_cores
 from engine_hw_cuda.discovery import Discover, DiscoveryError, Gpu, discover_gpus, visible_gpus
 
 log = logging.getLogger("engine.cuda")
 
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 ORDER_ENV = "CUDA_DEVICE_ORDER"
-# CUDA_VISIBLE_DEVICES as the user had it before this plugin changed it in this process (inherited by workers).
-SAVED_ENV = "ENGINE_USER_CUDA_VISIBLE_DEVICES"
-UNSET = "<unset>"
 TF_GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"
 ONNX_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -34,16 +31,6 @@ def assign(count: int, processes: int, index: int) -> list[int]:
     return [index % count]
 
 
-def user_setting(api: Any) -> str | None:
-    """CUDA_VISIBLE_DEVICES as the user set it (predictor.env first), even after this plugin changed it."""
-    if VISIBLE_ENV in api.predictor.env:
-        return api.predictor.env[VISIBLE_ENV]
-    saved = os.environ.get(SAVED_ENV)
-    if saved is not None:
-        return None if saved == UNSET else saved
-    return os.environ.get(VISIBLE_ENV)
-
-
 def onnxruntime_providers() -> list[str] | None:
     """The execution providers of the installed onnxruntime; None when it is not installed."""
     if importlib.util.find_spec("onnxruntime") is None:
@@ -58,7 +45,7 @@ class CudaTarget:
 
     def __init__(self, discover: Discover = discover_gpus) -> None:
         self.discover = discover
-        self.process_setting: str | None = None  # the CUDA_VISIBLE_DEVICES this plugin set in this process
+        self.visible = VisibleDevices(VISIBLE_ENV, "GPUs", "CUDA", "GPU", log)
 
     def api_gpus(self, api: Any) -> list[Gpu]:
         """The GPUs an API gets: the first compute.gpu of those visible; ConfigError when there are too few."""
@@ -68,7 +55,7 @@ class CudaTarget:
         except DiscoveryError as error:
             raise ConfigError(f"compute.gpu: {wanted} requested, but the GPUs cannot be listed: {error}. Check that "
                               "nvidia-smi lists them, or set compute.gpu: 0 to serve on the CPU") from None
-        setting = user_setting(api)
+        setting = self.visible.user_setting(api)
         visible = visible_gpus(present, setting)
         if len(visible) >= wanted:
             return visible[:wanted]
@@ -109,14 +96,11 @@ class CudaTarget:
             os.environ[ORDER_ENV] = env[ORDER_ENV] = "PCI_BUS_ID"  # CUDA numbers GPUs as nvidia-smi does
         by_index = os.environ[ORDER_ENV] == "PCI_BUS_ID"
         ids = [str(gpu.index) if by_index else gpu.uuid for gpu in mine]
-        env.update(self._set_visible(api, ",".join(ids)))
+        env.update(self.visible.claim(api, ",".join(ids)))
         if TF_GROWTH_ENV not in os.environ:
             os.environ[TF_GROWTH_ENV] = env[TF_GROWTH_ENV] = "true"
-        threads = max(1, usable_cores() // processes)
-        if processes > 1:
-            for var in THREAD_ENV_VARS:
-                if var not in os.environ:
-                    os.environ[var] = env[var] = str(threads)
+        threads, shared = share_cores(processes)
+        env.update(shared)
         visible = os.environ[VISIBLE_ENV].split(",")
         log.info("api '%s' process %d: %s (%s=%s)", api.name, process_index,
                  ", ".join(f"GPU {gpu.describe()}" for gpu in mine), VISIBLE_ENV, os.environ[VISIBLE_ENV])
@@ -128,18 +112,6 @@ class CudaTarget:
         return Device(kind="cuda", process_index=process_index, env=env, visible_devices=visible, threads=threads,
                       options={"gpus": [asdict(gpu) for gpu in mine], "onnxruntime_cuda": has_cuda,
                                "onnx_providers": list(ONNX_PROVIDERS)})
-
-    def _set_visible(self, api: Any, value: str) -> dict[str, str]:
-        """Set CUDA_VISIBLE_DEVICES once per process; a later API asking for other GPUs is warned, not obeyed."""
-        if self.process_setting is not None and self.process_setting != value:
-            log.warning("api '%s' asks for GPUs %s, but this process already exposes %s=%s to another API, and CUDA "
-                        "reads it only once per process; serve each GPU API with processes_per_replica >= 2 (its "
-                        "workers are processes of their own) or in its own engine serve", api.name, value,
-                        VISIBLE_ENV, self.process_setting)
-            return {}
-        os.environ.setdefault(SAVED_ENV, os.environ.get(VISIBLE_ENV, UNSET))
-        os.environ[VISIBLE_ENV] = self.process_setting = value
-        return {VISIBLE_ENV: value}
 
     def _check_onnxruntime(self, api: Any, process_index: int) -> bool | None:
         """Whether onnxruntime can use CUDA (None: not installed); warned about once per API, by its process 0."""

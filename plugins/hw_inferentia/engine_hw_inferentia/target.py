@@ -5,7 +5,7 @@ import logging
 import os
 from typing import Any
 
-from engine import THREAD_ENV_VARS, ConfigError, Device, hookimpl, usable_cores
+from engine import ConfigError, Device, VisibleDevices, hookimpl, share_cores
 from engine_hw_inferentia.discovery import (FRAMEWORKS, NEURON_LIB, TENSORFLOW_FRAMEWORKS, DiscoveryError, NeuronHost,
                                             core_range, installed_frameworks, parse_cores)
 
@@ -14,19 +14,6 @@ log = logging.getLogger("engine.inferentia")
 VISIBLE_ENV = "NEURON_RT_VISIBLE_CORES"
 GROUP_ENV = "NEURONCORE_GROUP_SIZES"  # Neuron 1.x (and Cortex's) name for a process's group of cores
 LEGACY_DAEMON_ENV = "NEURON_RTD_ADDRESS"  # set when a Neuron 1.x neuron-rtd daemon owns the device instead of libnrt
-# NEURON_RT_VISIBLE_CORES as the user had it before this plugin changed it in this process (inherited by workers).
-SAVED_ENV = "ENGINE_USER_NEURON_RT_VISIBLE_CORES"
-UNSET = "<unset>"
-
-
-def user_setting(api: Any) -> str | None:
-    """NEURON_RT_VISIBLE_CORES as the user set it (predictor.env first), even after this plugin changed it."""
-    if VISIBLE_ENV in api.predictor.env:
-        return api.predictor.env[VISIBLE_ENV]
-    saved = os.environ.get(SAVED_ENV)
-    if saved is not None:
-        return None if saved == UNSET else saved
-    return os.environ.get(VISIBLE_ENV)
 
 
 def split_cores(cores: list[int], processes: int, index: int) -> list[int]:
@@ -45,7 +32,7 @@ class InferentiaTarget:
 
     def __init__(self, host: NeuronHost | None = None) -> None:
         self.host = host
-        self.process_setting: str | None = None  # the NEURON_RT_VISIBLE_CORES this plugin set in this process
+        self.visible = VisibleDevices(VISIBLE_ENV, "NeuronCores", "the Neuron runtime", "Inferentia", log)
 
     def machine(self) -> NeuronHost:
         """The host, read from $ENGINE_NEURON_ROOT when none was given."""
@@ -63,7 +50,7 @@ class InferentiaTarget:
         per_device = len(devices[0].cores)
         needed = wanted * per_device
         present = [core for device in devices for core in device.cores]
-        setting = user_setting(api)
+        setting = self.visible.user_setting(api)
         visible = present
         if setting is not None:
             named = parse_cores(setting)
@@ -129,12 +116,11 @@ class InferentiaTarget:
         if len(mine) > 1 and "," in value:
             raise ConfigError(f"NeuronCores {value} of process {process_index} are not one range, which "
                               f"{VISIBLE_ENV} needs; set {VISIBLE_ENV} to one range (e.g. 0-3) or unset it")
-        env = self._set_visible(api, value, str(len(mine)))
-        threads = max(1, usable_cores() // processes)
-        if processes > 1:
-            for var in THREAD_ENV_VARS:
-                if var not in os.environ:
-                    os.environ[var] = env[var] = str(threads)
+        env = self.visible.claim(api, value)
+        if env:
+            os.environ[GROUP_ENV] = env[GROUP_ENV] = str(len(mine))
+        threads, shared = share_cores(processes)
+        env.update(shared)
         log.info("api '%s' process %d: NeuronCores %s (%s=%s)", api.name, process_index, value, VISIBLE_ENV,
                  os.environ[VISIBLE_ENV])
         visible = parse_cores(os.environ[VISIBLE_ENV]) or []
@@ -142,16 +128,3 @@ class InferentiaTarget:
                       visible_devices=[str(core) for core in visible], threads=threads,
                       options={"neuron_cores": os.environ[VISIBLE_ENV],
                                "frameworks": installed_frameworks()})
-
-    def _set_visible(self, api: Any, value: str, group_size: str) -> dict[str, str]:
-        """Set the cores once per process; a later API asking for other cores is warned, not obeyed."""
-        if self.process_setting is not None and self.process_setting != value:
-            log.warning("api '%s' asks for NeuronCores %s, but this process already holds %s=%s for another API, and "
-                        "the Neuron runtime reads it once per process; serve each Inferentia API with "
-                        "processes_per_replica >= 2 (its workers are processes of their own) or in its own engine "
-                        "serve", api.name, value, VISIBLE_ENV, self.process_setting)
-            return {}
-        os.environ.setdefault(SAVED_ENV, os.environ.get(VISIBLE_ENV, UNSET))
-        os.environ[VISIBLE_ENV] = self.process_setting = value
-        os.environ[GROUP_ENV] = group_size
-        return {VISIBLE_ENV: value, GROUP_ENV: group_size}

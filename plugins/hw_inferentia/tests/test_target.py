@@ -226,7 +226,7 @@ def test_a_second_api_in_the_same_process_cannot_change_the_cores(machine, caplo
     with caplog.at_level(logging.WARNING, logger="engine.inferentia"):
         device = setup_device(pm, make_api(inf=2, name="second"), 0)
     assert device.options["neuron_cores"] == "0-3" and os.environ["NEURON_RT_VISIBLE_CORES"] == "0-3"
-    assert "api 'second' asks for NeuronCores 0-7, but this process already holds NEURON_RT_VISIBLE_CORES=0-3" \
+    assert "api 'second' asks for NeuronCores 0-7, but this process already exposes NEURON_RT_VISIBLE_CORES=0-3" \
         in caplog.text
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ray import serve
 
-from engine import ServeSettings, create_app, load_project
+from engine import Lifespan, ServeSettings, create_app, load_project, play
 from engine_ray import asgi
 from engine_ray.metrics import COLLECTOR_NAME, REPORT_INTERVAL
 
@@ -55,7 +55,7 @@ class EngineReplica:
         self.spec = spec
         self.fatal: str | None = None
         self.metrics_dir: str | None = None
-        self.lifespan: asgi.Lifespan | None = None
+        self.lifespan: Lifespan | None = None
         self.reporter: Reporter | None = None
 
     async def __serve_build_asgi_app__(self) -> Any:
@@ -72,7 +72,7 @@ class EngineReplica:
         project.environment = dict(spec.environment)
         app = create_app(settings=settings, on_fatal=self._on_fatal, project=project)
         if spec.api is not None:
-            self.lifespan = asgi.Lifespan(app)
+            self.lifespan = Lifespan(app)
             await self.lifespan.start()
             await self._wait_ready(app)
             self.reporter = Reporter(app, spec)
@@ -118,9 +118,9 @@ class ClusterRoutes:
         if scope["type"] == "lifespan":  # the replica drives the app's own lifespan
             await self._lifespan(receive, send)
         elif scope["type"] == "http" and scope["path"] in (READYZ, METRICS):
-            start, body = await asgi.capture(self.app, scope, receive)
-            headers = [(name, value) for name, value in start.get("headers", []) if name.lower() != b"content-length"]
-            status = start["status"]
+            async with play(self.app, scope, receive) as played:
+                status, body = played.status, await played.read()
+            headers = [(name, value) for name, value in played.headers if name.lower() != b"content-length"]
             if scope["path"] == READYZ and status in (200, 503):
                 status, body = await cluster_readiness(self.spec.apps)
             elif scope["path"] == METRICS and status == 200:

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from engine import ServeSettings, hookimpl
+from engine import Lifespan, ServeSettings, hookimpl
 
 
 class Uvicorn:
@@ -35,51 +35,15 @@ class Uvicorn:
             ssl_certfile=settings.certfile, ssl_keyfile=settings.keyfile, ssl_ca_certs=settings.ca_certs,
             ssl_cert_reqs=ssl.CERT_REQUIRED if settings.ca_certs else ssl.CERT_NONE, log_config=None)
         server = _server(config)
-        lifespan = Lifespan(app)
-        await lifespan.startup()
+        lifespan = Lifespan(app)  # run here: a failed start-up raises the app's own error, which engine reports
+        await lifespan.start()
         serving = asyncio.ensure_future(server.serve(sockets=[listener]))
         stopping = asyncio.ensure_future(shutdown())
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
         await serving
         stopping.cancel()
-        await lifespan.shutdown()
-
-
-class Lifespan:
-    """The app's ASGI lifespan, run here rather than by uvicorn, whose start-up failure logs the app's traceback and
-    exits the process: here the app's own error is raised from serve(), as engine reports any start-up error."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.to_app: asyncio.Queue = asyncio.Queue()
-        self.from_app: asyncio.Queue = asyncio.Queue()
-        self.task: asyncio.Future | None = None
-
-    async def startup(self) -> None:
-        """Run the app's start-up; raise its error when it fails."""
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
-        self.task = asyncio.ensure_future(self.app(scope, self.to_app.get, self.from_app.put))
-        await self._step("startup")
-
-    async def shutdown(self) -> None:
-        """Run the app's shut-down; raise its error when it fails."""
-        await self._step("shutdown")
-        await self.task
-
-    async def _step(self, phase: str) -> None:
-        await self.to_app.put({"type": f"lifespan.{phase}"})
-        answer = asyncio.ensure_future(self.from_app.get())
-        await asyncio.wait({answer, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        if not answer.done():
-            answer.cancel()
-            self.task.result()  # the app ended without answering: its error, if it raised one
-            raise RuntimeError(f"the app's lifespan ended during {phase}")
-        if answer.result()["type"] == f"lifespan.{phase}.failed":
-            await asyncio.wait({self.task})
-            if self.task.exception() is not None:
-                raise self.task.exception()
-            raise RuntimeError(answer.result().get("message") or f"the app's {phase} failed")
+        await lifespan.stop()
 
 
 def _bound(max_connections: int | None) -> int | None:
