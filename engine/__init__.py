@@ -44,6 +44,19 @@ _LAZY = {
     "LoadsUserModels": "engine.plugin_api",
     "ServesTensors": "engine.plugin_api",
     "TensorSpec": "engine.plugin_api",
+    # what plugins contribute besides predictor types: payload parsers, routes, settings (engine serve's flags)
+    "PayloadParser": "engine.plugin_api",
+    "HttpRoute": "engine.plugin_api",
+    "Setting": "engine.plugin_api",
+    "port_number": "engine.settings",
+    # the paths of the routes engine serves itself, and the JSON codec of payloads and results
+    "HEALTHZ_PATH": "engine.routes",
+    "READYZ_PATH": "engine.routes",
+    "METRICS_PATH": "engine.routes",
+    "OPENAPI_PATH": "engine.routes",
+    "DOCS_PATH": "engine.routes",
+    "json_loads": "engine.jsoncodec",
+    "json_dumps": "engine.jsoncodec",
     # plugins' own work on the APIs: operations in the pipeline, routes and services reaching them
     "Operation": "engine.plugin_api",
     "OperationContext": "engine.plugin_api",
@@ -95,9 +108,12 @@ if TYPE_CHECKING:
     from engine.hardware import THREAD_ENV_VARS, VisibleDevices, share_cores, usable_cores  # noqa: F401
     from engine.loading import LoadedProject, load_project  # noqa: F401
     from engine.models import FileEntry, ModelFormat, ModelRepository, Store, VersionInfo  # noqa: F401
-    from engine.plugin_api import (DescribesModels, HttpServer, LoadsUserModels, Operation,  # noqa: F401
-                                   OperationContext, Served, ServesTensors, Service, TensorSpec)
+    from engine.jsoncodec import json_dumps, json_loads  # noqa: F401
+    from engine.plugin_api import (DescribesModels, HttpRoute, HttpServer, LoadsUserModels, Operation,  # noqa: F401
+                                   OperationContext, PayloadParser, Served, ServesTensors, Service, Setting,
+                                   TensorSpec)
     from engine.project import ProjectWarning  # noqa: F401
     from engine.security import load_keys  # noqa: F401
-    from engine.settings import ServeSettings  # noqa: F401
+    from engine.routes import DOCS_PATH, HEALTHZ_PATH, METRICS_PATH, OPENAPI_PATH, READYZ_PATH  # noqa: F401
+    from engine.settings import ServeSettings, port_number  # noqa: F401
     from engine.types import Device, PredictorType  # noqa: F401

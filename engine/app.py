@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine import openapi, plugins, tempdirs, tracebacks
+from engine import openapi, plugin_routes, plugins, routes as server_routes, tempdirs, tracebacks
 from engine.admission import Admission, ClientGone, body_or_refusal
 from engine.backend import ApiRequest, Backend
 from engine.batching import concurrent_predicts
@@ -34,8 +34,6 @@ from engine.loading import LoadedProject, load_project
 from engine.workers import WorkerGroup
 
 log = logging.getLogger("engine")
-
-OPENAPI_PATH = "/openapi.json"
 
 
 class AppState:
@@ -91,6 +89,10 @@ class AppState:
                                          self.settings.body_timeout)
         except ClientGone:
             return error_response(400, "the client disconnected before its request body was complete")
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        """Every metric in Prometheus' text format, and its media type."""
+        return self.metrics.render(), self.metrics.content_type
 
     async def operate(self, api_name: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
         """Run a plugin's operation for one of an API's requests, as that API's admission layer lets it."""
@@ -171,8 +173,8 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
     `project`, one that engine.load_project has loaded (its warnings are the caller's to say), is served instead of
     loading PROJECT_DIR (then project_dir, config_file and apis are not used).
     """
-    settings = settings or ServeSettings.load()
     pm = pm or plugins.make_plugin_manager()
+    settings = (settings or ServeSettings.load()).with_plugins(plugins.settings(pm))
     if project is None:
         project = load_project(project_dir, config_file, pm=pm, cpu=settings.cpu, apis=apis)
         for warning in project.warnings:
@@ -191,10 +193,9 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
     spec = openapi.document(state.apis, paths_of, pm, settings, state.project.root, bool(guard.keys))
     routes = _routes(state)
     if not settings.no_docs:
-        routes.append(Route(OPENAPI_PATH, lambda request: JSONResponse(spec), methods=["GET"]))
+        routes.append(Route(server_routes.OPENAPI_PATH, lambda request: JSONResponse(spec), methods=["GET"]))
     starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     starlette.state.engine = state
-    starlette.state.metrics = state.metrics
     return EngineApp(starlette, state, guard, paths_of)
 
 
@@ -252,10 +253,8 @@ def _api_paths(api, aliases: bool) -> list[str]:
 
 
 def _routes(state: AppState) -> list[Route]:
-    routes = [Route("/healthz", _healthz, methods=["GET"]), Route("/readyz", _readyz, methods=["GET"])]
-    for contributed in state.pm.hook.engine_routes():
-        routes += contributed or []
-    return routes
+    return [Route(server_routes.HEALTHZ_PATH, _healthz, methods=["GET"]),
+            Route(server_routes.READYZ_PATH, _readyz, methods=["GET"]), *plugin_routes.starlette_routes(state.pm)]
 
 
 async def _healthz(request: Request) -> Response:

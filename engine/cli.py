@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, started: float) -> int:
-    serve_settings = settings.ServeSettings.load(vars(args))
+    serve_settings = settings.ServeSettings.load(vars(args), declared=args.declared)
     metrics_dir = None
     if not os.environ.get(settings.MULTIPROCESS_ENV) and _has_worker_processes(args):  # before prometheus_client
         metrics_dir = tempdirs.make("metrics")
@@ -52,13 +52,15 @@ def _serve_on(args: argparse.Namespace, serve_settings: settings.ServeSettings) 
     from pathlib import Path
 
     from engine.errors import MissingPluginError
+    from engine.install_hints import install_requirement
     from engine.plugins import make_plugin_manager
 
     code = make_plugin_manager().hook.engine_serve_on(
         target=serve_settings.on, project_dir=Path(args.project_dir).resolve(),
         config_file=Path(args.config_file).resolve() if args.config_file else None, settings=serve_settings)
     if code is None:
-        hint = "pip install engine[ray]" if serve_settings.on == "ray" else "install the plugin that provides it"
+        requirement = install_requirement(serve_settings.on)
+        hint = f"pip install {requirement}" if requirement else "install the plugin that provides it"
         raise MissingPluginError(f"--on {serve_settings.on}: no installed plugin serves on '{serve_settings.on}'; "
                                  f"{hint}")
     return code
@@ -131,8 +133,10 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the APIs of a project", parents=[log_level])
     _project_args(serve)
-    settings.add_arguments(serve, tuple(name for name in settings.setting_names() if name != "log_level"))
-    serve.set_defaults(command=_serve)
+    declared = _plugin_settings()
+    settings.add_arguments(serve, tuple(name for name in settings.setting_names() if name != "log_level"),
+                           declared=declared)
+    serve.set_defaults(command=_serve, declared=declared)
 
     validate = commands.add_parser("validate", help="run every check serve runs before it binds a port",
                                    parents=[log_level])
@@ -147,6 +151,17 @@ def _parser() -> argparse.ArgumentParser:
     plugins.add_argument("--all", action="store_true", help="list the built-in plugins too")
     plugins.set_defaults(command=_plugins)
     return parser
+
+
+def _plugin_settings() -> list:
+    """The settings the installed plugins own, as flags of engine serve; none when the plugins cannot be loaded (the
+    command then says why)."""
+    from engine import plugins
+
+    try:
+        return plugins.settings(plugins.make_plugin_manager(warn=False))
+    except EngineError:
+        return []
 
 
 def _project_args(parser: argparse.ArgumentParser) -> None:

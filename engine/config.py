@@ -12,9 +12,9 @@ from engine.config_errors import Rules, format_validation_error
 from engine.config_sections import (Autoscaling, Compute, Integer, Monitoring, Networking, PositiveDuration, Section,
                                     UpdateStrategy)
 from engine.errors import ConfigError
+from engine.routes import reserved, reserved_shown
 
 DEFAULT_MODEL_NAME = "_cortex_default"
-SERVER_ROUTES = ("/healthz", "/readyz", "/metrics")
 MAX_NAME_LENGTH = 42
 
 _API_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035 label
@@ -398,9 +398,9 @@ def _check_across_apis(apis: dict[int, Api], config_file: Path) -> list[str]:
                             "names must be unique across APIs")
         names.setdefault(api.name, index)
         field = "networking.endpoint" if api.networking.endpoint else "name"
-        if api.endpoint in SERVER_ROUTES:
+        if reserved(api.endpoint):
             problems.append(f"{prefix}: {field}: the endpoint {api.endpoint} collides with a route engine serves "
-                            f"itself ({', '.join(SERVER_ROUTES)}); rename the API or set networking.endpoint")
+                            f"itself ({reserved_shown()}); rename the API or set networking.endpoint")
         elif api.endpoint in endpoints and endpoints[api.endpoint] != api.name:
             problems.append(f"{prefix}: {field}: the endpoint {api.endpoint} is already used by api "
                             f"'{endpoints[api.endpoint]}'; endpoints must be unique across APIs")

@@ -1,4 +1,9 @@
-"""Every hook engine calls, grouped by phase. Implementations are plain `def`; return None to decline."""
+"""Every hook engine calls, grouped by phase. Implementations are plain `def`; return None to decline.
+
+A capability is one object a discovery hook returns (a PredictorType, a PayloadParser, an HttpRoute, a Setting):
+engine dispatches by its name or media type, so no implementation filters on them. The hooks marked deprecated are
+the older way to the same capabilities: they keep working for one release, and engine logs a warning naming each
+plugin that still implements them (see DEPRECATED in engine.plugins)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -15,7 +20,7 @@ if TYPE_CHECKING:
     from engine.batching import Batching
     from engine.config import Api
     from engine.models import ModelRepository
-    from engine.plugin_api import HttpServer, Operation, Served, Service
+    from engine.plugin_api import HttpRoute, HttpServer, Operation, PayloadParser, Served, Service, Setting
     from engine.settings import ServeSettings
     from engine.types import Device, PredictorType
 
@@ -27,7 +32,22 @@ hookspec = pluggy.HookspecMarker("engine")
 
 @hookspec
 def engine_predictor_types() -> list[PredictorType]:
-    """Return the predictor types this plugin provides."""
+    """Return the predictor types this plugin provides, each with its create_client, model_format and validate."""
+
+
+@hookspec
+def engine_payload_parsers() -> list[PayloadParser]:
+    """Return the payload parsers this plugin provides, each with its media types."""
+
+
+@hookspec
+def engine_http_routes() -> list[HttpRoute]:
+    """Return routes to serve next to the APIs (e.g. /metrics), each with its OpenAPI description."""
+
+
+@hookspec
+def engine_settings() -> list[Setting]:
+    """Return the engine serve settings this plugin owns (each a --flag and an ENGINE_* variable)."""
 
 
 @hookspec
@@ -37,17 +57,18 @@ def engine_hardware_targets() -> list[str]:
 
 @hookspec
 def engine_validate_api(api: Api, project_root: Path) -> list[str]:
-    """Return problems with `api` that this plugin knows of (empty when none); run by serve and validate."""
+    """Return problems with any `api` that this plugin knows of (empty when none), such as a hardware target's; run
+    by serve and validate. (A predictor type's own checks are its PredictorType.validate.)"""
 
 
 @hookspec
 def engine_routes() -> list[BaseRoute]:
-    """Return extra Starlette routes to serve next to the APIs (e.g. /metrics)."""
+    """Deprecated (engine_http_routes): return extra Starlette routes to serve next to the APIs."""
 
 
 @hookspec
 def engine_openapi_paths(apis: list[Api]) -> dict[str, dict]:
-    """Describe the routes this plugin serves, as OpenAPI path items by path, for GET /openapi.json."""
+    """Deprecated (HttpRoute.openapi): describe engine_routes' routes, as OpenAPI path items by path."""
 
 
 @hookspec
@@ -67,7 +88,7 @@ def engine_http_servers() -> list[HttpServer]:
 
 @hookspec
 def engine_payload_media_types() -> list[str]:
-    """Return the request media types this plugin's engine_parse_payload turns into payloads (for the docs)."""
+    """Deprecated (PayloadParser.media_types): the media types engine_parse_payload turns into payloads."""
 
 
 # --- per worker process, before the predictor is built ----------------------------------------
@@ -87,7 +108,7 @@ def engine_setup_device(api: Api, process_index: int) -> Device | None:
 @hookspec(firstresult=True)
 def engine_create_client(api: Api, device: Device, models: ModelRepository | None,
                          batching: Batching | None) -> Any | None:
-    """Build the model client (`onnx_client`, ...) for an API of a predictor type this plugin owns."""
+    """Deprecated (PredictorType.create_client): build the model client of an API of a type this plugin owns."""
 
 
 @hookspec
@@ -100,7 +121,7 @@ def engine_startup(apis: list[Api]) -> None:
 
 @hookspec(firstresult=True)
 def engine_parse_payload(body: bytes, content_type: str, headers: Headers, api: Api) -> Any | None:
-    """Turn a request body into the `payload` argument (may return an awaitable); raise PayloadError for a 400."""
+    """Deprecated (engine_payload_parsers): turn a request body into the `payload` argument, or decline."""
 
 
 @hookspec(firstresult=True)

@@ -50,3 +50,8 @@ def dumps(value: Any) -> bytes:
         return json.dumps(value, default=_tolist, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise TypeError(f"{error}; {NOT_SERIALIZABLE}") from None
+
+
+# Their names in engine's public API (engine.json_loads, engine.json_dumps), for plugins that read or write JSON as
+# engine does.
+json_loads, json_dumps = loads, dumps

@@ -1,12 +1,12 @@
 """GET /openapi.json: an OpenAPI 3.1 description of every route the server answers — each API's, the server's own,
-and those plugins add (each plugin describes its own, through the engine_openapi_paths hook)."""
+and those plugins add (each engine.HttpRoute carries its own description)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
-from engine import __version__, plugins
+from engine import __version__, parsing, plugin_routes, plugins, routes
 from engine.config import Api
 from engine.settings import ServeSettings
 
@@ -28,19 +28,17 @@ SAMPLE_FILE = "sample.json"  # as Cortex's examples have: a request body to try 
 def document(apis: list[Api], paths_of: dict[str, list[str]], pm: plugins.PluginManager, settings: ServeSettings,
              project_root: Path, keyed: bool) -> dict[str, Any]:
     """The OpenAPI document of this server."""
-    media_types = sorted({media for _, found in plugins.answers(pm, "engine_payload_media_types")
-                          for media in found or ()})
+    media_types = parsing.media_types(pm)
     paths: dict[str, Any] = {
-        "/healthz": _probe("healthz", "200 while the process is up", {"status": {"const": "alive"}}),
-        "/readyz": _probe("readyz", "200 once every predictor has finished __init__, 503 before", {
+        routes.HEALTHZ_PATH: _probe("healthz", "200 while the process is up", {"status": {"const": "alive"}}),
+        routes.READYZ_PATH: _probe("readyz", "200 once every predictor has finished __init__, 503 before", {
             "ready": {"type": "boolean"}, "apis": {"type": "object", "additionalProperties": {"type": "string"}}}),
     }
     sample = _sample(project_root)
     for api in apis:
         for path in paths_of[api.name]:
             paths[path] = _api_paths(api, path, media_types, sample)
-    for _, described in plugins.answers(pm, "engine_openapi_paths", apis=apis):
-        paths.update(described or {})
+    paths.update(plugin_routes.openapi_paths(pm, apis))
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "engine", "version": __version__,

@@ -19,7 +19,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from engine import plugins
+from engine import parsing, plugins
 from engine.backend import ApiRequest
 from engine.batching import Arrivals, AsyncBatcher, Batching, concurrent_predicts
 from engine.config import Api
@@ -69,7 +69,7 @@ class Pipeline:
         elif batching is not None:
             threads = max(threads, batching.max_concurrent_batches)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"api-{api.name}")
-        self.parse_payload = plugins.fast_caller(pm.hook.engine_parse_payload)
+        self.parse_payload = parsing.payload_parser(pm)
         self.operations = plugins.operations(pm)
         self.encode_response = plugins.fast_caller(pm.hook.engine_encode_response)
         self.batcher: AsyncBatcher | None = None

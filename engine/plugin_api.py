@@ -1,11 +1,11 @@
 """The Protocols and types of the plugin API that the core defines for plugins (all re-exported by `engine`).
 
-What engine may find on a model client (what `engine_create_client` returns) is optional, part by part: engine
+What engine may find on a model client (what `PredictorType.create_client` returns) is optional, part by part: engine
 checks for each with isinstance, so a client implements only the parts it needs, by their names alone.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -77,11 +77,53 @@ class Operation:
     run: Callable[[OperationContext, bytes], Any]
 
 
+# --- what plugins contribute, one object per capability -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PayloadParser:
+    """How request bodies of some media types become predict's `payload` (engine_payload_parsers).
+
+    engine chooses by the request's Content-Type, case-insensitively: the parser of that media type, else the first
+    whose media type it starts with (installed plugins' before the built-in ones); a body that no parser claims is
+    given as bytes. `parse(body, content_type, headers, api)` returns the payload, or an awaitable of it; raising
+    engine.PayloadError answers 400. It runs on the event loop (a body over 256 KiB on a thread): keep it quick."""
+
+    media_types: tuple[str, ...]  # also listed as each API's request body types in GET /openapi.json
+    parse: Callable[[bytes, str, Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    """A route a plugin serves beside the APIs (engine_http_routes), with its description in GET /openapi.json."""
+
+    path: str  # Starlette's syntax: /v2/models/{model_name}
+    endpoint: Callable[[Any], Awaitable[Any]]  # async (starlette Request) → starlette Response
+    methods: tuple[str, ...] = ("GET",)
+    openapi: dict[str, Any] | None = None  # its OpenAPI 3.1 path item, operations by method; None: not described
+
+
+@dataclass(frozen=True)
+class Setting:
+    """An `engine serve` setting a plugin owns (engine_settings): the flag --NAME (dashes for underscores), the
+    variable ENGINE_NAME (the flag wins), listed by engine serve --help; plugins read it as `settings.NAME`."""
+
+    name: str
+    help: str
+    default: Any = None  # also the value of an empty flag or variable
+    parse: Callable[[str], Any] = str  # the value of the flag's text; ValueError for text it refuses
+    metavar: str = "VALUE"
+
+
 class Served(Protocol):
     """The running APIs, as a plugin's routes and services reach them (engine.served(request), or the argument of
     engine_services)."""
 
     apis: list[Any]
+    settings: Any  # the engine.ServeSettings the server runs with
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        """Every metric in Prometheus' text format, and that format's media type (what GET /metrics serves)."""
 
     def is_ready(self, api_name: str | None = None) -> bool:
         """True when that API (or every API) can answer."""

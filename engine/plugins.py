@@ -1,4 +1,6 @@
-"""The plugin manager: hookspecs, built-in defaults and `engine` entry points, typed call helpers, plugin errors.
+"""The plugin manager: hookspecs, built-in defaults and `engine` entry points; what plugins contribute (predictor
+types, hardware targets, settings, ...; payload parsers in engine.parsing, routes in engine.plugin_routes), each hook
+called through pluggy's own call loop; plugin errors naming the plugin, and the deprecated hooks' warnings.
 
 Two environment variables help plugin authors: ENGINE_PLUGINS=name,name loads only those entry points (the built-in
 defaults always load), and ENGINE_TRACE_HOOKS=1 logs every hook call with its arguments and answers.
@@ -10,6 +12,7 @@ import importlib.metadata
 import logging
 import os
 import pickle
+import re
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +22,13 @@ import pluggy
 
 from engine import hookspecs
 from engine.errors import MissingPluginError, PluginError
-from engine.plugin_api import Operation
+from engine.install_hints import install_hint, install_requirement
+from engine.plugin_api import Operation, Setting
 from engine.types import Device, PredictorType
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from engine.batching import Batching
     from engine.config import Api
     from engine.models import ModelFormat
@@ -44,9 +50,16 @@ DEFAULT_PLUGINS = (
     "engine.default_plugins.docs",
 )
 
-# Which pip extra installs the plugin for a predictor type or a hardware target.
-KNOWN_EXTRAS = {"python": "engine-python-predictor", "onnx": "engine[onnx]", "tensorflow": "engine[tensorflow]",
-                "gpu": "engine[gpu]", "inf": "engine[inferentia]"}
+# The hooks of an older shape of the API, kept working for one release: each → what replaces it.
+DEPRECATED = {
+    "engine_create_client": "PredictorType(create_client=...)",
+    "engine_parse_payload": "engine_payload_parsers (engine.PayloadParser)",
+    "engine_payload_media_types": "engine_payload_parsers (PayloadParser.media_types)",
+    "engine_routes": "engine_http_routes (engine.HttpRoute)",
+    "engine_openapi_paths": "engine_http_routes (HttpRoute.openapi)",
+}
+_SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_warned: set[tuple[str, str]] = set()  # (plugin, hook): each deprecation is logged once per process
 
 
 class PluginManager(pluggy.PluginManager):
@@ -66,8 +79,9 @@ class PluginManager(pluggy.PluginManager):
         return BUILT_IN if name in DEFAULT_PLUGINS else f"plugin registered as {name!r}"
 
 
-def make_plugin_manager(load_entry_points: bool = True) -> PluginManager:
-    """A plugin manager with the hookspecs, the built-in defaults and the installed `engine` plugins, all checked."""
+def make_plugin_manager(load_entry_points: bool = True, warn: bool = True) -> PluginManager:
+    """A plugin manager with the hookspecs, the built-in defaults and the installed `engine` plugins, all checked;
+    with `warn`, a plugin that implements deprecated hooks is logged (once per process)."""
     pm = PluginManager()
     for module_name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
@@ -80,8 +94,10 @@ def make_plugin_manager(load_entry_points: bool = True) -> PluginManager:
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except pluggy.PluginValidationError as error:
-            raise PluginError(f"{_named(pm, error.plugin)}: {error}") from None
+            raise PluginError(f"{named(pm, error.plugin)}: {error}") from None
     check(pm)
+    if warn:
+        warn_deprecated(pm)
     if os.environ.get(TRACE_ENV, "") not in ("", "0"):
         trace(pm)
     return pm
@@ -93,7 +109,19 @@ def check(pm: PluginManager) -> None:
         pm.check_pending()
     except pluggy.PluginValidationError as error:
         known = ", ".join(sorted(name for name in dir(hookspecs) if name.startswith("engine_")))
-        raise PluginError(f"{_named(pm, error.plugin)}: {error}; the hooks are: {known}") from None
+        raise PluginError(f"{named(pm, error.plugin)}: {error}; the hooks are: {known}") from None
+
+
+def warn_deprecated(pm: PluginManager) -> None:
+    """Log each plugin that implements a deprecated hook, naming the plugin and what replaces the hook."""
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked (see ONLY_ENV)
+            continue
+        for hook in sorted(caller.name for caller in pm.get_hookcallers(plugin) or () if caller.name in DEPRECATED):
+            if (name, hook) not in _warned:
+                _warned.add((name, hook))
+                log.warning("%s implements %s, which is deprecated and goes in the next release of engine: use %s "
+                            "instead (docs/plugin_hooks.md)", named(pm, plugin), hook, DEPRECATED[hook])
 
 
 def trace(pm: PluginManager) -> None:
@@ -104,13 +132,26 @@ def trace(pm: PluginManager) -> None:
 
 
 def answers(pm: PluginManager, hook_name: str, **kwargs: Any) -> list[tuple[object, Any]]:
-    """Each plugin's answer to a collecting hook, with the plugin (so that a bad answer can name who gave it)."""
-    hook = getattr(pm.hook, hook_name)
-    if pm.tracing:
-        pm.trace.root.get("hook")(hook_name, kwargs)
+    """Each plugin's answer to a collecting hook, with the plugin (so that a bad answer can name who gave it): the
+    hook called through pluggy once per implementing plugin, the others left out, in pluggy's order (the last
+    registered first, tryfirst/trylast kept). Plugins that answer None are left out."""
+    implementers = [impl.plugin for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls())]
     found = []
-    for impl in reversed(hook.get_hookimpls()):  # pluggy's order: the last registered first, tryfirst/trylast kept
-        found.append((impl.plugin, impl.function(*(kwargs[name] for name in impl.argnames))))
+    for plugin in implementers:
+        only_this = pm.subset_hook_caller(hook_name, [other for other in implementers if other is not plugin])
+        found += [(plugin, answer) for answer in only_this(**kwargs)]
+    return found
+
+
+def contributed(pm: PluginManager, hook_name: str, kind: type, **kwargs: Any) -> list[tuple[object, Any]]:
+    """Every object of `kind` the plugins return from a collecting hook, with its plugin; a PluginError naming the
+    plugin for an answer that is not a list of them."""
+    found = []
+    for plugin, provided in answers(pm, hook_name, **kwargs):
+        if not isinstance(provided, (list, tuple)) or not all(isinstance(item, kind) for item in provided):
+            raise PluginError(f"{named(pm, plugin)}: {hook_name} must return a list of engine.{kind.__name__}, "
+                              f"not {shown(provided)}")
+        found += [(plugin, item) for item in provided]
     return found
 
 
@@ -118,18 +159,12 @@ def predictor_types(pm: PluginManager) -> dict[str, PredictorType]:
     """All predictor types the installed plugins provide, by name; a PluginError for a bad or duplicate one."""
     types_: dict[str, PredictorType] = {}
     owners: dict[str, object] = {}
-    for plugin, provided in answers(pm, "engine_predictor_types"):
-        if provided is None:
-            continue
-        if not isinstance(provided, (list, tuple)) or not all(isinstance(t, PredictorType) for t in provided):
-            raise PluginError(f"{_named(pm, plugin)}: engine_predictor_types must return a list of "
-                              f"engine.PredictorType, not {_shown(provided)}")
-        for ptype in provided:
-            if ptype.name in types_:
-                raise PluginError(f"predictor type '{ptype.name}' is provided twice: by "
-                                  f"{_named(pm, owners[ptype.name])} and by {_named(pm, plugin)}; uninstall one "
-                                  f"(or load only one with {ONLY_ENV})")
-            types_[ptype.name], owners[ptype.name] = ptype, plugin
+    for plugin, ptype in contributed(pm, "engine_predictor_types", PredictorType):
+        if ptype.name in types_:
+            raise PluginError(f"predictor type '{ptype.name}' is provided twice: by "
+                              f"{named(pm, owners[ptype.name])} and by {named(pm, plugin)}; uninstall one "
+                              f"(or load only one with {ONLY_ENV})")
+        types_[ptype.name], owners[ptype.name] = ptype, plugin
     return types_
 
 
@@ -152,16 +187,24 @@ def predictor_type(pm: PluginManager, name: str) -> PredictorType:
     if name in types_:
         problem = _type_problem(types_[name])
         if problem:
-            raise PluginError(f"predictor type '{name}' ({_named(pm, _provider(pm, name))}): {problem}")
+            raise PluginError(f"predictor type '{name}' ({named(pm, _provider(pm, name))}): {problem}")
         return types_[name]
     installed = ", ".join(sorted(types_)) or "none"
     raise MissingPluginError(f"no plugin provides predictor type '{name}'; installed: {installed}. "
-                             f"{_install_hint(name)}")
+                             f"{install_hint(name)}")
 
 
 def _provider(pm: PluginManager, type_name: str) -> object:
-    return next(plugin for plugin, provided in answers(pm, "engine_predictor_types")
-                if any(ptype.name == type_name for ptype in provided or ()))
+    return next(plugin for plugin, ptype in contributed(pm, "engine_predictor_types", PredictorType)
+                if ptype.name == type_name)
+
+
+def api_problems(pm: PluginManager, api: Api, project_root: Path) -> list[str]:
+    """What the API's predictor type (its validate) and the engine_validate_api hook find wrong with an API."""
+    ptype = predictor_types(pm).get(api.predictor.type)  # a missing type is reported by the checks of the config
+    found = list(ptype.validate(api, project_root) or ()) if ptype is not None and ptype.validate else []
+    return found + [problem for answer in pm.hook.engine_validate_api(api=api, project_root=project_root)
+                    for problem in answer or ()]
 
 
 def operations(pm: PluginManager) -> dict[str, Operation]:
@@ -170,8 +213,8 @@ def operations(pm: PluginManager) -> dict[str, Operation]:
     for plugin, provided in answers(pm, "engine_operations"):
         for operation in provided or ():
             if not isinstance(operation, Operation):
-                raise PluginError(f"{_named(pm, plugin)}: engine_operations must return engine.Operation objects, "
-                                  f"not {_shown(operation)}")
+                raise PluginError(f"{named(pm, plugin)}: engine_operations must return engine.Operation objects, "
+                                  f"not {shown(operation)}")
             found[operation.name] = operation
     return found
 
@@ -180,7 +223,8 @@ def http_server(pm: PluginManager, name: str) -> Any:
     """The installed HTTP server called `name` (engine serve --server)."""
     servers = {server.name: server for _, provided in answers(pm, "engine_http_servers") for server in provided or ()}
     if name not in servers:
-        hint = " (pip install engine[uvicorn])" if name == "uvicorn" else ""
+        requirement = install_requirement(name)
+        hint = f" (pip install {requirement})" if requirement else ""
         raise MissingPluginError(f"--server {name}: no installed plugin provides that HTTP server{hint}; installed: "
                                  f"{', '.join(sorted(servers))}")
     return servers[name]
@@ -203,7 +247,7 @@ def check_hardware_target(pm: PluginManager, api: Api) -> None:
     if target not in installed:
         raise MissingPluginError(
             f"compute.{target}: no plugin provides hardware target '{target}' (compute.{target}: "
-            f"{getattr(api.compute, target, '')}); installed: {', '.join(installed) or 'none'}. {_install_hint(target)}"
+            f"{getattr(api.compute, target, '')}); installed: {', '.join(installed) or 'none'}. {install_hint(target)}"
         )
 
 
@@ -215,7 +259,7 @@ def setup_device(pm: PluginManager, api: Api, process_index: int) -> Device:
         raise MissingPluginError(f"api '{api.name}': the plugin owning hardware target '{compute_target(api)}' "
                                  "did not set up a device")
     if not isinstance(device, Device):
-        raise PluginError(f"api '{api.name}': engine_setup_device must return an engine.Device, not {_shown(device)}")
+        raise PluginError(f"api '{api.name}': engine_setup_device must return an engine.Device, not {shown(device)}")
     return device
 
 
@@ -228,23 +272,45 @@ def model_format(ptype: PredictorType, api: Api, device: Device) -> ModelFormat:
 
 
 def create_client(pm: PluginManager, api: Api, device: Device, models: Any, batching: Batching | None) -> Any:
-    """Build the model client of `api`'s predictor type; None when the type needs none for this config."""
-    client = pm.hook.engine_create_client(api=api, device=device, models=models, batching=batching)
+    """Build the model client of `api`'s predictor type (its create_client, else the deprecated engine_create_client
+    hook); None when the type needs none for this config."""
     ptype = predictor_type(pm, api.predictor.type)
+    if ptype.create_client is not None:
+        client = ptype.create_client(api, device, models, batching)
+    else:
+        client = pm.hook.engine_create_client(api=api, device=device, models=models, batching=batching)
     if client is None and (ptype.requires_models or models is not None):
-        raise MissingPluginError(
-            f"api '{api.name}': no plugin builds the {ptype.client_arg} for predictor type '{ptype.name}'. "
-            f"{_install_hint(ptype.name)}"
-        )
+        raise PluginError(f"api '{api.name}': predictor type '{ptype.name}' ({named(pm, _provider(pm, ptype.name))}) "
+                          f"built no {ptype.client_arg}, which its models need (its create_client returned None)")
     return client
 
 
 def require(pm: PluginManager, ptype: PredictorType, client: Any, part: type, flag: str) -> None:
     """A PluginError when the client of a type that sets `flag` lacks the part (a plugin_api Protocol) it implies."""
     if not isinstance(client, part):
-        raise PluginError(f"predictor type '{ptype.name}' ({_named(pm, _provider(pm, ptype.name))}) sets {flag}, so "
+        raise PluginError(f"predictor type '{ptype.name}' ({named(pm, _provider(pm, ptype.name))}) sets {flag}, so "
                           f"its {ptype.client_arg} must implement engine.{part.__name__} ({type(client).__name__} "
                           "does not)")
+
+
+def settings(pm: PluginManager) -> list[Setting]:
+    """Every engine serve setting the plugins own; a PluginError for a bad name or one already taken."""
+    from engine.settings import taken
+
+    found = contributed(pm, "engine_settings", Setting)
+    owners: dict[str, object] = {}
+    for plugin, setting in found:
+        if not _SETTING_NAME.match(setting.name):
+            raise PluginError(f"{named(pm, plugin)}: setting {setting.name!r}: a name is lower-case letters, "
+                              "digits and underscores")
+        if taken(setting.name):
+            raise PluginError(f"{named(pm, plugin)}: setting '{setting.name}' is one of engine's own; choose another "
+                              "name")
+        if setting.name in owners:
+            raise PluginError(f"setting '{setting.name}' is declared twice: by {named(pm, owners[setting.name])} and "
+                              f"by {named(pm, plugin)}; uninstall one (or load only one with {ONLY_ENV})")
+        owners[setting.name] = plugin
+    return [setting for _, setting in found]
 
 
 def fast_caller(hook: pluggy.HookCaller, pm: PluginManager | None = None) -> Callable[..., Any]:
@@ -271,7 +337,7 @@ def portable(pm: PluginManager) -> list[tuple[str, str | bytes]]:
         try:
             specs.append((name, pickle.dumps(plugin)))
         except Exception as error:
-            raise PluginError(f"{_named(pm, plugin)} cannot be handed to worker processes (processes_per_replica "
+            raise PluginError(f"{named(pm, plugin)} cannot be handed to worker processes (processes_per_replica "
                               f"> 1): it is neither a module nor picklable ({type(error).__name__}: {error})") from None
     return specs
 
@@ -313,17 +379,14 @@ def plugin_infos(pm: PluginManager) -> list[PluginInfo]:
     return infos
 
 
-def _named(pm: PluginManager, plugin: object) -> str:
+def named(pm: PluginManager, plugin: object) -> str:
     """How errors name a plugin: `plugin 'onnx' (engine-onnx-predictor 0.1.0)`."""
     return f"plugin '{pm.get_name(plugin)}' ({pm.distribution(plugin)})"
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as an error shows it: its type and a short repr."""
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
-def _install_hint(name: str) -> str:
-    if name in KNOWN_EXTRAS:
-        return f"Install {KNOWN_EXTRAS[name]}."
-    return "Install the package that provides it (one with an entry point in the 'engine' group)."

@@ -15,13 +15,12 @@ from starlette.responses import Response
 
 from engine.errors import ConfigError
 from engine.pipeline import error_response
+from engine.routes import DOCS_PATH, METRICS_PATH, OPENAPI_PATH, PROBES
 from engine.settings import ServeSettings, env_name, is_loopback
 
 log = logging.getLogger("engine")
 
-PROBES = ("/healthz", "/readyz")
-DOCUMENTATION = ("/openapi.json", "/docs")  # open to all, so that the page can ask for a key (--no-docs: gone)
-METRICS_PATH = "/metrics"
+DOCUMENTATION = (OPENAPI_PATH, DOCS_PATH)  # open to all, so that the page can ask for a key (--no-docs: gone)
 _CORS_HEADERS = "authorization, x-api-key, content-type, x-request-id"
 _CORS_MAX_AGE = "600"
 _HOSTS_REMEMBERED = 256  # distinct Host values whose verdict is kept
@@ -54,7 +53,7 @@ class Guard:
         self.keys = load_keys(settings)
         self.open_paths = set(PROBES) | ({METRICS_PATH} if settings.metrics_public or not self.keys else set()) | \
             (set() if settings.no_docs else set(DOCUMENTATION))
-        self.open_prefixes = () if settings.no_docs else ("/docs/",)  # the page's assets
+        self.open_prefixes = () if settings.no_docs else (DOCS_PATH + "/",)  # the page's assets
         self.allowed_hosts = set(settings.allowed_hosts) or (None if not is_loopback(settings.host) else {"*loopback"})
         self.cors_origins = set(settings.cors_origins)
         self._host_verdicts: dict[bytes, str | None] = {}

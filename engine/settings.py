@@ -1,7 +1,9 @@
 """Every `engine serve` setting, defined once: its default, its flag (`--name`) and its variable (`ENGINE_NAME`).
 
 A flag given on the command line wins over the environment variable, which wins over the default. `create_app`,
-hosted by another ASGI server, reads the same variables.
+hosted by another ASGI server, reads the same variables. Plugins own settings of their own (engine.Setting, from
+engine_settings): the same flags and variables, their values in `ServeSettings.plugin_settings`, read as
+`settings.NAME`.
 """
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ import dataclasses
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.plugin_api import Setting
 
 ENV_PREFIX = "ENGINE_"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where worker processes write their metrics (prometheus_client's)
@@ -122,7 +127,7 @@ class ServeSettings:
     """How `engine serve` runs a project (not what it serves: that is cortex.yaml)."""
 
     server: str = _setting("hypercorn", str, "the HTTP server: hypercorn (built in), or one an installed plugin "
-                           "provides (engine-uvicorn: uvicorn)", "NAME")
+                           "provides", "NAME")
     host: str = _setting("127.0.0.1", str, "address to listen on", "ADDRESS")
     port: int = _setting(8888, port_number, "port to listen on", "PORT")
     log_level: str = _setting("info", log_level, "debug, info, warning (no access log) or error", "LEVEL")
@@ -135,12 +140,7 @@ class ServeSettings:
     cpu: bool = _setting(False, boolean, "serve APIs that ask for compute.gpu or compute.inf on the CPU instead, "
                          "with a warning for each")
     on: str | None = _setting(None, optional_path, "serve on a distributed engine instead of this process, through "
-                              "the plugin that provides it (ray: pip install engine[ray])", "ENGINE")
-    grpc_port: int | None = _setting(None, lambda text: port_number(text) if text.strip() else None, "serve "
-                                     "gRPC on this port too, for the plugins that speak it (engine-oip: the Open "
-                                     "Inference Protocol); off unless given", "PORT")
-    address: str | None = _setting(None, optional_path, "with --on: the cluster to join (for Ray, its address, such "
-                                   "as ray://head:10001); without it a local one is started", "ADDRESS")
+                              "the installed plugin that provides it", "ENGINE")
     # --- limits: docs/operations.md says why each default is what it is
     request_timeout: float | None = _setting(60.0, optional_seconds, "a request still unanswered after this long "
                                              "gets 504 (0 turns it off)", "SECONDS")
@@ -184,6 +184,17 @@ class ServeSettings:
                              "like the probes)")
     expose_errors: str = _setting("auto", yes_no_auto, "show a predictor exception's message in the 500 body: yes, "
                                   "no, or auto (yes when listening on loopback only)", "auto|yes|no")
+    # --- the values of the settings plugins own (engine.Setting), by name
+    plugin_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False,
+                                                           metadata={"plugins": True})
+
+    def __getattr__(self, name: str) -> Any:
+        """A plugin's setting, by its name: `settings.grpc_port`."""
+        values = self.__dict__.get("plugin_settings", {})
+        if name.startswith("__") or name not in values:
+            raise AttributeError(f"'ServeSettings' object has no attribute {name!r}: neither engine nor an installed "
+                                 "plugin has a setting of that name")
+        return values[name]
 
     @property
     def shows_errors(self) -> bool:
@@ -191,26 +202,48 @@ class ServeSettings:
         return self.expose_errors == "yes" or (self.expose_errors == "auto" and is_loopback(self.host))
 
     @classmethod
-    def load(cls, given: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServeSettings:
-        """Settings from `given` values (None: not given), else the environment, else the defaults."""
+    def load(cls, given: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+             declared: Sequence[Setting] = ()) -> ServeSettings:
+        """Settings from `given` values (None: not given), else the environment, else the defaults; engine's own and
+        those of `declared`, the plugins' settings."""
         given = given or {}
         environ = os.environ if environ is None else environ
         values = {}
-        for field in dataclasses.fields(cls):
+        for field in _fields():
             if given.get(field.name) is not None:
                 value = given[field.name]
                 if field.metadata.get("multiple") and isinstance(value, list):  # a repeated flag's values
                     value = tuple(word for part in value for word in part)
                 values[field.name] = value
             elif env_name(field.name) in environ:
-                text = environ[env_name(field.name)]
-                try:
-                    values[field.name] = field.metadata["parse"](text)
-                except ValueError as error:
-                    from engine.errors import ConfigError
+                values[field.name] = _from_environment(field.name, field.metadata["parse"], environ)
+        return cls(**values).with_plugins(declared, given, environ)
 
-                    raise ConfigError(f"environment variable {env_name(field.name)}={text!r}: {error}") from None
-        return cls(**values)
+    def replace(self, **changes: Any) -> ServeSettings:
+        """A copy with `changes`, to engine's settings and to the plugins' alike."""
+        plugins = {name: changes.pop(name) for name in list(changes) if name in self.plugin_settings}
+        if plugins:
+            changes["plugin_settings"] = {**self.plugin_settings, **plugins}
+        return dataclasses.replace(self, **changes)
+
+    def with_plugins(self, declared: Sequence[Setting], given: Mapping[str, Any] | None = None,
+                     environ: Mapping[str, str] | None = None) -> ServeSettings:
+        """These settings with a value for each plugin setting of `declared` they lack: given, else the
+        environment's, else its default."""
+        missing = [setting for setting in declared if setting.name not in self.plugin_settings]
+        if not missing:
+            return self
+        given = given or {}
+        environ = os.environ if environ is None else environ
+        values = dict(self.plugin_settings)
+        for setting in missing:
+            if given.get(setting.name) is not None:
+                values[setting.name] = given[setting.name]
+            elif env_name(setting.name) in environ:
+                values[setting.name] = _from_environment(setting.name, _plugin_parse(setting), environ)
+            else:
+                values[setting.name] = setting.default
+        return dataclasses.replace(self, plugin_settings=values)
 
 
 def is_loopback(host: str) -> bool:
@@ -229,13 +262,42 @@ def env_name(name: str) -> str:
 
 
 def setting_names() -> tuple[str, ...]:
-    """The name of every setting."""
-    return tuple(field.name for field in dataclasses.fields(ServeSettings))
+    """The name of every setting of engine's own."""
+    return tuple(field.name for field in _fields())
 
 
-def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...], default: Any = None) -> None:
-    """Add the flags of the settings named; an unset flag is `default` (None: the environment answers)."""
-    for field in dataclasses.fields(ServeSettings):
+def taken(name: str) -> bool:
+    """True when a plugin's setting may not have this name: one of engine's, or another name ServeSettings has."""
+    return name in setting_names() or hasattr(ServeSettings, name) or name == "plugin_settings"
+
+
+def _fields() -> tuple[dataclasses.Field, ...]:
+    return tuple(field for field in dataclasses.fields(ServeSettings) if not field.metadata.get("plugins"))
+
+
+def _from_environment(name: str, parse: Callable[[str], Any], environ: Mapping[str, str]) -> Any:
+    text = environ[env_name(name)]
+    try:
+        return parse(text)
+    except ValueError as error:
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"environment variable {env_name(name)}={text!r}: {error}") from None
+
+
+def _plugin_parse(setting: Setting) -> Callable[[str], Any]:
+    """A plugin setting's parse, giving its default for an empty text."""
+    def parse(text: str) -> Any:
+        return setting.parse(text) if text.strip() else setting.default
+    parse.__name__ = getattr(setting.parse, "__name__", "value")
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...], default: Any = None,
+                  declared: Sequence[Setting] = ()) -> None:
+    """Add the flags of the settings named, then those of `declared` (the plugins'); an unset flag is `default`
+    (None: the environment answers)."""
+    for field in _fields():
         if field.name not in names:
             continue
         flag = "--" + field.name.replace("_", "-")
@@ -248,6 +310,10 @@ def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...], defau
         else:
             parser.add_argument(flag, type=_argparse_type(field.metadata["parse"]), default=default,
                                 metavar=field.metadata["metavar"], help=help_text)
+    for setting in declared:
+        parser.add_argument("--" + setting.name.replace("_", "-"), type=_argparse_type(_plugin_parse(setting)),
+                            default=default, metavar=setting.metavar,
+                            help=f"{setting.help} (default: ${env_name(setting.name)} or {_shown(setting.default)})")
 
 
 def _shown(default: Any) -> str:

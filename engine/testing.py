@@ -30,6 +30,7 @@ import yaml
 
 from engine import plugins as _plugins
 from engine.config import Api, load_config
+from engine.routes import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
 from engine.validate import validate_project
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.output}")
             try:
-                if self.client.get("/healthz").status_code == 200:
+                if self.client.get(HEALTHZ_PATH).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -111,7 +112,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.client.get("/readyz").status_code == 200:
+                if self.client.get(READYZ_PATH).status_code == 200:
                     return
             except httpx.TransportError:  # it died after /healthz answered: say why below
                 pass
@@ -130,7 +131,7 @@ class Server:
     def wait_metric(self, sample: str, timeout: float = 30) -> None:
         """Wait until GET /metrics shows `sample` (a whole line, e.g. `engine_requests_in_flight{api="x"} 3.0`)."""
         deadline = time.monotonic() + timeout
-        while sample not in self.client.get("/metrics").text.splitlines():
+        while sample not in self.client.get(METRICS_PATH).text.splitlines():
             assert time.monotonic() < deadline, f"/metrics never showed {sample!r}"
             time.sleep(0.02)
 
@@ -254,7 +255,7 @@ def setup_device(pm: _plugins.PluginManager, api: Api, process_index: int = 0) -
 
 def create_client(pm: _plugins.PluginManager, api: Api, device: Device, models: ModelRepository | None,
                   batching: Batching | None = None) -> Any:
-    """The model client engine builds for `api` (engine_create_client); None when its type needs none."""
+    """The model client engine builds for `api` (its type's create_client); None when its type needs none."""
     return _plugins.create_client(pm, api, device, models, batching)
 
 

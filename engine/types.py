@@ -3,16 +3,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from engine.batching import Batching
     from engine.config import Api
+    from engine.models import ModelRepository
     from engine.models.layout import ModelFormat
 
 
 @dataclass(frozen=True)
 class PredictorType:
-    """A predictor type a plugin provides, e.g. `onnx` served by class `ONNXPredictor` given `onnx_client`."""
+    """A predictor type a plugin provides, e.g. `onnx` served by class `ONNXPredictor` given `onnx_client`: all
+    engine needs of it, so that the core dispatches by `predictor.type` and no hook filters on a type's name."""
 
     name: str
     class_name: str
@@ -27,6 +32,11 @@ class PredictorType:
     client_batching: bool = False
     # Builds how this type validates, loads and frees one model version (see engine.models.ModelFormat).
     model_format: Callable[[Api, Device], ModelFormat] | None = None
+    # Builds the client the predictor gets as `client_arg`: (api, device, models or None, batching or None); None
+    # when this configuration needs none (python without models). Left out, a type gets no client.
+    create_client: Callable[[Api, Device, ModelRepository | None, Batching | None], Any] | None = None
+    # The problems this type sees in one of its APIs, (api, project_root) → lines; run by serve and validate.
+    validate: Callable[[Api, Path], list[str]] | None = None
 
 
 @dataclass

@@ -57,8 +57,7 @@ def validate_project(project_dir: str | Path = ".", config_file: str | Path | No
             check_api(checked, project, pm)
         except EngineError as error:
             found.append(str(error))
-        found += [problem for answer in pm.hook.engine_validate_api(api=checked, project_root=project.root)
-                  for problem in answer or ()]
+        found += plugins.api_problems(pm, checked, project.root)
         if found and plugins.compute_target(checked) != "cpu":
             found.append(f"to serve it on the CPU instead, run engine serve --cpu (or set {env_name('cpu')}=1)")
         problems += [f"{path}: api '{api.name}': {problem}" for problem in found]

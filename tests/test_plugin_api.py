@@ -1,11 +1,14 @@
 """The in-tree plugins use engine's public plugin API only, as an outside plugin must: `engine`'s names (its
 `__all__`) in their packages, and also `engine.testing` in their tests and benchmarks. Checked by reading the sources
 (ast), code embedded in strings included (what a test runs with `python -c`), so that a core refactor that keeps the
-public API cannot break them. Test modules, here and in the plugins, never import each other either."""
+public API cannot break them. engine's own built-in plugins (engine/default_plugins/) are held to the same API, and
+reach the server through engine.served only; the core names no plugin. Test modules, here and in the plugins, never
+import each other either."""
 from __future__ import annotations
 
 import ast
 import textwrap
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +33,8 @@ def sources(*patterns: str) -> list[Path]:
 
 
 PLUGIN_SOURCES = sources("plugins/**/*.py", "examples/*plugin*/**/*.py")
+DEFAULT_PLUGIN_SOURCES = sources("engine/default_plugins/*.py")
+CORE_SOURCES = [path for path in sources("engine/**/*.py") if path.name != "testing.py"]
 TEST_SOURCES = sources("tests/**/*.py", "plugins/*/tests/**/*.py")
 
 
@@ -136,6 +141,45 @@ def test_in_tree_plugins_import_no_engine_submodule_but_engine_testing_in_their_
 def test_in_tree_plugins_import_only_public_names_from_engine():
     problems = [problem for path in PLUGIN_SOURCES for problem in public_name_problems(path)]
     assert not problems, "\n".join(problems)
+
+
+def test_the_built_in_plugins_use_the_public_api_as_any_plugin_does():
+    assert {path.name for path in DEFAULT_PLUGIN_SOURCES} >= {"payloads.py", "responses.py", "docs.py", "metrics.py",
+                                                             "hypercorn_server.py", "cpu.py"}
+    problems = [problem for path in DEFAULT_PLUGIN_SOURCES
+                for problem in submodule_problems(path) + public_name_problems(path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_plugin_reaches_into_the_app_state():
+    problems = [where(path, node.lineno) for path in DEFAULT_PLUGIN_SOURCES + PLUGIN_SOURCES
+                for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                if isinstance(node, ast.Attribute) and node.attr == "state"]
+    assert not problems, f"reach the server through engine.served(request) instead: {problems}"
+
+
+def plugin_names() -> set[str]:
+    """The names that identify the in-tree plugins: their distributions, and the extras of engine that install them."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    distributions = {tomllib.loads(path.read_text())["project"]["name"] for path in REPO.glob("plugins/*/pyproject.toml")}
+    extras = {f"engine[{extra}]" for extra, requirements in pyproject["project"]["optional-dependencies"].items()
+              if any(requirement in distributions for requirement in requirements)}
+    return distributions | extras
+
+
+def test_the_core_names_no_plugin():
+    names = plugin_names()
+    assert {"engine-oip", "engine[uvicorn]", "engine[ray]"} <= names
+    problems = []
+    for path in CORE_SOURCES:
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                problems += [f"{where(path, node.lineno)}: {name}" for name in names if name in node.value]
+    assert not problems, f"the core names plugins (a plugin says what it is; hints come from packaging): {problems}"
 
 
 def test_every_public_name_resolves():

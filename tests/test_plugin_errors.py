@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from engine import EngineError, PluginError, PredictorType, hookimpl
-from engine import plugins
+from engine import EngineError, HttpRoute, PayloadParser, PluginError, PredictorType, Setting, hookimpl
+from engine import parsing, plugin_routes, plugins
 from engine.plugins import make_plugin_manager
 from engine.testing import api_yaml, write_project
 from engine.validate import validate_project
@@ -77,13 +77,52 @@ def test_a_type_needing_models_without_a_model_format_fails_validate(tmp_path):
         validate_project(tmp_path, pm=pm)
 
 
+def test_each_kind_of_object_is_checked_naming_the_plugin():
+    wrong_parser = manager(plugin("wrong-parser", engine_payload_parsers=lambda: [("text/x", str)]))
+    with pytest.raises(PluginError, match=r"plugin 'wrong-parser' .*: engine_payload_parsers must return a list of "
+                                          r"engine.PayloadParser, not list \[\('text/x'"):
+        parsing.payload_parser(wrong_parser)
+    relative = manager(plugin("relative", engine_http_routes=lambda: [HttpRoute("v1/x", None)]))
+    with pytest.raises(PluginError, match="plugin 'relative' .*: the path of an engine.HttpRoute must start with /"):
+        plugin_routes.http_routes(relative)
+    listed = manager(plugin("listed", engine_http_routes=lambda: HttpRoute("/x", None)))
+    with pytest.raises(PluginError, match="plugin 'listed' .*: engine_http_routes must return a list"):
+        plugin_routes.starlette_routes(listed)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("port", r"plugin 'knobs' .*: setting 'port' is one of engine's own; choose another name"),
+    ("grpc_port", r"setting 'grpc_port' is declared twice: by plugin '(knobs|oip)' \(.*\) and by plugin '(knobs|oip)'"),
+    ("Knob", r"plugin 'knobs' .*: setting 'Knob': a name is lower-case letters, digits and underscores"),
+])
+def test_a_setting_engine_or_another_plugin_has_is_refused(name, expected):
+    pm = manager(plugin("knobs", engine_settings=lambda: [Setting(name, "a knob")]))
+    with pytest.raises(PluginError, match=expected):
+        plugins.settings(pm)
+
+
+def test_a_plugin_using_deprecated_hooks_is_warned_of_once(caplog, monkeypatch):
+    monkeypatch.setattr(plugins, "_warned", set())  # once per process: this test's process, as if fresh
+    old = plugin("old-style", engine_parse_payload=lambda body: None, engine_routes=lambda: [])
+    with caplog.at_level(logging.WARNING, logger="engine.plugins"):
+        plugins.warn_deprecated(manager(old))
+        plugins.warn_deprecated(manager(old))
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        "plugin 'old-style' (plugin registered as 'old-style') implements engine_parse_payload, which is deprecated "
+        "and goes in the next release of engine: use engine_payload_parsers (engine.PayloadParser) instead "
+        "(docs/plugin_hooks.md)",
+        "plugin 'old-style' (plugin registered as 'old-style') implements engine_routes, which is deprecated and goes "
+        "in the next release of engine: use engine_http_routes (engine.HttpRoute) instead (docs/plugin_hooks.md)"]
+
+
 def test_tracing_logs_hook_calls_and_answers(monkeypatch, caplog):
     monkeypatch.setenv(plugins.TRACE_ENV, "1")
     pm = make_plugin_manager()
     with caplog.at_level(logging.INFO, logger="engine.plugins"):
         plugins.hardware_targets(pm)
-        pm.hook.engine_routes()
-    assert "engine_hardware_targets" in caplog.text and "engine_routes" in caplog.text
+        plugin_routes.http_routes(pm)
+    assert "engine_hardware_targets" in caplog.text and "engine_http_routes" in caplog.text
 
 
 def test_only_the_named_entry_points_load(monkeypatch):

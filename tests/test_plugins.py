@@ -1,4 +1,5 @@
-"""The plugin system: every hook, built-in defaults losing to installed plugins, and third-party discovery."""
+"""The plugin system: every hook, built-in defaults losing to installed plugins, third-party discovery, plugins'
+own settings, and plugins written for the deprecated hooks still serving."""
 from __future__ import annotations
 
 import contextlib
@@ -14,16 +15,16 @@ import msgpack
 import pluggy
 import pytest
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from engine import Device, PredictorType, hookimpl
+from engine import Device, HttpRoute, PayloadParser, PredictorType, Setting, hookimpl, port_number
 from engine.app import create_app
 from engine.config import Api
 from engine.errors import ConfigError, MissingPluginError
 from engine.plugins import (DEFAULT_PLUGINS, create_client, make_plugin_manager, plugin_infos, predictor_type,
-                            predictor_types, setup_device)
-from engine.testing import Server, api_yaml, fake_distribution, write_project
+                            predictor_types, settings, setup_device)
+from engine.settings import ServeSettings
+from engine.testing import Server, api_yaml, fake_distribution, plugin_environment, write_project
 from engine.validate import validate_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,15 +131,14 @@ def test_an_installed_hardware_plugin_owns_its_target():
     assert setup_device(pm, make_api(), 0).kind == "cpu"
 
 
-def test_engine_create_client_and_a_third_party_predictor_type(pm, tmp_path, isolated_process):
+def test_a_third_party_predictor_type_is_one_object_with_its_client(pm, tmp_path, isolated_process):
+    echo = PredictorType("echo", "EchoPredictor", "echo_client",
+                         create_client=lambda api, device, models, batching: {"device": device.kind})
+
     class EchoType:
         @hookimpl
         def engine_predictor_types(self):
-            return [PredictorType("echo", "EchoPredictor", "echo_client", requires_models=False)]
-
-        @hookimpl
-        def engine_create_client(self, api, device, models):
-            return {"device": device.kind} if api.predictor.type == "echo" else None
+            return [echo]
 
     pm.register(EchoType())
     source = """
@@ -155,11 +155,12 @@ def test_engine_create_client_and_a_third_party_predictor_type(pm, tmp_path, iso
     assert create_client(pm, make_api(), Device(kind="cpu"), None, None) is None  # python without models: no client
 
 
-def test_engine_parse_payload_and_encode_response_plugins_win_over_defaults(pm, tmp_path, isolated_process):
+def test_engine_payload_parsers_and_encode_response_plugins_win_over_defaults(pm, tmp_path, isolated_process):
     class Shouting:
         @hookimpl
-        def engine_parse_payload(self, body, content_type, headers, api):
-            return body.decode().upper() if content_type == "text/shout" else None
+        def engine_payload_parsers(self):
+            return [PayloadParser(("text/shout",), lambda body, content_type, headers, api: body.decode().upper()),
+                    PayloadParser(("application/json",), lambda body, content_type, headers, api: None)]
 
         @hookimpl
         def engine_encode_response(self, result, request_headers, api):
@@ -168,18 +169,42 @@ def test_engine_parse_payload_and_encode_response_plugins_win_over_defaults(pm, 
     pm.register(Shouting())
     write_project(tmp_path, {"cortex.yaml": api_yaml("echo"), "predictor.py": ECHO})
     with serving(create_app(tmp_path, pm=pm)) as client:
-        assert client.post("/echo", content=b"hi", headers={"Content-Type": "text/shout"}).json() == {"payload": "HI"}
-        assert client.post("/echo", json={"a": 1}).json() == {"payload": {"a": 1}}  # the defaults still answer
-        assert client.post("/echo", json="x", headers={"X-Wrap": "1"}).text == "<x>"
+        assert client.post("/echo", content=b"hi", headers={"Content-Type": "Text/Shout; x=1"}).json() == \
+            {"payload": "HI"}
+        assert client.post("/echo", content=b"hi", headers={"Content-Type": "text/shouting"}).json() == \
+            {"payload": "HI"}  # a media type that starts with the parser's
+        assert client.post("/echo", json={"a": 1}).json() == {"payload": None}  # the plugin's JSON parser wins...
+        assert client.post("/echo", content="é".encode("latin-1"),  # ...the built-in ones answer the rest
+                           headers={"Content-Type": "text/plain; charset=latin-1"}).json() == {"payload": "é"}
+        assert client.post("/echo", json="x", headers={"X-Wrap": "1"}).text == "<None>"
+        request_types = client.get("/openapi.json").json()["paths"]["/echo"]["post"]["requestBody"]["content"]
+        assert {"text/shout", "application/json", "text/plain"} <= set(request_types)
 
 
-def test_engine_routes_and_engine_startup(pm, tmp_path, isolated_process):
+def test_a_body_no_parser_claims_is_given_as_bytes(pm):
+    from engine.parsing import payload_parser
+
+    parse = payload_parser(pm)
+    assert parse(body=b"\x00", content_type="image/png", headers={}, api=None) == b"\x00"
+    assert parse(body=b"\x00", content_type="", headers={}, api=None) == b"\x00"
+    assert parse(body=b"[1]", content_type="APPLICATION/JSON; charset=utf-8", headers={}, api=None) == [1]
+    for n in range(600):  # more distinct Content-Types than it remembers (multipart boundaries make them so)
+        assert parse(body=b"hi", content_type=f"text/plain; boundary={n}", headers={}, api=None) == "hi"
+        assert parse(body=b"hi", content_type=f"x/y; boundary={n}", headers={}, api=None) == b"hi"
+
+
+def test_engine_http_routes_and_engine_startup(pm, tmp_path, isolated_process):
     started = []
+
+    async def version(request):
+        return Response("1.2.3")
+
+    described = {"get": {"operationId": "version", "responses": {"200": {"description": "the version"}}}}
 
     class Extras:
         @hookimpl
-        def engine_routes(self):
-            return [Route("/version", lambda request: Response("1.2.3"), methods=["GET"])]
+        def engine_http_routes(self):
+            return [HttpRoute("/version", version, ("GET",), described)]
 
         @hookimpl
         def engine_startup(self, apis):
@@ -189,6 +214,7 @@ def test_engine_routes_and_engine_startup(pm, tmp_path, isolated_process):
     write_project(tmp_path, {"cortex.yaml": api_yaml("echo"), "predictor.py": ECHO})
     with serving(create_app(tmp_path, pm=pm)) as client:
         assert client.get("/version").text == "1.2.3"
+        assert client.get("/openapi.json").json()["paths"]["/version"] == described
         assert client.get("/metrics").status_code == 200  # the built-in route is still there
         assert client.post("/echo", json=1).status_code == 200
     assert started == [["echo"]]
@@ -206,6 +232,146 @@ def test_engine_validate_api_problems_fail_validation(pm, tmp_path):
         validate_project(tmp_path, pm=pm)
 
 
+def test_a_predictor_type_validates_only_its_own_apis(pm, tmp_path):
+    checked = []
+    picky = PredictorType("picky", "PickyPredictor", "picky_client",
+                          validate=lambda api, root: checked.append(api.name) or [f"{root.name} is not tidy"])
+
+    class Picky:
+        @hookimpl
+        def engine_predictor_types(self):
+            return [picky]
+
+    pm.register(Picky())
+    write_project(tmp_path, {"cortex.yaml": api_yaml("echo"), "predictor.py": ECHO})
+    validate_project(tmp_path, pm=pm)  # a python API: the picky type is not asked
+    assert checked == []
+    write_project(tmp_path, {"cortex.yaml": api_yaml("echo", type_="picky"),
+                             "predictor.py": "class PickyPredictor:\n    def __init__(self, config):\n        pass\n"
+                                             "    def predict(self):\n        return 1\n"})
+    with pytest.raises(ConfigError, match=rf"api 'echo': {tmp_path.name} is not tidy"):
+        validate_project(tmp_path, pm=pm)
+    assert checked == ["echo"]
+
+
+def test_engine_settings_are_flags_and_variables_of_engine_serve(pm, tmp_path):
+    class Knob:
+        @hookimpl
+        def engine_settings(self):
+            return [Setting("knob_port", "the knob's port", parse=port_number, metavar="PORT"),
+                    Setting("knob_name", "the knob's name", default="plain")]
+
+    pm.register(Knob())
+    declared = settings(pm)
+    assert {"knob_port", "knob_name", "grpc_port", "address"} <= {setting.name for setting in declared}
+    from_environment = ServeSettings.load(environ={"ENGINE_KNOB_PORT": "9000"}, declared=declared)
+    assert (from_environment.knob_port, from_environment.knob_name) == (9000, "plain")
+    given = ServeSettings.load({"knob_name": "fancy"}, environ={"ENGINE_KNOB_NAME": "x", "ENGINE_KNOB_PORT": ""},
+                               declared=declared)
+    assert (given.knob_port, given.knob_name) == (None, "fancy")  # the flag wins; an empty variable is the default
+    assert given.replace(knob_name="other", port=1).knob_name == "other"
+    with pytest.raises(ConfigError, match="ENGINE_KNOB_PORT='70000': 70000 is not a TCP port"):
+        ServeSettings.load(environ={"ENGINE_KNOB_PORT": "70000"}, declared=declared)
+    with pytest.raises(AttributeError, match="no installed plugin has a setting of that name|neither engine nor"):
+        ServeSettings().knob_port  # noqa: B018
+
+
+@pytest.mark.e2e
+def test_engine_serve_help_lists_the_installed_plugins_settings_and_their_variables_work(tmp_path):
+    help_text = subprocess.run([sys.executable, "-m", "engine", "serve", "--help"], capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+    assert "--grpc-port PORT" in help_text and "$ENGINE_GRPC_PORT" in help_text  # engine-oip's
+    assert "--address ADDRESS" in help_text and "$ENGINE_ADDRESS" in help_text  # engine-ray's
+    without = subprocess.run([sys.executable, "-m", "engine", "serve", "--help"], capture_output=True, text=True,
+                             timeout=60, check=True, env={**os.environ, "ENGINE_PLUGINS": "python"}).stdout
+    assert "--grpc-port" not in without and "--address" not in without
+    project = write_project(tmp_path / "project", {"cortex.yaml": api_yaml("echo"), "predictor.py": ECHO})
+    server = Server(project, "--grpc-port", "not-a-port")
+    assert server.process.wait(timeout=60) == 1 and "--grpc-port: invalid" in server.output
+    server = Server(project, env={"ENGINE_GRPC_PORT": "70000"})
+    assert server.process.wait(timeout=60) == 1
+    assert "environment variable ENGINE_GRPC_PORT='70000': 70000 is not a TCP port" in server.output
+
+
+# A plugin written for the hooks that engine_predictor_types' PredictorType, engine_payload_parsers and
+# engine_http_routes replace: it keeps working for one release, with a warning that names it.
+DEPRECATED_HOOKS_PLUGIN = """
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from engine import PredictorType, hookimpl
+
+LEGACY = PredictorType("legacy", "LegacyPredictor", "legacy_client")
+
+
+@hookimpl
+def engine_predictor_types():
+    return [LEGACY]
+
+
+@hookimpl
+def engine_create_client(api, device):
+    return {"built_for": api.name, "device": device.kind} if api.predictor.type == "legacy" else None
+
+
+@hookimpl
+def engine_parse_payload(body, content_type):
+    return {"legacy": body.decode()} if content_type.startswith("application/x-legacy") else None
+
+
+@hookimpl
+def engine_payload_media_types():
+    return ["application/x-legacy"]
+
+
+async def legacy_route(request):
+    return JSONResponse({"route": "legacy"})
+
+
+@hookimpl
+def engine_routes():
+    return [Route("/legacy", legacy_route, methods=["GET"])]
+
+
+@hookimpl
+def engine_openapi_paths(apis):
+    return {"/legacy": {"get": {"operationId": "legacy", "responses": {"200": {"description": "legacy"}}}}}
+"""
+
+LEGACY_PREDICTOR = """
+class LegacyPredictor:
+    def __init__(self, legacy_client, config):
+        self.client = legacy_client
+
+    def predict(self, payload):
+        return {"client": self.client, "payload": payload}
+"""
+
+
+@pytest.mark.e2e
+def test_a_plugin_written_for_the_deprecated_hooks_still_serves(tmp_path):
+    env = plugin_environment(tmp_path / "site", "legacy", DEPRECATED_HOOKS_PLUGIN)
+    project = write_project(tmp_path / "project", {"cortex.yaml": api_yaml("old", type_="legacy"),
+                                                   "predictor.py": LEGACY_PREDICTOR})
+    server = Server(project, env=env)
+    try:
+        server.wait_ready()
+        answer = server.client.post("/old", content=b"hi", headers={"Content-Type": "application/x-legacy"})
+        assert answer.json() == {"client": {"built_for": "old", "device": "cpu"}, "payload": {"legacy": "hi"}}
+        assert server.client.post("/old", json=[1]).json()["payload"] == [1]  # the built-in parsers still answer
+        assert server.client.get("/legacy").json() == {"route": "legacy"}
+        spec = server.client.get("/openapi.json").json()
+        assert spec["paths"]["/legacy"]["get"]["operationId"] == "legacy"
+        assert "application/x-legacy" in spec["paths"]["/old"]["post"]["requestBody"]["content"]
+        for hook in ("engine_create_client", "engine_parse_payload", "engine_payload_media_types", "engine_routes",
+                     "engine_openapi_paths"):
+            assert f"plugin 'legacy' (engine-test-plugin-legacy 0.0.0) implements {hook}, which is deprecated" \
+                in server.output
+        assert server.output.count("implements engine_routes, which is deprecated") == 1  # once, not per process
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_third_party_distribution_is_discovered_with_no_core_change(tmp_path, monkeypatch):
     fake_distribution(tmp_path / "site", "engine-msgpack", "0.1.0", {"msgpack": "engine_msgpack"})
     monkeypatch.syspath_prepend(str(MSGPACK_PLUGIN_SOURCE))
@@ -213,7 +379,7 @@ def test_a_third_party_distribution_is_discovered_with_no_core_change(tmp_path, 
     pm = make_plugin_manager()
     infos = {info.name: info for info in plugin_infos(pm)}
     assert infos["msgpack"].distribution == "engine-msgpack 0.1.0"
-    assert infos["msgpack"].hooks == ["engine_encode_response", "engine_parse_payload", "engine_payload_media_types"]
+    assert infos["msgpack"].hooks == ["engine_encode_response", "engine_payload_parsers"]
 
 
 @pytest.mark.e2e
@@ -224,7 +390,7 @@ def test_msgpack_plugin_end_to_end_and_listed_by_engine_plugins(tmp_path):
     listing = subprocess.run([sys.executable, "-m", "engine", "plugins"], capture_output=True, text=True,
                              env={**os.environ, **env}, timeout=60)
     assert "msgpack  (engine-msgpack 0.1.0)" in listing.stdout
-    assert "hooks: engine_encode_response, engine_parse_payload, engine_payload_media_types" in listing.stdout
+    assert "hooks: engine_encode_response, engine_payload_parsers" in listing.stdout
     project = write_project(tmp_path / "project", {"cortex.yaml": api_yaml("echo"), "predictor.py": ECHO})
     server = Server(project, env=env)
     try:

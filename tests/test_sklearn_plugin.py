@@ -38,7 +38,7 @@ def test_engine_plugins_lists_the_installed_distribution_and_its_type(site):
     listing = subprocess.run([sys.executable, "-m", "engine", "plugins"], capture_output=True, text=True, timeout=60,
                              env={**os.environ, **environment(site)})
     assert listing.returncode == 0, listing.stderr
-    assert "sklearn  (engine-sklearn 0.1.0)\n    hooks: engine_create_client, engine_predictor_types" in listing.stdout
+    assert "sklearn  (engine-sklearn 0.1.0)\n    hooks: engine_predictor_types" in listing.stdout
     assert "sklearn (SklearnPredictor)" in listing.stdout
 
 

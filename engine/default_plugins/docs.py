@@ -15,12 +15,10 @@ from pathlib import Path
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
-from starlette.routing import Route
 
-from engine import hookimpl
+import engine
+from engine import DOCS_PATH, OPENAPI_PATH, HttpRoute, hookimpl
 
-DOCS_PATH = "/docs"
-SPEC_PATH = "/openapi.json"
 # The files of swagger-ui-py's static folder the page uses, with their media types (nothing else there is served).
 ASSETS = {"swagger-ui.css": "text/css", "index.css": "text/css", "swagger-ui-bundle.js": "text/javascript",
           "favicon-32x32.png": "image/png", "favicon-16x16.png": "image/png"}
@@ -30,7 +28,7 @@ HEADERS = {"content-security-policy": "default-src 'self'; img-src 'self' data:;
                                       "base-uri 'none'; form-action 'none'",
            "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
 CONFIG = {  # Swagger UI's options (https://swagger.io/docs/open-source-tools/swagger-ui/usage/configuration/)
-    "url": SPEC_PATH, "dom_id": "#swagger-ui", "layout": "BaseLayout", "deepLinking": True,
+    "url": OPENAPI_PATH, "dom_id": "#swagger-ui", "layout": "BaseLayout", "deepLinking": True,
     "displayRequestDuration": True, "showExtensions": False, "validatorUrl": None, "tryItOutEnabled": False,
     "queryConfigEnabled": False, "persistAuthorization": False,
 }
@@ -64,7 +62,7 @@ def static_dir() -> Path:
 
 
 def _served(request: Request) -> None:
-    if request.app.state.engine.settings.no_docs:
+    if engine.served(request).settings.no_docs:
         raise HTTPException(404)  # the same JSON 404 as any unknown path
 
 
@@ -86,6 +84,6 @@ async def asset(request: Request) -> Response:
 
 
 @hookimpl(trylast=True)
-def engine_routes():
-    """Serve the page and its assets (each answers 404 under --no-docs)."""
-    return [Route(DOCS_PATH, page, methods=["GET"]), Route(DOCS_PATH + "/{name}", asset, methods=["GET"])]
+def engine_http_routes():
+    """Serve the page and its assets (each answers 404 under --no-docs); none is described in /openapi.json."""
+    return [HttpRoute(DOCS_PATH, page), HttpRoute(DOCS_PATH + "/{name}", asset)]

@@ -7,8 +7,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from engine import hookimpl
-from engine.settings import ServeSettings
+from engine import ServeSettings, hookimpl
 
 
 class Hypercorn:

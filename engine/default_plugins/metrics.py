@@ -3,29 +3,23 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from engine import hookimpl
+import engine
+from engine import METRICS_PATH, HttpRoute, hookimpl
 
-METRICS_PATH = "/metrics"
+OPENAPI = {"get": {
+    "summary": "Prometheus metrics", "operationId": "metrics", "tags": ["server"],
+    "responses": {"200": {"description": "every metric, in Prometheus' text format",
+                          "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """Render the app's metrics registry."""
-    metrics = request.app.state.metrics
-    return Response(metrics.render(), media_type=metrics.content_type)
+    """Render every metric of the server."""
+    body, media_type = engine.served(request).render_metrics()
+    return Response(body, media_type=media_type)
 
 
 @hookimpl(trylast=True)
-def engine_routes():
-    """Serve the app's metrics."""
-    return [Route(METRICS_PATH, metrics_endpoint, methods=["GET"])]
-
-
-@hookimpl(trylast=True)
-def engine_openapi_paths(apis):
-    """Describe GET /metrics."""
-    return {METRICS_PATH: {"get": {
-        "summary": "Prometheus metrics", "operationId": "metrics", "tags": ["server"],
-        "responses": {"200": {"description": "every metric, in Prometheus' text format",
-                              "content": {"text/plain": {"schema": {"type": "string"}}}}}}}}
+def engine_http_routes():
+    """Serve the server's metrics."""
+    return [HttpRoute(METRICS_PATH, metrics_endpoint, ("GET",), OPENAPI)]

@@ -1,49 +1,30 @@
-"""Cortex's payload parsing: JSON, form data, plain text, and raw bytes for everything else."""
+"""Cortex's payload parsing: JSON, form data, plain text; any other body (or one without a Content-Type) is given as
+bytes, as engine gives every body that no parser claims."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from starlette.datastructures import FormData, Headers
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 
-from engine import hookimpl, jsoncodec
-from engine.errors import PayloadError
+from engine import PayloadError, PayloadParser, hookimpl, json_loads
 
 
-@hookimpl(trylast=True)
-def engine_payload_media_types():
-    """Cortex's: JSON, form data, plain text, and anything else as bytes."""
-    return ["application/json", "multipart/form-data", "application/x-www-form-urlencoded", "text/plain",
-            "application/octet-stream"]
-
-
-@hookimpl(trylast=True)
-def engine_parse_payload(body, content_type, headers, api):
-    """Parse by Content-Type prefix, case-insensitively; unknown or missing types give the raw bytes."""
-    media_type = content_type.lower()
-    if media_type.startswith("application/json"):
-        return parse_json(body)
-    if media_type.startswith("multipart/form") or media_type.startswith("application/x-www-form-urlencoded"):
-        return parse_form(body, headers)
-    if media_type.startswith("text/plain"):
-        return parse_text(body, media_type)
-    return body
-
-
-def parse_json(body: bytes):
+def parse_json(body: bytes, content_type: str, headers: Headers, api: Any) -> Any:
     """Parse a JSON body; any JSON value is a valid payload."""
     try:
-        return jsoncodec.loads(body)
+        return json_loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise PayloadError(f"invalid JSON body: {error}") from None
     except RecursionError:
         raise PayloadError("invalid JSON body: it is nested too deeply to be parsed") from None
 
 
-def parse_text(body: bytes, media_type: str) -> str:
+def parse_text(body: bytes, content_type: str, headers: Headers, api: Any) -> str:
     """Decode a text/plain body with its charset (utf-8 by default)."""
     charset = "utf-8"
-    for param in media_type.split(";")[1:]:
+    for param in content_type.lower().split(";")[1:]:
         key, _, value = param.strip().partition("=")
         if key == "charset" and value:
             charset = value.strip('"')
@@ -53,16 +34,35 @@ def parse_text(body: bytes, media_type: str) -> str:
         raise PayloadError(f"cannot decode text/plain body as {charset}: {error}") from None
 
 
-async def parse_form(body: bytes, headers: Headers) -> FormData:
+async def parse_form(body: bytes, content_type: str, headers: Headers, api: Any) -> FormData:
     """Parse multipart or urlencoded form data into Starlette's FormData, exactly as Request.form() does."""
 
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
         yield b""
 
-    multipart = headers.get("content-type", "").lower().startswith("multipart/")
+    multipart = content_type.lower().startswith("multipart/")
     parser = MultiPartParser(headers, stream()) if multipart else FormParser(headers, stream())
     try:
         return await parser.parse()
     except (MultiPartException, ValueError) as error:
         raise PayloadError(f"invalid form data: {error}") from None
+
+
+def raw_bytes(body: bytes, content_type: str, headers: Headers, api: Any) -> bytes:
+    """The body as it came."""
+    return body
+
+
+PARSERS = [
+    PayloadParser(("application/json",), parse_json),
+    PayloadParser(("multipart/form-data", "application/x-www-form-urlencoded"), parse_form),
+    PayloadParser(("text/plain",), parse_text),
+    PayloadParser(("application/octet-stream",), raw_bytes),
+]
+
+
+@hookimpl(trylast=True)
+def engine_payload_parsers():
+    """Cortex's parsers."""
+    return PARSERS

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from engine import hookimpl, jsoncodec
+from engine import hookimpl, json_dumps
 
 
 @hookimpl(trylast=True)
@@ -15,4 +15,4 @@ def engine_encode_response(result, request_headers, api):
         return Response(bytes(result), media_type="application/octet-stream")
     if isinstance(result, str):
         return Response(result, media_type="text/plain")
-    return Response(jsoncodec.dumps(result), media_type="application/json")
+    return Response(json_dumps(result), media_type="application/json")

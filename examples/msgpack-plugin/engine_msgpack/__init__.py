@@ -2,26 +2,23 @@
 import msgpack
 from starlette.responses import Response
 
-from engine import PayloadError, hookimpl
+from engine import PayloadError, PayloadParser, hookimpl
 
 MEDIA_TYPE = "application/msgpack"
 
 
-@hookimpl
-def engine_payload_media_types():
-    """Tell engine's OpenAPI document (and the /docs page) that msgpack bodies are welcome."""
-    return [MEDIA_TYPE]
-
-
-@hookimpl
-def engine_parse_payload(body, content_type, headers, api):
-    """Unpack msgpack bodies; decline (None) for every other media type."""
-    if not content_type.lower().startswith(MEDIA_TYPE):
-        return None
+def unpack(body, content_type, headers, api):
+    """A msgpack body as Python objects."""
     try:
         return msgpack.unpackb(body)
     except (ValueError, msgpack.UnpackException) as error:
         raise PayloadError(f"invalid msgpack body: {error}") from None
+
+
+@hookimpl
+def engine_payload_parsers():
+    """msgpack bodies (listed among each API's request body types in /openapi.json and on the /docs page)."""
+    return [PayloadParser((MEDIA_TYPE,), unpack)]
 
 
 @hookimpl

@@ -13,7 +13,8 @@ SKLEARN = PredictorType(
     class_name="SklearnPredictor",
     client_arg="sklearn_client",
     requires_models=True,  # every sklearn API serves at least one model...
-    model_format=lambda api, device: SklearnModelFormat(),  # ...and this is how a version is read
+    model_format=lambda api, device: SklearnModelFormat(),  # ...this is how a version is read...
+    create_client=lambda api, device, models, batching: SklearnClient(models),  # ...and what the predictor gets
 )
 
 
@@ -21,11 +22,3 @@ SKLEARN = PredictorType(
 def engine_predictor_types():
     """Provide the sklearn predictor type."""
     return [SKLEARN]
-
-
-@hookimpl
-def engine_create_client(api, models):
-    """The sklearn_client of an sklearn API; None for the APIs of other types."""
-    if api.predictor.type != SKLEARN.name:
-        return None
-    return SklearnClient(models)

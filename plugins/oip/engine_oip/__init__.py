@@ -2,19 +2,21 @@
 --grpc-port; built on engine's public plugin API only. See docs/oip.md."""
 from __future__ import annotations
 
-from engine import hookimpl
+from engine import Setting, hookimpl, port_number
+
+GRPC_PORT = Setting("grpc_port", "serve the Open Inference Protocol over gRPC on this port too (engine-oip)",
+                    parse=port_number, metavar="PORT")
 
 
 @hookimpl
-def engine_routes():
+def engine_settings():
+    return [GRPC_PORT]
+
+
+@hookimpl
+def engine_http_routes():
     from engine_oip import routes
     return routes.routes()
-
-
-@hookimpl
-def engine_openapi_paths(apis):
-    from engine_oip import openapi
-    return openapi.paths()
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""The OpenAPI description of the plugin's REST routes (engine_openapi_paths), with the protocol's JSON schemas."""
+"""The OpenAPI description of the plugin's REST routes (each HttpRoute's), with the protocol's JSON schemas."""
 from __future__ import annotations
 
 from typing import Any

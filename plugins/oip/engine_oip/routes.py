@@ -7,27 +7,26 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from engine import Operation
+from engine import HttpRoute, Operation
 
 OPERATIONS = {"oip.metadata": "metadata", "oip.ready": "ready", "oip.models": "models", "oip.infer": "infer",
               "oip.infer_grpc": "infer_grpc"}  # operation name → its function in operations.py
 
 
-def routes() -> list[Route]:
-    """The protocol's REST routes (their handlers are in rest.py)."""
+def routes() -> list[HttpRoute]:
+    """The protocol's REST routes (their handlers are in rest.py), each with its OpenAPI description."""
+    from engine_oip.openapi import paths
+
     model = "/v2/models/{model_name}"
     versioned = model + "/versions/{model_version}"
-    return [
-        Route("/v2", _handler("metadata_route"), methods=["GET"]),
-        Route("/v2/health/live", _handler("live_route"), methods=["GET"]),
-        Route("/v2/health/ready", _handler("ready_route"), methods=["GET"]),
-        Route("/v2/repository/index", _handler("repository_index_route"), methods=["POST"]),
-        *(Route(path, _handler("model_metadata_route"), methods=["GET"]) for path in (model, versioned)),
-        *(Route(path + "/ready", _handler("model_ready_route"), methods=["GET"]) for path in (model, versioned)),
-        *(Route(path + "/infer", _handler("infer_route"), methods=["POST"]) for path in (model, versioned)),
-    ]
+    table = [("/v2", "GET", "metadata_route"), ("/v2/health/live", "GET", "live_route"),
+             ("/v2/health/ready", "GET", "ready_route"), ("/v2/repository/index", "POST", "repository_index_route")]
+    for path in (model, versioned):
+        table += [(path, "GET", "model_metadata_route"), (path + "/ready", "GET", "model_ready_route"),
+                  (path + "/infer", "POST", "infer_route")]
+    described = paths()
+    return [HttpRoute(path, _handler(handler), (method,), described[path]) for path, method, handler in table]
 
 
 def operations() -> list[Operation]:

@@ -1,15 +1,35 @@
 """The `onnx` predictor type: class ONNXPredictor, given onnx_client, running .onnx models on onnxruntime."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import PredictorType, hookimpl
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-def _model_format(api: Any, device: Any) -> Any:
+    from engine import Api, Batching, Device, ModelRepository
+
+
+def _model_format(api: Api, device: Device) -> Any:
     from engine_onnx_predictor.model_format import model_format  # onnxruntime is imported only when it is used
 
     return model_format(api, device)
+
+
+def _create_client(api: Api, device: Device, models: ModelRepository | None, batching: Batching | None) -> Any:
+    """The onnx_client of an onnx API."""
+    from engine_onnx_predictor.client import ONNXClient
+
+    return ONNXClient(models, batching)
+
+
+def _validate(api: Api, project_root: Path) -> list[str]:
+    """What Cortex rejected for ONNX APIs: Inferentia."""
+    if not api.compute.inf:
+        return []
+    return [f"compute.inf: {api.compute.inf}: the onnx predictor type cannot run on Inferentia (Cortex rejected it "
+            "too); remove compute.inf (use compute.gpu with engine[gpu] for a GPU)"]
 
 
 ONNX = PredictorType(
@@ -19,6 +39,8 @@ ONNX = PredictorType(
     requires_models=True,
     client_batching=True,
     model_format=_model_format,
+    create_client=_create_client,
+    validate=_validate,
 )
 
 
@@ -26,22 +48,3 @@ ONNX = PredictorType(
 def engine_predictor_types():
     """Provide the onnx predictor type."""
     return [ONNX]
-
-
-@hookimpl
-def engine_validate_api(api, project_root):
-    """What Cortex rejected for ONNX APIs: Inferentia."""
-    if api.predictor.type != ONNX.name or not api.compute.inf:
-        return []
-    return [f"compute.inf: {api.compute.inf}: the onnx predictor type cannot run on Inferentia (Cortex rejected it "
-            "too); remove compute.inf (use compute.gpu with engine[gpu] for a GPU)"]
-
-
-@hookimpl
-def engine_create_client(api, models, batching):
-    """The onnx_client of an onnx API."""
-    if api.predictor.type != ONNX.name or models is None:
-        return None
-    from engine_onnx_predictor.client import ONNXClient
-
-    return ONNXClient(models, batching)

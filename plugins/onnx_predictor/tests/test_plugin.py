@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from engine import ConfigError
-from engine.testing import api_yaml, load_apis, plugin_infos, plugin_manager, predictor_type, validate, write_project
+from engine import ConfigError, Device
+from engine.testing import (api_yaml, create_client, load_apis, plugin_infos, plugin_manager, predictor_type, validate,
+                            write_project)
 from engine_onnx_predictor.client import ONNXClient
 
 PREDICTOR = """
@@ -41,7 +42,7 @@ def test_the_entry_point_provides_the_onnx_type():
     assert ptype.model_format is not None and ptype.type_fields == frozenset()
     (info,) = [info for info in plugin_infos(pm) if info.name == "onnx"]
     assert info.distribution.split()[0] == "engine-onnx-predictor"  # "name version"
-    assert {"engine_predictor_types", "engine_create_client", "engine_validate_api"} <= set(info.hooks)
+    assert info.hooks == ["engine_predictor_types"]  # the type carries its client, model format and checks
 
 
 @pytest.mark.e2e
@@ -77,14 +78,9 @@ def test_init_must_declare_onnx_client(project):
         validate(project(predictor=without_client))
 
 
-def test_create_client_only_for_onnx_apis(project, repository, tmp_path):
+def test_engine_builds_the_onnx_client_of_an_onnx_api(project, repository, tmp_path):
     root = project()
     api = load_apis(root / "cortex.yaml")[0]
     repo, _ = repository({"path": "p/model"})
     pm = plugin_manager(entry_points=True)
-    assert isinstance(pm.hook.engine_create_client(api=api, device=None, models=repo, batching=None), ONNXClient)
-    python_api = api.model_copy(update={"predictor": api.predictor.model_copy(update={"type": "python"})})
-    arguments = {"api": python_api, "device": None, "models": repo, "batching": None}
-    results = [impl.function(**{name: arguments[name] for name in impl.argnames})
-               for impl in pm.hook.engine_create_client.get_hookimpls() if impl.plugin_name == "onnx"]
-    assert results == [None]
+    assert isinstance(create_client(pm, api, Device(kind="cpu"), repo), ONNXClient)

@@ -4,12 +4,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine import hookimpl
+from engine import Setting, hookimpl
 
 if TYPE_CHECKING:
     from engine import ServeSettings
 
 TARGET = "ray"
+ADDRESS = Setting("address", "with --on ray: the Ray cluster to join (its address, such as ray://head:10001); "
+                  "without it a local Ray instance is started", metavar="ADDRESS")
+
+
+@hookimpl
+def engine_settings():
+    """--address."""
+    return [ADDRESS]
 
 
 @hookimpl

@@ -101,12 +101,11 @@ def api_warnings(api: Api) -> list[str]:
 def settings_warnings(settings: ServeSettings) -> list[str]:
     """One line per setting given that is neither applied by Ray's proxy nor inside each replica."""
     known = PROXY_SETTINGS | REPLICA_SETTINGS | DRIVER_SETTINGS
-    lines = []
-    for field in dataclasses.fields(settings):
-        if field.name not in known and getattr(settings, field.name) != field.default:
-            flag = "--" + field.name.replace("_", "-")
-            lines.append(f"{flag}: not applied on Ray (its HTTP proxy serves the routes)")
-    return lines
+    given = [field.name for field in dataclasses.fields(settings)
+             if field.name != "plugin_settings" and getattr(settings, field.name) != field.default]
+    given += [name for name, value in settings.plugin_settings.items() if value is not None]  # plugins' settings
+    return [f"--{name.replace('_', '-')}: not applied on Ray (its HTTP proxy serves the routes)"
+            for name in given if name not in known]
 
 
 def check_settings(settings: ServeSettings) -> None:
@@ -129,5 +128,5 @@ def http_options(settings: ServeSettings) -> dict[str, Any]:
 
 def replica_settings(settings: ServeSettings, keys: tuple[str, ...]) -> ServeSettings:
     """The settings each replica's app runs with: the keys read here once, TLS left to the proxy."""
-    return dataclasses.replace(settings, api_key=keys, api_key_file=None, certfile=None, keyfile=None,
-                               ca_certs=None, on=None, address=None)
+    return settings.replace(api_key=keys, api_key_file=None, certfile=None, keyfile=None, ca_certs=None, on=None,
+                            address=None)

@@ -66,7 +66,7 @@ def test_settings_the_proxy_cannot_apply_are_warned_of_or_refused():
 
 def test_replicas_get_the_keys_and_no_tls():
     settings = mapping.replica_settings(ServeSettings(certfile="c.pem", keyfile="k.pem", on="ray",
-                                                      address="ray://head:10001"), ("key",))
+                                                      plugin_settings={"address": "ray://head:10001"}), ("key",))
     assert (settings.api_key, settings.certfile, settings.keyfile, settings.on, settings.address) == \
         (("key",), None, None, None, None)
     assert mapping.http_options(ServeSettings(host="0.0.0.0", port=9000, keep_alive_timeout=2.5)) == \

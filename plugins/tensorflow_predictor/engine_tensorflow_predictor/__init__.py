@@ -6,17 +6,37 @@ TensorFlow is imported when a tensorflow API builds its model format, on the API
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING, Any
 
 from engine import PredictorType, hookimpl
 from engine_tensorflow_predictor.signatures import SignatureKeys
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from engine import Api, Batching, Device, ModelRepository
+
 INSTALL_HINT = "pip install 'engine[tensorflow]' (or pip install tensorflow-cpu)"
 
 
-def _model_format(api, device):
+def _model_format(api: Api, device: Device) -> Any:
     from engine_tensorflow_predictor.model import TensorFlowModelFormat
 
     return TensorFlowModelFormat(SignatureKeys.from_models(api.predictor.models), device)
+
+
+def _create_client(api: Api, device: Device, models: ModelRepository | None, batching: Batching | None) -> Any:
+    """The tensorflow_client of a tensorflow API, over its model repository."""
+    from engine_tensorflow_predictor.client import TensorFlowClient
+
+    return TensorFlowClient(models, SignatureKeys.from_models(api.predictor.models), batching)
+
+
+def _validate(api: Api, project_root: Path) -> list[str]:
+    """A tensorflow API needs TensorFlow installed (found without importing it)."""
+    if importlib.util.find_spec("tensorflow") is not None:
+        return []
+    return [f"predictor.type: tensorflow needs TensorFlow, which is not installed: {INSTALL_HINT}"]
 
 
 TENSORFLOW = PredictorType(
@@ -27,6 +47,8 @@ TENSORFLOW = PredictorType(
     type_fields=frozenset({"signature_key", "tensorflow_serving_image"}),
     client_batching=True,  # server_side_batching merges concurrent client calls; predict() sees one request
     model_format=_model_format,
+    create_client=_create_client,
+    validate=_validate,
 )
 
 
@@ -34,21 +56,3 @@ TENSORFLOW = PredictorType(
 def engine_predictor_types():
     """Provide the tensorflow predictor type."""
     return [TENSORFLOW]
-
-
-@hookimpl
-def engine_validate_api(api, project_root):
-    """A tensorflow API needs TensorFlow installed (found without importing it)."""
-    if api.predictor.type != TENSORFLOW.name or importlib.util.find_spec("tensorflow") is not None:
-        return []
-    return [f"predictor.type: tensorflow needs TensorFlow, which is not installed: {INSTALL_HINT}"]
-
-
-@hookimpl
-def engine_create_client(api, models, batching):
-    """The tensorflow_client of a tensorflow API, over its model repository."""
-    if api.predictor.type != TENSORFLOW.name:
-        return None
-    from engine_tensorflow_predictor.client import TensorFlowClient
-
-    return TensorFlowClient(models, SignatureKeys.from_models(api.predictor.models), batching)

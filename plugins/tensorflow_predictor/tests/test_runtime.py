@@ -150,14 +150,16 @@ def api(type_: str = "tensorflow") -> Api:
 
 
 def test_validate_says_how_to_install_tensorflow_when_it_is_missing(monkeypatch, tmp_path):
-    assert engine_tensorflow_predictor.engine_validate_api(api(), tmp_path) == []
+    validate = engine_tensorflow_predictor.TENSORFLOW.validate
+    assert validate(api(), tmp_path) == []
     monkeypatch.setattr(engine_tensorflow_predictor.importlib.util, "find_spec", lambda name: None)
-    assert engine_tensorflow_predictor.engine_validate_api(api(), tmp_path) == [
+    assert validate(api(), tmp_path) == [
         ("predictor.type: tensorflow needs TensorFlow, which is not installed: pip install 'engine[tensorflow]' "
          "(or pip install tensorflow-cpu)")]
-    assert engine_tensorflow_predictor.engine_validate_api(api("python"), tmp_path) == []
 
 
-def test_no_client_for_other_predictor_types():
-    assert engine_tensorflow_predictor.engine_create_client(api=api("python"), models=None, batching=None) is None
+def test_the_type_is_one_object_and_implements_no_other_hook():
+    assert engine_tensorflow_predictor.TENSORFLOW.create_client is not None
+    assert not [name for name in dir(engine_tensorflow_predictor) if name.startswith("engine_")
+                and name != "engine_predictor_types"]
 
