@@ -135,7 +135,7 @@ async def played(app: Any, scope: dict, receive: Callable) -> list[dict]:
 
     async def send(message: dict) -> None:
         sent.append(message)
-    await app(scope, receive, send)
+    await asyncio.wait_for(app(scope, receive, send), TIMEOUT)
     return sent
 
 
@@ -535,6 +535,8 @@ import threading
 class PythonPredictor:
     def __init__(self, config):
         self.answered = threading.Event()  # the test sets it once it holds the response
+        self.entered = threading.Event()
+        self.release = threading.Event()
         self.finished = threading.Event()
         self.calls = []
 
@@ -543,6 +545,8 @@ class PythonPredictor:
 
     def post_predict(self, response, payload):
         self.calls.append((response, payload, self.answered.wait(30)))
+        self.entered.set()
+        self.release.wait(30)
         self.finished.set()
 """
 
@@ -551,8 +555,9 @@ async def test_post_predict_runs_after_the_response_with_what_predict_returned(p
     pipeline = pipeline_of(POST_PREDICT)
     async with running(pipeline, tmp_path) as predictor, client(admission(pipeline)) as http:
         response = await http.post(PATH, json="x")
-        assert not predictor.finished.is_set()  # the response came while post_predict waited for it
+        assert not predictor.entered.is_set()  # the response came while post_predict waited for it
         predictor.answered.set()
+        predictor.release.set()
         await started(predictor.finished)
     assert response.status_code == 200 and response.json() == {"got": "x"}
     assert predictor.calls == [({"got": "x"}, "x", True)]
@@ -563,11 +568,13 @@ async def test_stopping_the_pipeline_waits_for_a_pending_post_predict(pipeline_o
     async with running(pipeline, tmp_path) as predictor, client(admission(pipeline)) as http:
         await http.post(PATH, json="x")
         stopping = asyncio.ensure_future(pipeline.stop())
-        await asyncio.sleep(0)
-        assert not stopping.done()
         predictor.answered.set()
+        await started(predictor.entered)
+        await asyncio.wait({stopping}, timeout=0.2)  # a stop that does not wait ends well within this
+        assert not stopping.done()  # never done while post_predict runs
+        predictor.release.set()
         await stopping
-        assert predictor.calls == [({"got": "x"}, "x", True)]
+    assert predictor.calls == [({"got": "x"}, "x", True)]
 
 
 # --- the worker protocol: framing -----------------------------------------------------------------------------------
@@ -618,8 +625,9 @@ async def test_a_frame_is_a_big_endian_length_then_a_pickle(pm):
     message = every_message(pm)[3]
     async with linked() as ((_, writer), (reader, _)):
         await messages.send(writer, message)
-        (length,) = struct.unpack("!I", await reader.readexactly(4))
-        assert pickle.loads(await reader.readexactly(length)) == message
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        assert await reader.readexactly(4) == struct.pack("!I", len(data))
+        assert pickle.loads(await reader.readexactly(len(data))) == message
         await messages.send(writer, messages.Done(1))
         writer.write(struct.pack("!I", 10) + b"short")  # a frame cut off by the other side's exit
         writer.write_eof()
@@ -677,6 +685,36 @@ async def test_a_worker_answers_a_call_with_a_reply_then_done(pipeline_of, tmp_p
     assert predictor.seen == ["hello"]
 
 
+STREAMS = """
+class PythonPredictor:
+    def __init__(self, config):
+        pass
+
+    def predict(self, payload):
+        for word in payload:
+            yield word
+"""
+
+
+async def test_a_streamed_response_is_a_reply_start_then_chunks_then_done(pipeline_of, tmp_path):
+    pipeline = pipeline_of(STREAMS)
+    async with running(pipeline, tmp_path), worker_serving(pipeline) as (reader, writer, loop):
+        await messages.send(writer, messages.Call(7, "predict", call_scope("r7"), b'["one ", "two"]'))
+        start = await expect(reader)
+        chunks = [await expect(reader)]
+        while isinstance(chunks[-1], messages.Chunk) and not chunks[-1].last:
+            chunks.append(await expect(reader))
+        if start.wants_sent:  # as the front does, once the client has the whole stream
+            await messages.send(writer, messages.Sent(7))
+        assert await expect(reader) == messages.Done(7)
+        await messages.send(writer, messages.Stop())
+        await asyncio.wait_for(loop, TIMEOUT)
+    assert isinstance(start, messages.ReplyStart) and (start.call, start.status) == (7, 200)
+    assert (b"content-type", b"text/plain; charset=utf-8") in start.headers
+    assert all(isinstance(chunk, messages.Chunk) and chunk.call == 7 for chunk in chunks)
+    assert b"".join(chunk.data for chunk in chunks) == b"one two"
+
+
 async def test_a_call_cancelled_before_its_predict_starts_is_dropped_with_a_done(pipeline_of, tmp_path):
     pipeline = pipeline_of(GATED)  # one thread
     async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (reader, writer, loop):
@@ -694,7 +732,8 @@ async def test_a_call_cancelled_before_its_predict_starts_is_dropped_with_a_done
     assert predictor.seen == ["wait"]
 
 
-async def test_with_post_predict_a_reply_wants_sent_and_post_predict_waits_for_it(pipeline_of, tmp_path):
+async def test_with_post_predict_a_call_waits_for_sent_and_is_done_only_once_post_predict_returns(pipeline_of,
+                                                                                                     tmp_path):
     pipeline = pipeline_of(POST_PREDICT)
     async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (reader, writer, loop):
         await messages.send(writer, messages.Call(3, "predict", call_scope("r3"), b'"x"'))
@@ -702,9 +741,29 @@ async def test_with_post_predict_a_reply_wants_sent_and_post_predict_waits_for_i
         assert isinstance(reply, messages.Reply) and reply.wants_sent
         predictor.answered.set()  # post_predict records whether this was set when it ran: only Sent lets it run
         await messages.send(writer, messages.Sent(3))
+        await started(predictor.entered)
+        await messages.send(writer, messages.Call(4, "summary", http_scope("GET"), b""))
+        meanwhile = [await expect(reader), await expect(reader)]  # no Done(3) among them: post_predict still runs
+        predictor.release.set()
         assert await expect(reader) == messages.Done(3)
         await messages.send(writer, messages.Stop())
         await asyncio.wait_for(loop, TIMEOUT)
+    assert [type(m) for m in meanwhile] == [messages.Reply, messages.Done] and meanwhile[1] == messages.Done(4)
+    assert predictor.calls == [({"got": "x"}, "x", True)]
+
+
+async def test_after_stop_a_worker_finishes_the_calls_in_hand_sent_included_then_ends(pipeline_of, tmp_path):
+    pipeline = pipeline_of(POST_PREDICT)
+    async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (reader, writer, loop):
+        await messages.send(writer, messages.Call(3, "predict", call_scope("r3"), b'"x"'))
+        reply = await expect(reader)
+        await messages.send(writer, messages.Stop())
+        predictor.answered.set()
+        predictor.release.set()
+        await messages.send(writer, messages.Sent(3))  # still read: the call in hand waits for it
+        assert await expect(reader) == messages.Done(3)
+        await asyncio.wait_for(loop, TIMEOUT)
+    assert isinstance(reply, messages.Reply) and reply.wants_sent
     assert predictor.calls == [({"got": "x"}, "x", True)]
 
 
