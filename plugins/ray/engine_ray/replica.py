@@ -15,7 +15,7 @@ from typing import Any
 
 from ray import serve
 
-from engine import Lifespan, ServeSettings, create_app, load_project, play
+from engine import METRICS_PATH, READYZ_PATH, Lifespan, ServeSettings, create_app, load_project, play
 from engine_ray import asgi
 from engine_ray.metrics import COLLECTOR_NAME, REPORT_INTERVAL
 
@@ -23,7 +23,6 @@ log = logging.getLogger("engine")
 
 NAMESPACE = "engine"  # the Ray namespace of engine's own actors (the metrics collector)
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's: where worker processes write their samples
-READYZ, METRICS = "/readyz", "/metrics"
 READY_POLL = 0.05  # seconds between looks at /readyz while the predictor starts
 
 
@@ -98,7 +97,7 @@ class EngineReplica:
     async def _wait_ready(self, app: Any) -> None:
         """Until /readyz is 200; the predictor's failure, or --worker-init-timeout passing, fails the replica."""
         deadline = time.monotonic() + self.spec.settings.worker_init_timeout
-        while (await asgi.get(app, READYZ))[0] != 200:
+        while (await asgi.get(app, READYZ_PATH))[0] != 200:
             if self.fatal or time.monotonic() > deadline:
                 await self.lifespan.stop()
                 raise RuntimeError(self.fatal or f"api '{self.spec.api}': the predictor was not ready after "
@@ -117,13 +116,13 @@ class ClusterRoutes:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":  # the replica drives the app's own lifespan
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["path"] in (READYZ, METRICS):
+        elif scope["type"] == "http" and scope["path"] in (READYZ_PATH, METRICS_PATH):
             async with play(self.app, scope, receive) as played:
                 status, body = played.status, await played.read()
             headers = [(name, value) for name, value in played.headers if name.lower() != b"content-length"]
-            if scope["path"] == READYZ and status in (200, 503):
+            if scope["path"] == READYZ_PATH and status in (200, 503):
                 status, body = await cluster_readiness(self.spec.apps)
-            elif scope["path"] == METRICS and status == 200:
+            elif scope["path"] == METRICS_PATH and status == 200:
                 body = await cluster_metrics() or body
             await asgi.answer(send, status, [*headers, (b"content-length", str(len(body)).encode())], body)
         elif scope["type"] == "http":
@@ -205,9 +204,9 @@ class Reporter:
         import ray
 
         try:
-            status, body = await asgi.get(self.app, METRICS, self.spec.auth())
+            status, body = await asgi.get(self.app, METRICS_PATH, self.spec.auth())
             if status != 200:
-                raise RuntimeError(f"{METRICS} answered {status}")
+                raise RuntimeError(f"{METRICS_PATH} answered {status}")
             collector = ray.get_actor(COLLECTOR_NAME, namespace=NAMESPACE)
             await collector.report.remote(self.replica, self.spec.api, body.decode(), final)
         except Exception as error:  # noqa: BLE001 - the collector may be gone (the driver stopping); serving goes on
