@@ -161,7 +161,8 @@ def test_no_plugin_reaches_into_the_app_state():
 def plugin_names() -> set[str]:
     """The names that identify the in-tree plugins: their distributions, and the extras of engine that install them."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    distributions = {tomllib.loads(path.read_text())["project"]["name"] for path in REPO.glob("plugins/*/pyproject.toml")}
+    distributions = {tomllib.loads(path.read_text())["project"]["name"]
+                     for path in REPO.glob("plugins/*/pyproject.toml")}
     extras = {f"engine[{extra}]" for extra, requirements in pyproject["project"]["optional-dependencies"].items()
               if any(requirement in distributions for requirement in requirements)}
     return distributions | extras
