@@ -30,10 +30,10 @@ _LAZY = {
     # what plugins exchange with the core
     "PredictorType": "engine.types",
     "Device": "engine.types",
-    "Api": "engine.config",
-    "Models": "engine.config",
-    "ServerSideBatching": "engine.config",
-    "DEFAULT_MODEL_NAME": "engine.config",
+    "Api": "engine.project.config",
+    "Models": "engine.project.config",
+    "ServerSideBatching": "engine.project.config",
+    "DEFAULT_MODEL_NAME": "engine.project.config",
     # model clients: the repository they read, and the optional parts engine looks for on them
     "ModelRepository": "engine.models",
     "ModelFormat": "engine.models",
@@ -65,16 +65,16 @@ _LAZY = {
     "HttpServer": "engine.plugin_api",
     "served": "engine.app",
     # batching inside a client
-    "Batching": "engine.batching",
-    "ThreadBatcher": "engine.batching",
+    "Batching": "engine.serving.batching",
+    "ThreadBatcher": "engine.serving.batching",
     # serving elsewhere (engine_serve_on): the app of a project, or of some of its APIs, its settings, the project
     # loaded as data (its APIs, environment and warnings) and the API keys the settings name
     "create_app": "engine.app",
     "ServeSettings": "engine.settings",
-    "load_project": "engine.loading",
-    "LoadedProject": "engine.loading",
-    "ProjectWarning": "engine.project",
-    "load_keys": "engine.security",
+    "load_project": "engine.project.loading",
+    "LoadedProject": "engine.project.loading",
+    "ProjectWarning": "engine.project.files",
+    "load_keys": "engine.serving.security",
     # hardware targets: the cores and devices shared among an API's worker processes
     "usable_cores": "engine.hardware",
     "THREAD_ENV_VARS": "engine.hardware",
@@ -103,17 +103,50 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from engine.app import create_app, served  # noqa: F401
     from engine.asgi import Lifespan, LifespanError, Played, http_scope, play  # noqa: F401
-    from engine.batching import Batching, ThreadBatcher  # noqa: F401
-    from engine.config import DEFAULT_MODEL_NAME, Api, Models, ServerSideBatching  # noqa: F401
-    from engine.hardware import THREAD_ENV_VARS, VisibleDevices, share_cores, usable_cores  # noqa: F401
-    from engine.loading import LoadedProject, load_project  # noqa: F401
-    from engine.models import FileEntry, ModelFormat, ModelRepository, Store, VersionInfo  # noqa: F401
+    from engine.hardware import (  # noqa: F401
+        THREAD_ENV_VARS,
+        VisibleDevices,
+        share_cores,
+        usable_cores,
+    )
     from engine.jsoncodec import json_dumps, json_loads  # noqa: F401
-    from engine.plugin_api import (DescribesModels, HttpRoute, HttpServer, LoadsUserModels, Operation,  # noqa: F401
-                                   OperationContext, PayloadParser, Served, ServesTensors, Service, Setting,
-                                   TensorSpec)
-    from engine.project import ProjectWarning  # noqa: F401
-    from engine.security import load_keys  # noqa: F401
-    from engine.routes import DOCS_PATH, HEALTHZ_PATH, METRICS_PATH, OPENAPI_PATH, READYZ_PATH  # noqa: F401
+    from engine.models import (  # noqa: F401
+        FileEntry,
+        ModelFormat,
+        ModelRepository,
+        Store,
+        VersionInfo,
+    )
+    from engine.plugin_api import (  # noqa: F401
+        DescribesModels,
+        HttpRoute,
+        HttpServer,
+        LoadsUserModels,
+        Operation,
+        OperationContext,
+        PayloadParser,
+        Served,
+        ServesTensors,
+        Service,
+        Setting,
+        TensorSpec,
+    )
+    from engine.project.config import (  # noqa: F401
+        DEFAULT_MODEL_NAME,
+        Api,
+        Models,
+        ServerSideBatching,
+    )
+    from engine.project.files import ProjectWarning  # noqa: F401
+    from engine.project.loading import LoadedProject, load_project  # noqa: F401
+    from engine.routes import (  # noqa: F401
+        DOCS_PATH,
+        HEALTHZ_PATH,
+        METRICS_PATH,
+        OPENAPI_PATH,
+        READYZ_PATH,
+    )
+    from engine.serving.batching import Batching, ThreadBatcher  # noqa: F401
+    from engine.serving.security import load_keys  # noqa: F401
     from engine.settings import ServeSettings, port_number  # noqa: F401
     from engine.types import Device, PredictorType  # noqa: F401

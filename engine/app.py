@@ -9,8 +9,8 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,20 +18,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine import openapi, plugin_routes, plugins, routes as server_routes, tempdirs, tracebacks
-from engine.admission import Admission, ClientGone, body_or_refusal
-from engine.backend import ApiRequest, Backend
-from engine.batching import concurrent_predicts
+from engine import openapi, plugin_routes, plugins, tempdirs, tracebacks
+from engine import routes as server_routes
 from engine.errors import EngineError
 from engine.memory import settle_after_start_up
-from engine.metrics import Metrics
-from engine.pipeline import Pipeline, error_response
-from engine.project import enter_view, remove_view
-from engine.security import Guard
-from engine.websocket import serve_websocket
+from engine.project.files import enter_view, remove_view
+from engine.project.loading import LoadedProject, load_project
+from engine.serving.admission import Admission, ClientGone, body_or_refusal
+from engine.serving.backend import ApiRequest, Backend
+from engine.serving.batching import concurrent_predicts
+from engine.serving.metrics import Metrics
+from engine.serving.pipeline import Pipeline, error_response
+from engine.serving.security import Guard
+from engine.serving.websocket import serve_websocket
+from engine.serving.worker_pool import WorkerGroup
 from engine.settings import ServeSettings
-from engine.loading import LoadedProject, load_project
-from engine.workers import WorkerGroup
 
 log = logging.getLogger("engine")
 
@@ -200,7 +201,7 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
 
 
 class EngineApp:
-    """The ASGI app: every request past the guard (engine.security); API paths then go straight to their admission
+    """The ASGI app: every request past the guard (engine.serving.security); API paths then go straight to their admission
     layer, everything else (server and plugin routes, 404s, the lifespan) through Starlette."""
 
     def __init__(self, starlette: Starlette, state: AppState, guard: Guard, paths_of: dict[str, list[str]]) -> None:

@@ -68,8 +68,8 @@ def _serve_on(args: argparse.Namespace, serve_settings: settings.ServeSettings) 
 
 def _has_worker_processes(args: argparse.Namespace) -> bool:
     """True when some API asks for processes_per_replica > 1 (an invalid config is reported later, by serve)."""
-    from engine.config import load_config
-    from engine.validate import find_config
+    from engine.project.config import load_config
+    from engine.project.validate import find_config
 
     try:
         apis = load_config(find_config(args.project_dir, args.config_file))
@@ -80,8 +80,8 @@ def _has_worker_processes(args: argparse.Namespace) -> bool:
 
 def _validate(args: argparse.Namespace, started: float) -> int:
     from engine.errors import ConfigError
-    from engine.import_check import check_imports
-    from engine.loading import load_project
+    from engine.project.import_check import check_imports
+    from engine.project.loading import load_project
 
     cpu = settings.ServeSettings.load(vars(args)).cpu
     loaded = load_project(args.project_dir, args.config_file, cpu=cpu)

@@ -17,10 +17,18 @@ if TYPE_CHECKING:
     from starlette.responses import Response
     from starlette.routing import BaseRoute
 
-    from engine.batching import Batching
-    from engine.config import Api
     from engine.models import ModelRepository
-    from engine.plugin_api import HttpRoute, HttpServer, Operation, PayloadParser, Served, Service, Setting
+    from engine.plugin_api import (
+        HttpRoute,
+        HttpServer,
+        Operation,
+        PayloadParser,
+        Served,
+        Service,
+        Setting,
+    )
+    from engine.project.config import Api
+    from engine.serving.batching import Batching
     from engine.settings import ServeSettings
     from engine.types import Device, PredictorType
 

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine import __version__, parsing, plugin_routes, plugins, routes
-from engine.config import Api
+from engine import __version__, plugin_routes, plugins, routes
+from engine.project.config import Api
+from engine.serving import parsing
 from engine.settings import ServeSettings
 
 ERROR = {"type": "object", "required": ["error"], "additionalProperties": False,

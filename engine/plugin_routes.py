@@ -11,7 +11,7 @@ from engine.plugin_api import HttpRoute
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
-    from engine.config import Api
+    from engine.project.config import Api
 
 
 def http_routes(pm: plugins.PluginManager) -> list[HttpRoute]:

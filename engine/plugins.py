@@ -1,5 +1,5 @@
 """The plugin manager: hookspecs, built-in defaults and `engine` entry points; what plugins contribute (predictor
-types, hardware targets, settings, ...; payload parsers in engine.parsing, routes in engine.plugin_routes), each hook
+types, hardware targets, settings, ...; payload parsers in engine.serving.parsing, routes in engine.plugin_routes), each hook
 called through pluggy's own call loop; plugin errors naming the plugin, and the deprecated hooks' warnings.
 
 Two environment variables help plugin authors: ENGINE_PLUGINS=name,name loads only those entry points (the built-in
@@ -29,9 +29,9 @@ from engine.types import Device, PredictorType
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from engine.batching import Batching
-    from engine.config import Api
     from engine.models import ModelFormat
+    from engine.project.config import Api
+    from engine.serving.batching import Batching
 
 log = logging.getLogger("engine.plugins")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from engine import tempdirs
 from engine.errors import EngineError
-from engine.eventloop import run_event_loop
-from engine.security import describe
+from engine.serving.eventloop import run_event_loop
+from engine.serving.security import describe
 from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")

@@ -29,9 +29,9 @@ import pytest
 import yaml
 
 from engine import plugins as _plugins
-from engine.config import Api, load_config
+from engine.project.config import Api, load_config
+from engine.project.validate import validate_project
 from engine.routes import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
-from engine.validate import validate_project
 
 if TYPE_CHECKING:
     from engine import Batching, Device, ModelRepository, PredictorType

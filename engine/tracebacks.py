@@ -1,6 +1,6 @@
 """Tracebacks of the user's code as the user knows it: their project's real paths, without engine's frames first.
 
-A predictor runs from a temporary view of the project (symlinks, see engine.project), so Python reports its files
+A predictor runs from a temporary view of the project (symlinks, see engine.project.files), so Python reports its files
 under that view; here they are shown under the project directory again. The frames that lead into the user's code
 (engine's request pipeline, thread pools, importlib) are dropped unless the log level is debug.
 """
@@ -78,7 +78,7 @@ class Formatter(logging.Formatter):
 
 
 HANDLER_NAME = "engine"
-LINE_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"  # engine.accesslog writes its lines alike
+LINE_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"  # engine.serving.accesslog writes its lines alike
 
 
 def configure_logging(level: str, name: str = "%(name)s") -> None:

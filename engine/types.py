@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from engine.batching import Batching
-    from engine.config import Api
     from engine.models import ModelRepository
     from engine.models.layout import ModelFormat
+    from engine.project.config import Api
+    from engine.serving.batching import Batching
 
 
 @dataclass(frozen=True)

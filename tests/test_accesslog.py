@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from engine.accesslog import AccessLog
+from engine.serving.accesslog import AccessLog
 from engine.tracebacks import configure_logging
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} engine.access INFO api POST /api 200 1.5ms request_id=r1$")

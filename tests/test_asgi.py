@@ -10,11 +10,18 @@ import pytest
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from engine import Lifespan, LifespanError, http_scope, play
-from engine.streams import ItemStream  # engine's streaming response, which closes its generator whatever ends it
+from engine.serving.streams import (
+    ItemStream,  # engine's streaming response, which closes its generator whatever ends it
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -7,8 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from engine.batching import Arrivals, AsyncBatcher, Batching, ThreadBatcher, concurrent_predicts
-from engine.config import Api
+from engine.project.config import Api
+from engine.serving.batching import (
+    Arrivals,
+    AsyncBatcher,
+    Batching,
+    ThreadBatcher,
+    concurrent_predicts,
+)
 from engine.testing import wait_for
 
 

@@ -1,4 +1,4 @@
-"""engine.config: every RealtimeAPI field of Cortex v0.22–v0.25, both schema generations, defaults, rules, errors."""
+"""engine.project.config: every RealtimeAPI field of Cortex v0.22–v0.25, both schema generations, defaults, rules, errors."""
 from __future__ import annotations
 
 import textwrap
@@ -8,8 +8,13 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.config import DEFAULT_MODEL_NAME, Api, load_config, not_applied_locally
 from engine.errors import ConfigError
+from engine.project.config import (
+    DEFAULT_MODEL_NAME,
+    Api,
+    load_config,
+    not_applied_locally,
+)
 
 PYDANTIC_LEAKS = ("validation error", "pydantic", "input_value", "input_type", "Value error", "errors.pydantic.dev",
                   "Traceback", "type=")

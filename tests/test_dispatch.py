@@ -1,14 +1,13 @@
-"""Which worker process gets the next request (engine.workers): the least loaded, or, with batching, the one
+"""Which worker process gets the next request (engine.serving.worker_pool): the least loaded, or, with batching, the one
 gathering a batch."""
 from __future__ import annotations
 
+import engine_python_predictor
 import pytest
 
+from engine.serving.worker_pool import Worker, WorkerGroup
 from engine.settings import ServeSettings
 from engine.testing import make_api, plugin_manager
-from engine.workers import Worker, WorkerGroup
-
-import engine_python_predictor
 
 
 def group(batching: bool, loads: list[int], unanswered: list[int], capacity: int = 2) -> WorkerGroup:

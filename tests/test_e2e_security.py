@@ -13,7 +13,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from engine.testing import Server, api_yaml, http_server_features, plugin_environment, wait_for, write_project
+from engine.testing import (
+    Server,
+    api_yaml,
+    http_server_features,
+    plugin_environment,
+    wait_for,
+    write_project,
+)
 
 pytestmark = pytest.mark.e2e
 

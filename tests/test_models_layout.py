@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Models
 from engine.errors import ModelError
 from engine.models import FileEntry, ModelRepository
 from engine.models.layout import MAX_TREE_LINES, check_layout, group_versions
 from engine.models.stores import LocalStore
+from engine.project.config import Models
 
 OLD = 1_600_000_000.0  # a modification time long settled
 

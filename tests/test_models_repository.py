@@ -14,9 +14,9 @@ import pytest
 from engine_python_predictor.client import PythonClient, PythonModelFormat
 from support import JsonFormat
 
-from engine.config import Models
 from engine.errors import ModelError
 from engine.models import ModelRepository
+from engine.project.config import Models
 
 OLD = time.time() - 3600  # an mtime long settled
 

@@ -13,10 +13,10 @@ import pytest
 from engine_python_predictor.client import PythonClient, PythonModelFormat
 from support import JsonFormat
 
-from engine.config import Models
 from engine.errors import ModelError
 from engine.models import ModelRepository
 from engine.models.stores import S3Store
+from engine.project.config import Models
 from engine.testing import free_port
 
 pytest.importorskip("moto.server")

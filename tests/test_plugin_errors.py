@@ -7,11 +7,20 @@ import types
 
 import pytest
 
-from engine import EngineError, HttpRoute, PayloadParser, PluginError, PredictorType, Setting, hookimpl
-from engine import parsing, plugin_routes, plugins
+from engine import (
+    EngineError,
+    HttpRoute,
+    PluginError,
+    PredictorType,
+    Setting,
+    hookimpl,
+    plugin_routes,
+    plugins,
+)
 from engine.plugins import make_plugin_manager
+from engine.project.validate import validate_project
+from engine.serving import parsing
 from engine.testing import api_yaml, write_project
-from engine.validate import validate_project
 
 SIMPLE = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n    def predict(self):\n        return 1\n"
 

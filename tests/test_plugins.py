@@ -17,15 +17,37 @@ import pytest
 from starlette.responses import PlainTextResponse, Response
 from starlette.testclient import TestClient
 
-from engine import Device, HttpRoute, PayloadParser, PredictorType, Setting, hookimpl, port_number
+from engine import (
+    Device,
+    HttpRoute,
+    PayloadParser,
+    PredictorType,
+    Setting,
+    hookimpl,
+    port_number,
+)
 from engine.app import create_app
-from engine.config import Api
 from engine.errors import ConfigError, MissingPluginError
-from engine.plugins import (DEFAULT_PLUGINS, create_client, make_plugin_manager, plugin_infos, predictor_type,
-                            predictor_types, settings, setup_device)
+from engine.plugins import (
+    DEFAULT_PLUGINS,
+    create_client,
+    make_plugin_manager,
+    plugin_infos,
+    predictor_type,
+    predictor_types,
+    settings,
+    setup_device,
+)
+from engine.project.config import Api
+from engine.project.validate import validate_project
 from engine.settings import ServeSettings
-from engine.testing import Server, api_yaml, fake_distribution, plugin_environment, write_project
-from engine.validate import validate_project
+from engine.testing import (
+    Server,
+    api_yaml,
+    fake_distribution,
+    plugin_environment,
+    write_project,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MSGPACK_PLUGIN_SOURCE = REPO / "examples" / "msgpack-plugin"
@@ -182,7 +204,7 @@ def test_engine_payload_parsers_and_encode_response_plugins_win_over_defaults(pm
 
 
 def test_a_body_no_parser_claims_is_given_as_bytes(pm):
-    from engine.parsing import payload_parser
+    from engine.serving.parsing import payload_parser
 
     parse = payload_parser(pm)
     assert parse(body=b"\x00", content_type="image/png", headers={}, api=None) == b"\x00"

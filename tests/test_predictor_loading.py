@@ -10,7 +10,14 @@ import pytest
 from engine_python_predictor import PYTHON
 
 from engine.errors import PredictorLoadError
-from engine.predictor import Predictor, Signature, check_class, import_class, runtime_methods, static_methods
+from engine.project.predictor_class import (
+    Signature,
+    check_class,
+    import_class,
+    runtime_methods,
+    static_methods,
+)
+from engine.serving.predictor import Predictor
 from engine.types import PredictorType
 
 ONNX = PredictorType(name="onnx", class_name="ONNXPredictor", client_arg="onnx_client", requires_models=True)
@@ -178,7 +185,7 @@ def test_import_error_names_the_file_and_carries_the_traceback(tmp_path):
     assert "RuntimeError: boom at import time" in message
     assert "Traceback (most recent call last)" in message
     assert str(path) in message and "in explode" in message and 'raise RuntimeError("boom at import time")' in message
-    assert "engine/predictor.py" not in message and "<frozen importlib" not in message
+    assert "engine/project/predictor_class.py" not in message and "<frozen importlib" not in message
 
 
 def test_missing_dependency_at_import_is_a_load_error(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import ConfigError, ServeSettings, create_app, load_project
-from engine.project import Project, conflicting_env, enter_view, remove_view
+from engine.project.files import Project, conflicting_env, enter_view, remove_view
 from engine.testing import api_yaml
 
 

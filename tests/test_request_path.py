@@ -1,6 +1,6 @@
-"""The request path in process, without `engine serve`: the admission layer (engine.admission) in front of a real
+"""The request path in process, without `engine serve`: the admission layer (engine.serving.admission) in front of a real
 Pipeline in an inline Starlette app, the pipeline's arguments, encodings and errors, and the worker protocol
-(engine.messages, engine.worker, engine.workers) over socket pairs and one real worker process.
+(engine.serving.messages, engine.serving.worker_main, engine.serving.worker_pool) over socket pairs and one real worker process.
 
 The test_e2e_* modules reach the same paths through real servers; these reach them in milliseconds, and hold a
 request where a test needs it with threading.Events on the predictor instance (pipeline.predictor.instance)."""
@@ -23,13 +23,14 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from engine import messages, plugins, worker
-from engine.admission import Admission
-from engine.metrics import Metrics
-from engine.pipeline import GET_MESSAGE, Pipeline
+from engine import plugins
+from engine.serving import messages, worker_main
+from engine.serving.admission import Admission
+from engine.serving.metrics import Metrics
+from engine.serving.pipeline import GET_MESSAGE, Pipeline
+from engine.serving.worker_pool import WorkerGroup
 from engine.settings import ServeSettings
 from engine.testing import api_yaml, make_api, write_project
-from engine.workers import WorkerGroup
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +63,7 @@ def anyio_backend() -> str:
 
 
 class Front:
-    """The server as the admission layer sees it (engine.admission.ServerState)."""
+    """The server as the admission layer sees it (engine.serving.admission.ServerState)."""
 
     draining = False
 
@@ -643,7 +644,7 @@ async def test_send_is_false_and_receive_none_once_the_other_side_has_gone():
         assert await messages.send(writer, messages.Ready()) is False
 
 
-# --- the worker protocol: a worker's side (engine.worker), driven in process ---------------------------------------
+# --- the worker protocol: a worker's side (engine.serving.worker_main), driven in process ---------------------------------------
 
 
 @contextlib.asynccontextmanager
@@ -652,7 +653,7 @@ async def worker_serving(pipeline: Pipeline) -> AsyncIterator[tuple[asyncio.Stre
     """A worker's message loop answering calls with `pipeline` (started): the front's reader and writer, and the
     loop's task (it ends after Stop, once its calls are done)."""
     async with linked() as ((front_reader, front_writer), (reader, writer)):
-        loop = asyncio.ensure_future(worker._serve(pipeline, reader, writer, asyncio.Event()))
+        loop = asyncio.ensure_future(worker_main._serve(pipeline, reader, writer, asyncio.Event()))
         try:
             yield front_reader, front_writer, loop
         finally:
@@ -767,7 +768,7 @@ async def test_after_stop_a_worker_finishes_the_calls_in_hand_sent_included_then
     assert predictor.calls == [({"got": "x"}, "x", True)]
 
 
-# --- the worker protocol: the front's side (engine.workers) with a real worker process ---------------------------
+# --- the worker protocol: the front's side (engine.serving.worker_pool) with a real worker process ---------------------------
 
 DIES = """
 import os

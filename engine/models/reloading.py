@@ -5,22 +5,41 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from engine.models.layout import VersionInfo
-
-if TYPE_CHECKING:
-    from engine.models.repository import ModelRepository
 
 log = logging.getLogger("engine.models")
 
 Key = tuple[str, int]
 
 
+class Watched(Protocol):
+    """What a Reloader needs of the repository it watches (engine.models.repository.ModelRepository)."""
+
+    lock: AbstractContextManager[object]
+
+    def list_tree(self) -> dict[str, dict[int, VersionInfo]]:
+        """Every version in the model locations, by model name."""
+
+    def is_new(self, name: str, info: VersionInfo) -> bool:
+        """True when the version is not loaded as listed."""
+
+    def forget_missing(self, tree: dict[str, dict[int, VersionInfo]]) -> list[Key]:
+        """Forget the versions that are no longer listed; the keys to remove."""
+
+    def accept(self, name: str, info: VersionInfo) -> None:
+        """Take a new or changed version."""
+
+    def remove(self, key: Key) -> None:
+        """Drop a version that is gone."""
+
+
 class Reloader:
     """Watches one repository's locations."""
 
-    def __init__(self, repository: ModelRepository, poll_interval: float) -> None:
+    def __init__(self, repository: Watched, poll_interval: float) -> None:
         self.repository = repository
         self.poll_interval = poll_interval
         self.settle = min(1.0, poll_interval / 2)  # a version whose files changed this recently may be half-written

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from engine import tempdirs
-from engine.config import DEFAULT_MODEL_NAME, Models
 from engine.errors import ModelError
 from engine.models.cache import Key, Limits
 from engine.models.layout import ModelFormat, VersionInfo, check_layout, group_versions
 from engine.models.reloading import Reloader
 from engine.models.stores import Store, store_for
+from engine.project.config import DEFAULT_MODEL_NAME, Models
 from engine.settings import ServeSettings
 
 log = logging.getLogger("engine.models")

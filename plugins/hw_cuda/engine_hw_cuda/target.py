@@ -8,7 +8,13 @@ from dataclasses import asdict
 from typing import Any
 
 from engine import ConfigError, Device, VisibleDevices, hookimpl, share_cores
-from engine_hw_cuda.discovery import Discover, DiscoveryError, Gpu, discover_gpus, visible_gpus
+from engine_hw_cuda.discovery import (
+    Discover,
+    DiscoveryError,
+    Gpu,
+    discover_gpus,
+    visible_gpus,
+)
 
 log = logging.getLogger("engine.cuda")
 

@@ -9,8 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # cuda_testing, shared by this folder's test modules
 
-from engine import testing  # noqa: E402
 from engine_hw_cuda import CudaTarget, Gpu  # noqa: E402
+
+from engine import testing  # noqa: E402
 
 # Every variable the plugin reads or sets; each test starts without them and gets the real ones back afterwards.
 CUDA_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "ENGINE_USER_CUDA_VISIBLE_DEVICES", "ENGINE_SIMULATED_GPUS",

@@ -1,8 +1,9 @@
 """Simulated GPUs and APIs for the CUDA plugin's tests."""
 from __future__ import annotations
 
-from engine import Api
 from engine_hw_cuda import Gpu
+
+from engine import Api
 
 H100 = "NVIDIA H100 80GB HBM3"
 

@@ -6,9 +6,15 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 from cuda_testing import H100, gpus
-
-from engine_hw_cuda.discovery import (SIMULATED_ENV, DiscoveryError, Gpu, discover_gpus, nvml_gpus, simulated_gpus,
-                                      visible_gpus)
+from engine_hw_cuda.discovery import (
+    SIMULATED_ENV,
+    DiscoveryError,
+    Gpu,
+    discover_gpus,
+    nvml_gpus,
+    simulated_gpus,
+    visible_gpus,
+)
 
 
 class FakeNvml:

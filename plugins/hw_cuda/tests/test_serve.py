@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from engine_hw_cuda.discovery import DiscoveryError, nvml_gpus
 
 from engine.testing import Server, api_yaml, write_project
-from engine_hw_cuda.discovery import DiscoveryError, nvml_gpus
 
 pytestmark = pytest.mark.e2e
 

@@ -7,15 +7,17 @@ import subprocess
 import sys
 import textwrap
 
+import engine_python_predictor
 import pytest
 from cuda_testing import H100, gpus, make_api
-
-import engine_python_predictor
-from engine import ConfigError, Device, testing
-from engine.testing import check_hardware_target, setup_device, validate
 from engine_hw_cuda import CudaTarget, assign
 from engine_hw_cuda.discovery import DiscoveryError
-from engine_hw_cuda.target import onnxruntime_providers as real_onnxruntime_providers  # before any test patches it
+from engine_hw_cuda.target import (
+    onnxruntime_providers as real_onnxruntime_providers,  # before any test patches it
+)
+
+from engine import ConfigError, Device, testing
+from engine.testing import check_hardware_target, setup_device, validate
 
 
 def run_worker(pm_factory, devices, api, index: int) -> tuple[Device, dict[str, str]]:

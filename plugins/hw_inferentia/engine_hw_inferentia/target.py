@@ -6,8 +6,16 @@ import os
 from typing import Any
 
 from engine import ConfigError, Device, VisibleDevices, hookimpl, share_cores
-from engine_hw_inferentia.discovery import (FRAMEWORKS, NEURON_LIB, TENSORFLOW_FRAMEWORKS, DiscoveryError, NeuronHost,
-                                            core_range, installed_frameworks, parse_cores)
+from engine_hw_inferentia.discovery import (
+    FRAMEWORKS,
+    NEURON_LIB,
+    TENSORFLOW_FRAMEWORKS,
+    DiscoveryError,
+    NeuronHost,
+    core_range,
+    installed_frameworks,
+    parse_cores,
+)
 
 log = logging.getLogger("engine.inferentia")
 

@@ -5,8 +5,9 @@ import json
 import textwrap
 from pathlib import Path
 
-from engine import Api, testing
 from engine_hw_inferentia import InferentiaTarget, NeuronHost
+
+from engine import Api, testing
 
 GIB = 2**30
 

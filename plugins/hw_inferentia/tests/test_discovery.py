@@ -5,10 +5,16 @@ import json
 import sys
 
 import pytest
+from engine_hw_inferentia.discovery import (
+    DiscoveryError,
+    NeuronDevice,
+    NeuronHost,
+    core_range,
+    installed_frameworks,
+    parse_cores,
+    parse_neuron_ls,
+)
 from neuron_testing import GIB, inf1_devices, inf2_devices
-
-from engine_hw_inferentia.discovery import (DiscoveryError, NeuronDevice, NeuronHost, core_range, installed_frameworks,
-                                            parse_cores, parse_neuron_ls)
 
 
 def test_neuron_ls_on_inf1_numbers_the_cores_across_devices():

@@ -7,11 +7,15 @@ import sys
 import threading
 
 import pytest
+from engine_hw_inferentia import NeuronHost
+from engine_hw_inferentia.discovery import (
+    DiscoveryError,
+    core_range,
+    installed_frameworks,
+)
 from neuron_testing import inf1_devices
 
 from engine.testing import Server, api_yaml, write_project
-from engine_hw_inferentia import NeuronHost
-from engine_hw_inferentia.discovery import DiscoveryError, core_range, installed_frameworks
 
 pytestmark = pytest.mark.e2e
 

@@ -5,14 +5,14 @@ import logging
 import os
 import textwrap
 
+import engine_python_predictor
 import pydantic
 import pytest
+from engine_hw_inferentia import split_cores
 from neuron_testing import inf1_devices, inf2_devices, make_api
 
-import engine_python_predictor
 from engine import Api, ConfigError, Device
 from engine.testing import check_hardware_target, setup_device, validate
-from engine_hw_inferentia import split_cores
 
 
 def run_worker(machine, api, index: int) -> tuple[Device, dict[str, str]]:

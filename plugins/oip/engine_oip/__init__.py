@@ -29,5 +29,7 @@ def engine_operations():
 def engine_services(served, settings):
     if settings.grpc_port is None:
         return []
-    from engine_oip.grpc_service import GrpcService  # grpcio is imported only when gRPC is served
+    from engine_oip.grpc_service import (
+        GrpcService,  # grpcio is imported only when gRPC is served
+    )
     return [GrpcService(served, settings)]

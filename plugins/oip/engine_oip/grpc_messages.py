@@ -11,7 +11,15 @@ from google.protobuf.message import DecodeError
 from engine import ModelError
 from engine_oip.models import InferRequest
 from engine_oip.protocol import open_inference_pb2 as pb
-from engine_oip.tensors import DATATYPES, check_datatype, check_shape, datatype_of, element_count, from_raw, to_raw
+from engine_oip.tensors import (
+    DATATYPES,
+    check_datatype,
+    check_shape,
+    datatype_of,
+    element_count,
+    from_raw,
+    to_raw,
+)
 
 # The typed `contents` field that holds each datatype (FP16 has none: raw contents only).
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",

@@ -13,7 +13,14 @@ from starlette.responses import JSONResponse, Response
 import engine
 from engine import ModelError
 from engine_oip.models import InferRequest, locate, unknown_model
-from engine_oip.tensors import check_header, datatype_of, from_json_data, from_raw, to_json_data, to_raw
+from engine_oip.tensors import (
+    check_header,
+    datatype_of,
+    from_json_data,
+    from_raw,
+    to_json_data,
+    to_raw,
+)
 
 SERVER_NAME = "engine"
 EXTENSIONS = ["binary_tensor_data"]

@@ -16,11 +16,22 @@ import schemathesis
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from tritonclient.utils import InferenceServerException
 
-from engine.testing import api_yaml, free_port, in_thread, wait_file, wait_for, write_project
+from engine.testing import (
+    api_yaml,
+    free_port,
+    in_thread,
+    wait_file,
+    wait_for,
+    write_project,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 

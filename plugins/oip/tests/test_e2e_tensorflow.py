@@ -11,7 +11,6 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(400)]
 pytest.importorskip("tensorflow", reason="the tensorflow type's tests need tensorflow")
 

@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_oip.tensors import (
+    DATATYPES,
+    datatype_of,
+    deserialize_bytes,
+    from_json_data,
+    from_raw,
+    serialize_bytes,
+    to_json_data,
+    to_raw,
+)
 
 from engine import ModelError
-from engine_oip.tensors import (DATATYPES, datatype_of, deserialize_bytes, from_json_data, from_raw, serialize_bytes,
-                                to_json_data, to_raw)
 
 
 @pytest.mark.parametrize("datatype", [d for d in DATATYPES if d != "BYTES"])

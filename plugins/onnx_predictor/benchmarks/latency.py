@@ -26,10 +26,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnxruntime as ort
-
-from engine import ModelRepository, Models, usable_cores
 from engine_onnx_predictor.client import ONNXClient
 from engine_onnx_predictor.model_format import OnnxModelFormat
+
+from engine import ModelRepository, Models, usable_cores
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "onnx-iris"
 PAYLOAD = {"sepal_length": 5.2, "sepal_width": 3.6, "petal_length": 1.4, "petal_width": 0.3}

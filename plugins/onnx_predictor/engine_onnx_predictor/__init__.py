@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 
 def _model_format(api: Api, device: Device) -> Any:
-    from engine_onnx_predictor.model_format import model_format  # onnxruntime is imported only when it is used
+    from engine_onnx_predictor.model_format import (
+        model_format,  # onnxruntime is imported only when it is used
+    )
 
     return model_format(api, device)
 

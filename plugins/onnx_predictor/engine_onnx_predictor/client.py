@@ -11,6 +11,7 @@ from engine_onnx_predictor.batching import batch_key, run_batch, unwrap
 from engine_onnx_predictor.convert import describe_value, to_feed
 from engine_onnx_predictor.model_format import OnnxModel
 
+
 class ONNXClient:
     """What an ONNXPredictor gets as onnx_client."""
 

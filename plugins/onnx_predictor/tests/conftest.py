@@ -7,11 +7,12 @@ import pytest
 
 onnx = pytest.importorskip("onnx", reason="the ONNX tests build their models with onnx: "
                                           "pip install -e 'plugins/onnx_predictor[test]'")
-from onnx import TensorProto, helper  # noqa: E402
-
-from engine import ModelRepository, Models as ModelsConfig  # noqa: E402
 from engine_onnx_predictor.client import ONNXClient  # noqa: E402
 from engine_onnx_predictor.model_format import OnnxModelFormat  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+
+from engine import ModelRepository  # noqa: E402
+from engine import Models as ModelsConfig
 
 # onnx type name → TensorProto element type, for every type the converter maps.
 ELEMENT_TYPES = {

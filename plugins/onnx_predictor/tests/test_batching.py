@@ -8,12 +8,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from engine_onnx_predictor import batching
+from engine_onnx_predictor.client import ONNXClient
 from onnx import TensorProto, helper
 
 from engine import Batching
 from engine.testing import Server
-from engine_onnx_predictor import batching
-from engine_onnx_predictor.client import ONNXClient
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "onnx-iris"
 

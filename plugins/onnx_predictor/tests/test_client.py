@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from engine_onnx_predictor.convert import ONNX_TO_NUMPY
+from engine_onnx_predictor.model_format import EXPECTED_TREE, OnnxModel, OnnxModelFormat
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from engine import ModelError
-from engine_onnx_predictor.convert import ONNX_TO_NUMPY
-from engine_onnx_predictor.model_format import EXPECTED_TREE, OnnxModel, OnnxModelFormat
 
 
 def settled(path: Path) -> None:

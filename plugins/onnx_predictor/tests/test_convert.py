@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_onnx_predictor.convert import ONNX_TO_NUMPY, InputSpec, to_array, to_feed
 
 from engine import ModelError
-from engine_onnx_predictor.convert import ONNX_TO_NUMPY, InputSpec, to_array, to_feed
 
 MODEL = "model 'm' of version latest (m.onnx)"
 IRIS = InputSpec("input", "tensor(float)", (None, 4))

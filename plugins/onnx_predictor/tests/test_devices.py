@@ -4,11 +4,16 @@ from __future__ import annotations
 import logging
 
 import pytest
+from engine_onnx_predictor import ONNX
+from engine_onnx_predictor.model_format import (
+    THREADS_ENV,
+    OnnxModelFormat,
+    intra_op_threads,
+    usable_providers,
+)
 
 from engine import ConfigError, Device, usable_cores
 from engine.testing import api_yaml, make_api, plugin_manager, setup_device
-from engine_onnx_predictor import ONNX
-from engine_onnx_predictor.model_format import THREADS_ENV, OnnxModelFormat, intra_op_threads, usable_providers
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from engine_onnx_predictor.model_format import EXPECTED_TREE
 
 from engine import usable_cores
 from engine.testing import Server, api_yaml, write_project
-from engine_onnx_predictor.model_format import EXPECTED_TREE
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -5,11 +5,19 @@ import subprocess
 import sys
 
 import pytest
+from engine_onnx_predictor.client import ONNXClient
 
 from engine import ConfigError, Device
-from engine.testing import (api_yaml, create_client, load_apis, plugin_infos, plugin_manager, predictor_type, validate,
-                            write_project)
-from engine_onnx_predictor.client import ONNXClient
+from engine.testing import (
+    api_yaml,
+    create_client,
+    load_apis,
+    plugin_infos,
+    plugin_manager,
+    predictor_type,
+    validate,
+    write_project,
+)
 
 PREDICTOR = """
 class ONNXPredictor:

@@ -15,7 +15,15 @@ from typing import Any
 
 from ray import serve
 
-from engine import METRICS_PATH, READYZ_PATH, Lifespan, ServeSettings, create_app, load_project, play
+from engine import (
+    METRICS_PATH,
+    READYZ_PATH,
+    Lifespan,
+    ServeSettings,
+    create_app,
+    load_project,
+    play,
+)
 from engine_ray import asgi
 from engine_ray.metrics import COLLECTOR_NAME, REPORT_INTERVAL
 

@@ -89,11 +89,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
-
-    from engine import Device, ModelRepository, Models, usable_cores
     from engine_tensorflow_predictor.client import TensorFlowClient
     from engine_tensorflow_predictor.model import TensorFlowModelFormat
     from engine_tensorflow_predictor.signatures import SignatureKeys
+
+    from engine import Device, ModelRepository, Models, usable_cores
 
     # this process gets the thread pools that the server's single process gets, set before TensorFlow starts
     keys = SignatureKeys(None, {})

@@ -10,7 +10,11 @@ from engine_tensorflow_predictor.batching import SignatureBatcher
 from engine_tensorflow_predictor.inputs import convert_inputs
 from engine_tensorflow_predictor.model import SavedModel
 from engine_tensorflow_predictor.outputs import cortex_outputs
-from engine_tensorflow_predictor.signatures import SignatureError, SignatureKeys, select_signature
+from engine_tensorflow_predictor.signatures import (
+    SignatureError,
+    SignatureKeys,
+    select_signature,
+)
 
 
 class TensorFlowClient:

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
-from engine import ModelError
 from engine_tensorflow_predictor.batching import batch_key
 from engine_tensorflow_predictor.inputs import TensorSpec
 from engine_tensorflow_predictor.model import Signature
+
+from engine import ModelError
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_tensorflow_predictor.inputs import TensorSpec, convert_inputs
 
 from engine import ModelError
-from engine_tensorflow_predictor.inputs import TensorSpec, convert_inputs
 
 F32 = TensorSpec("x", "float32", "float", (None,), np.float32)
 PAIR = TensorSpec("p", "float32", "float", (None, 2), np.float32)

@@ -8,10 +8,10 @@ import weakref
 
 import numpy as np
 import pytest
-
-from engine import Device, ModelError
 from engine_tensorflow_predictor.model import SavedModel, TensorFlowModelFormat
 from engine_tensorflow_predictor.signatures import SignatureKeys
+
+from engine import Device, ModelError
 
 # --- layout ------------------------------------------------------------------------------------------------------
 

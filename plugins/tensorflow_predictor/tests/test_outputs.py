@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from engine_tensorflow_predictor.outputs import cortex_outputs, cortex_values
 
 from engine import ModelError
-from engine_tensorflow_predictor.outputs import cortex_outputs, cortex_values
 
 BIG_OUTPUT_ELEMENTS = 2_600_000  # float32: 10.4 MB, well over gRPC's 4 MiB default that broke Cortex (#1740)
 

@@ -10,12 +10,12 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 import engine_tensorflow_predictor
+import pytest
+from engine_tensorflow_predictor import runtime
+
 from engine import Api, Device
 from engine.testing import plugin_manager, predictor_type
-from engine_tensorflow_predictor import runtime
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "tensorflow-iris"
 

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import pytest
+from engine_tensorflow_predictor.signatures import (
+    SignatureError,
+    SignatureKeys,
+    select_signature,
+)
 
 from engine import ModelError, Models
-from engine_tensorflow_predictor.signatures import SignatureError, SignatureKeys, select_signature
 
 
 def test_configured_key_wins_when_present():

@@ -5,7 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from engine.testing import Server, api_yaml, in_thread, plugin_environment, wait_file, write_project
+from engine.testing import (
+    Server,
+    api_yaml,
+    in_thread,
+    plugin_environment,
+    wait_file,
+    write_project,
+)
 
 pytestmark = pytest.mark.e2e
 

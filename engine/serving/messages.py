@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.config import Api
+    from engine.project.config import Api
 
 _HEADER = struct.Struct("!I")
 

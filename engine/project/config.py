@@ -8,10 +8,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from engine.config_errors import Rules, format_validation_error
-from engine.config_sections import (Autoscaling, Compute, Integer, Monitoring, Networking, PositiveDuration, Section,
-                                    UpdateStrategy)
 from engine.errors import ConfigError
+from engine.project.config_errors import Rules, format_validation_error
+from engine.project.sections import (
+    Autoscaling,
+    Compute,
+    Integer,
+    Monitoring,
+    Networking,
+    PositiveDuration,
+    Section,
+    UpdateStrategy,
+)
 from engine.routes import reserved, reserved_shown
 
 DEFAULT_MODEL_NAME = "_cortex_default"

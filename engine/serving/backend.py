@@ -2,7 +2,7 @@
 
 Two kinds today: the API's Pipeline in the front process itself (processes_per_replica: 1), and a WorkerGroup that
 forwards each request to a worker process running that same Pipeline. Whatever the kind, the front process's
-admission layer (engine.admission) has already read the body, counted the request and checked the limits.
+admission layer (engine.serving.admission) has already read the body, counted the request and checked the limits.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from starlette.datastructures import Headers, QueryParams
 if TYPE_CHECKING:
     from starlette.responses import Response
 
-    from engine.config import Api
+    from engine.project.config import Api
 
 
 @dataclass(slots=True)

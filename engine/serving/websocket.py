@@ -13,12 +13,12 @@ import time
 from typing import TYPE_CHECKING
 
 from engine import jsoncodec
-from engine.admission import ensure_request_id
 from engine.asgi import play
-from engine.backend import ApiRequest
+from engine.serving.admission import ensure_request_id
+from engine.serving.backend import ApiRequest
 
 if TYPE_CHECKING:
-    from engine.admission import Admission
+    from engine.serving.admission import Admission
 
 _TEXT_TYPES = (b"application/json", b"text/", b"application/x-ndjson")
 TRY_AGAIN_LATER = 1013  # the close code for a server not ready (RFC 6455 registry)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pluggy
 
-from engine.config import Api
 from engine.errors import ConfigError
-from engine.project import Project, ProjectWarning, conflicting_env
-from engine.validate import validate_project
+from engine.project.config import Api
+from engine.project.files import Project, ProjectWarning, conflicting_env
+from engine.project.validate import validate_project
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.config import Api
+    from engine.project.config import Api
 
 WHEN_FREE, INTERVAL = "when_free", "interval"
 DISPATCH_POLICIES = (WHEN_FREE, INTERVAL)

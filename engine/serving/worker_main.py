@@ -1,6 +1,6 @@
 """A worker process: builds one API's Pipeline and answers the calls the front process hands it.
 
-Started by engine.workers as `python -m engine.worker ...` when processes_per_replica > 1. It runs the very same
+Started by engine.serving.worker_pool as `python -m engine.serving.worker_main ...` when processes_per_replica > 1. It runs the very same
 Pipeline as a single-process server (payload parsing, predict, response encoding, post_predict), with the very same
 plugins, so behaviour does not depend on the number of processes.
 """
@@ -14,22 +14,23 @@ import os
 import signal
 import sys
 
-from engine import messages, plugins, tracebacks
+from engine import plugins, tracebacks
 from engine.asgi import play
-from engine.backend import ApiRequest
 from engine.errors import EngineError
-from engine.eventloop import run_event_loop
 from engine.memory import settle_after_start_up
-from engine.metrics import Metrics
-from engine.pipeline import Pipeline
-from engine.project import enter_view
+from engine.project.files import enter_view
+from engine.serving import messages
+from engine.serving.backend import ApiRequest
+from engine.serving.eventloop import run_event_loop
+from engine.serving.metrics import Metrics
+from engine.serving.pipeline import Pipeline
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a worker process."""
-    parser = argparse.ArgumentParser(prog="python -m engine.worker")
+    parser = argparse.ArgumentParser(prog="python -m engine.serving.worker_main")
     parser.add_argument("--socket", required=True, help="the front process's Unix socket")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True, help="the front process's pid")

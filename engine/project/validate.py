@@ -7,10 +7,10 @@ from pathlib import Path
 import pluggy
 
 from engine import plugins
-from engine.config import Api, load_config, not_applied_locally
 from engine.errors import ConfigError, EngineError
-from engine.predictor import check_class, static_methods
-from engine.project import Project, ProjectWarning
+from engine.project.config import Api, load_config, not_applied_locally
+from engine.project.files import Project, ProjectWarning
+from engine.project.predictor_class import check_class, static_methods
 from engine.settings import env_name
 
 CONFIG_FILE_NAME = "cortex.yaml"

@@ -5,9 +5,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from engine.config_errors import Rules
+from engine.project.config_errors import Rules
 from engine.units import parse_duration, parse_quantity
 
 _ENDPOINT = re.compile(r"^[A-Za-z0-9_\-./]*$")

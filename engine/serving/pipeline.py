@@ -19,17 +19,24 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from engine import parsing, plugins
-from engine.backend import ApiRequest
-from engine.batching import Arrivals, AsyncBatcher, Batching, concurrent_predicts
-from engine.config import Api
+from engine import plugins
 from engine.errors import ModelError, PayloadError
-from engine.metrics import Metrics
 from engine.models import ModelRepository
 from engine.plugin_api import DescribesModels, LoadsUserModels, OperationContext
-from engine.eventloop import PredictorLoop
-from engine.predictor import Predictor, load_class
-from engine.streams import END, is_stream, stream_response
+from engine.project.config import Api
+from engine.project.predictor_class import load_class
+from engine.serving import parsing
+from engine.serving.backend import ApiRequest
+from engine.serving.batching import (
+    Arrivals,
+    AsyncBatcher,
+    Batching,
+    concurrent_predicts,
+)
+from engine.serving.eventloop import PredictorLoop
+from engine.serving.metrics import Metrics
+from engine.serving.predictor import Predictor
+from engine.serving.streams import END, is_stream, stream_response
 from engine.tracebacks import public_text
 
 log = logging.getLogger("engine")
@@ -279,7 +286,7 @@ class Pipeline:
             raise
 
     def _predict_announced(self, predictor: Predictor, arguments: dict[str, Any]) -> Any:
-        """predict() for a batching client, its arrival at the batcher counted (see engine.batching.Arrivals)."""
+        """predict() for a batching client, its arrival at the batcher counted (see engine.serving.batching.Arrivals)."""
         with self.arrivals.carried():
             return predictor.predict(arguments)
 

@@ -14,8 +14,8 @@ from urllib.parse import parse_qsl
 from starlette.responses import Response
 
 from engine.errors import ConfigError
-from engine.pipeline import error_response
 from engine.routes import DOCS_PATH, METRICS_PATH, OPENAPI_PATH, PROBES
+from engine.serving.pipeline import error_response
 from engine.settings import ServeSettings, env_name, is_loopback
 
 log = logging.getLogger("engine")

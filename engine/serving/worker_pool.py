@@ -1,7 +1,7 @@
 """Worker processes: the Backend of an API served by processes_per_replica workers (or by one, with --isolate).
 
-Each worker runs the API's Pipeline (engine.worker); this side starts them, hands each request to the least-loaded
-one (engine.messages), replaces those that die, retires those past their request or memory limit (a successor
+Each worker runs the API's Pipeline (engine.serving.worker_main); this side starts them, hands each request to the least-loaded
+one (engine.serving.messages), replaces those that die, retires those past their request or memory limit (a successor
 first), kills one that keeps running a request given up long ago, and stops them. The admission layer in front has
 already counted each request.
 """
@@ -18,12 +18,13 @@ from pathlib import Path
 
 from starlette.responses import Response
 
-from engine import messages, plugins, tempdirs
-from engine.backend import ApiRequest
-from engine.config import Api
+from engine import plugins, tempdirs
 from engine.errors import EngineError
-from engine.metrics import worker_exited
-from engine.pipeline import error_response
+from engine.project.config import Api
+from engine.serving import messages
+from engine.serving.backend import ApiRequest
+from engine.serving.metrics import worker_exited
+from engine.serving.pipeline import error_response
 from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")
@@ -187,7 +188,7 @@ class WorkerGroup:
         self._connections[index] = asyncio.get_running_loop().create_future()
         log_level = logging.getLevelName(logging.getLogger().level)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.worker", f"--socket={self._socket_dir / 'workers.sock'}",
+            sys.executable, "-m", "engine.serving.worker_main", f"--socket={self._socket_dir / 'workers.sock'}",
             f"--index={index}", f"--parent={os.getpid()}", f"--api={self.api.name}", f"--log-level={log_level}")
         worker = Worker(index, process)
         self._keep(self._watch(worker))

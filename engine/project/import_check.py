@@ -19,7 +19,7 @@ def check_imports(config_file: Path, api_names: list[str], cpu: bool, timeout: f
     """Import every API's predictor in a child process; what went wrong, by API name (empty when all import)."""
     problems = {}
     for name in api_names:
-        command = [sys.executable, "-m", "engine.import_check", str(config_file), name, *(["--cpu"] if cpu else [])]
+        command = [sys.executable, "-m", "engine.project.import_check", str(config_file), name, *(["--cpu"] if cpu else [])]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
@@ -41,15 +41,15 @@ def _last_lines(text: str, count: int = 20) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """In the child: set up the API's environment and view as serve does, import, check the class."""
-    parser = argparse.ArgumentParser(prog="python -m engine.import_check")
+    parser = argparse.ArgumentParser(prog="python -m engine.project.import_check")
     parser.add_argument("config")
     parser.add_argument("api")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     from engine import plugins
-    from engine.predictor import load_class
-    from engine.loading import load_project
-    from engine.project import enter_view, remove_view
+    from engine.project.files import enter_view, remove_view
+    from engine.project.loading import load_project
+    from engine.project.predictor_class import load_class
 
     loaded = load_project(Path(args.config).parent, args.config, cpu=args.cpu, apis=[args.api])
     api = loaded.apis[0]

@@ -12,10 +12,10 @@ from typing import Protocol
 
 from starlette.responses import Response
 
-from engine.accesslog import access_log
-from engine.backend import ApiRequest, Backend
-from engine.metrics import Metrics
-from engine.pipeline import error_response
+from engine.serving.accesslog import access_log
+from engine.serving.backend import ApiRequest, Backend
+from engine.serving.metrics import Metrics
+from engine.serving.pipeline import error_response
 from engine.settings import ServeSettings
 
 log = logging.getLogger("engine")
@@ -168,7 +168,7 @@ class Admission:
         self._observe(operation, request.scope["path"], response.status_code, started, request_id)
         return response
 
-    # --- for the WebSocket messages of engine.websocket --------------------------------------------------------
+    # --- for the WebSocket messages of engine.serving.websocket --------------------------------------------------------
 
     async def answer_message(self, request: ApiRequest) -> tuple[Response, bool]:
         """The answer to one WebSocket message (a POST in all but name), and whether it holds a slot to release."""

@@ -1,0 +1,1 @@
+"""Project loading: cortex.yaml, validation, the project's files, load_project."""

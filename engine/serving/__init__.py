@@ -1,0 +1,1 @@
+"""The request path: admission, backend, pipeline, workers, batching, streams."""

@@ -1,0 +1,78 @@
+"""A constructed predictor: the user's methods called with only the arguments they declare, alone or in batches."""
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+from engine.errors import PredictorLoadError
+from engine.project.predictor_class import Signature
+
+
+class Predictor:
+    """A constructed predictor and the argument names its methods take."""
+
+    def __init__(self, instance: Any, methods: dict[str, Signature]) -> None:
+        self.instance = instance
+        # async def methods run on the API's own event loop (engine.serving.eventloop), the others on its thread pool
+        self.async_predict = inspect.iscoroutinefunction(instance.predict)
+        self.async_stream = inspect.isasyncgenfunction(instance.predict)  # async def predict that yields
+        self.async_post_predict = inspect.iscoroutinefunction(getattr(instance, "post_predict", None))
+        self.async_load_model = inspect.iscoroutinefunction(getattr(instance, "load_model", None))
+        self.predict_args = methods["predict"].args
+        self.post_predict_args = methods["post_predict"].args if "post_predict" in methods else None
+        wanted = set(self.predict_args) | set(self.post_predict_args or ())
+        self.wants_payload = "payload" in wanted
+        self.wants_query_params = "query_params" in wanted
+        self.wants_headers = "headers" in wanted
+
+    @classmethod
+    def construct(cls, predictor_class: type, methods: dict[str, Signature], config: dict[str, Any],
+                  client_arg: str, client: Any) -> Predictor:
+        """Run the user's __init__ with the declared arguments (config is a deep copy)."""
+        init = methods.get("__init__", Signature((), frozenset()))
+        declared = init.args
+        offered = {"config": copy.deepcopy(config), "job_spec": None}
+        if client is not None:
+            offered[client_arg] = client
+        elif client_arg in declared and client_arg not in init.with_defaults:
+            raise PredictorLoadError(f"{predictor_class.__name__}.__init__ declares {client_arg}, but no "
+                                     f"{client_arg} is created for this API (no models are configured); give it "
+                                     "a default or remove it")
+        instance = predictor_class(**{name: offered[name] for name in declared if name in offered})
+        return cls(instance, methods)
+
+    @property
+    def is_async(self) -> bool:
+        """True when some method runs on an event loop."""
+        return self.async_predict or self.async_stream or self.async_post_predict or self.async_load_model
+
+    def predict(self, arguments: dict[str, Any]) -> Any:
+        """Call predict() with the arguments it declared (a coroutine, for an async predict)."""
+        return self.instance.predict(**{name: arguments.get(name) for name in self.predict_args})
+
+    def predict_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
+        """Call a sync predict() once for a batch: every declared argument is a list, in arrival order."""
+        return batch_results(self.instance.predict(**self._batched(batch)), batch)
+
+    async def predict_batch_async(self, batch: list[dict[str, Any]]) -> list[Any]:
+        """Await an async predict() once for a batch."""
+        return batch_results(await self.instance.predict(**self._batched(batch)), batch)
+
+    def _batched(self, batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        return {name: [arguments.get(name) for arguments in batch] for name in self.predict_args}
+
+    def post_predict(self, response: Any, arguments: dict[str, Any]) -> Any:
+        """Call post_predict() with the arguments it declared (a coroutine, for an async one)."""
+        offered = {**arguments, "response": response}
+        return self.instance.post_predict(**{name: offered.get(name) for name in self.post_predict_args})
+
+
+def batch_results(results: Any, batch: list) -> list[Any]:
+    """What predict returned for a batch, checked: one result per request, in a list."""
+    if not isinstance(results, list):
+        raise TypeError(f"please return a list when using server side batching, got {type(results).__name__}")
+    if len(results) != len(batch):
+        raise ValueError(f"predict() returned {len(results)} results for a batch of {len(batch)} requests; with "
+                         "server side batching it must return one result per request, in the order received")
+    return results
