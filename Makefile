@@ -11,7 +11,7 @@ PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 # The predictor types the example uses besides python; each comes from plugins/<type>_predictor.
 EXAMPLE_TYPES := $(filter-out python,$(shell sed -n 's/^ *type: *\([a-z_]*\).*/\1/p' $(EXAMPLE)/cortex.yaml 2>/dev/null))
 
-.PHONY: setup serve test clean
+.PHONY: setup serve lint test clean
 
 # The core and the python predictor type: all that serving most examples needs.
 $(VENV)/.core: pyproject.toml plugins/python_predictor/pyproject.toml
@@ -33,7 +33,15 @@ setup: $(VENV)/.test  ## create .venv with engine, its plugins and the test tool
 serve: $(VENV)/.core $(foreach t,$(EXAMPLE_TYPES),$(VENV)/.type-$(t))  ## make serve [EXAMPLE=...] [PORT=8888]
 	$(BIN)/engine serve $(EXAMPLE) --port $(PORT)
 
-test: $(VENV)/.test  ## run the whole test suite, then its end-to-end part again on uvicorn (--server uvicorn)
+# Every plugin package of this repository (not their tests), type-checked in mypy's normal mode; engine/ is strict.
+PLUGIN_PACKAGES := $(patsubst %/__init__.py,%,$(wildcard plugins/*/engine_*/__init__.py))
+
+lint: $(VENV)/.test  ## ruff and mypy (strict on engine/, normal on the plugins)
+	$(BIN)/ruff check .
+	$(BIN)/mypy --strict engine
+	$(BIN)/mypy $(PLUGIN_PACKAGES)
+
+test: lint  ## lint, run the whole test suite, then its end-to-end part again on uvicorn (--server uvicorn)
 	$(BIN)/python -m pytest
 	ENGINE_SERVER=uvicorn $(BIN)/python -m pytest -q -m "e2e and not packaging" --ignore=plugins/ray
 
