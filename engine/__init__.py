@@ -100,53 +100,53 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 
-if TYPE_CHECKING:
-    from engine.app import create_app, served  # noqa: F401
-    from engine.asgi import Lifespan, LifespanError, Played, http_scope, play  # noqa: F401
-    from engine.hardware import (  # noqa: F401
-        THREAD_ENV_VARS,
-        VisibleDevices,
-        share_cores,
-        usable_cores,
-    )
-    from engine.jsoncodec import json_dumps, json_loads  # noqa: F401
-    from engine.models import (  # noqa: F401
-        FileEntry,
-        ModelFormat,
-        ModelRepository,
-        Store,
-        VersionInfo,
-    )
-    from engine.plugin_api import (  # noqa: F401
-        DescribesModels,
-        HttpRoute,
-        HttpServer,
-        LoadsUserModels,
-        Operation,
-        OperationContext,
-        PayloadParser,
-        Served,
-        ServesTensors,
-        Service,
-        Setting,
-        TensorSpec,
-    )
-    from engine.project.config import (  # noqa: F401
-        DEFAULT_MODEL_NAME,
-        Api,
-        Models,
-        ServerSideBatching,
-    )
-    from engine.project.files import ProjectWarning  # noqa: F401
-    from engine.project.loading import LoadedProject, load_project  # noqa: F401
-    from engine.routes import (  # noqa: F401
-        DOCS_PATH,
-        HEALTHZ_PATH,
-        METRICS_PATH,
-        OPENAPI_PATH,
-        READYZ_PATH,
-    )
-    from engine.serving.batching import Batching, ThreadBatcher  # noqa: F401
-    from engine.serving.security import load_keys  # noqa: F401
-    from engine.settings import ServeSettings, port_number  # noqa: F401
-    from engine.types import Device, PredictorType  # noqa: F401
+if TYPE_CHECKING:  # the lazy names, for type checkers (`X as X`: re-exported)
+    from engine.app import create_app as create_app
+    from engine.app import served as served
+    from engine.asgi import Lifespan as Lifespan
+    from engine.asgi import LifespanError as LifespanError
+    from engine.asgi import Played as Played
+    from engine.asgi import http_scope as http_scope
+    from engine.asgi import play as play
+    from engine.hardware import THREAD_ENV_VARS as THREAD_ENV_VARS
+    from engine.hardware import VisibleDevices as VisibleDevices
+    from engine.hardware import share_cores as share_cores
+    from engine.hardware import usable_cores as usable_cores
+    from engine.jsoncodec import json_dumps as json_dumps
+    from engine.jsoncodec import json_loads as json_loads
+    from engine.models import FileEntry as FileEntry
+    from engine.models import ModelFormat as ModelFormat
+    from engine.models import ModelRepository as ModelRepository
+    from engine.models import Store as Store
+    from engine.models import VersionInfo as VersionInfo
+    from engine.plugin_api import DescribesModels as DescribesModels
+    from engine.plugin_api import HttpRoute as HttpRoute
+    from engine.plugin_api import HttpServer as HttpServer
+    from engine.plugin_api import LoadsUserModels as LoadsUserModels
+    from engine.plugin_api import Operation as Operation
+    from engine.plugin_api import OperationContext as OperationContext
+    from engine.plugin_api import PayloadParser as PayloadParser
+    from engine.plugin_api import Served as Served
+    from engine.plugin_api import ServesTensors as ServesTensors
+    from engine.plugin_api import Service as Service
+    from engine.plugin_api import Setting as Setting
+    from engine.plugin_api import TensorSpec as TensorSpec
+    from engine.project.config import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
+    from engine.project.config import Api as Api
+    from engine.project.config import Models as Models
+    from engine.project.config import ServerSideBatching as ServerSideBatching
+    from engine.project.files import ProjectWarning as ProjectWarning
+    from engine.project.loading import LoadedProject as LoadedProject
+    from engine.project.loading import load_project as load_project
+    from engine.routes import DOCS_PATH as DOCS_PATH
+    from engine.routes import HEALTHZ_PATH as HEALTHZ_PATH
+    from engine.routes import METRICS_PATH as METRICS_PATH
+    from engine.routes import OPENAPI_PATH as OPENAPI_PATH
+    from engine.routes import READYZ_PATH as READYZ_PATH
+    from engine.serving.batching import Batching as Batching
+    from engine.serving.batching import ThreadBatcher as ThreadBatcher
+    from engine.serving.security import load_keys as load_keys
+    from engine.settings import ServeSettings as ServeSettings
+    from engine.settings import port_number as port_number
+    from engine.types import Device as Device
+    from engine.types import PredictorType as PredictorType

@@ -10,13 +10,14 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import Message, Receive, Scope, Send
 
 from engine import openapi, plugin_routes, plugins, tempdirs, tracebacks
 from engine import routes as server_routes
@@ -33,6 +34,10 @@ from engine.serving.security import Guard
 from engine.serving.websocket import serve_websocket
 from engine.serving.worker_pool import WorkerGroup
 from engine.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from engine.plugin_api import Served, Service
+    from engine.project.config import Api
 
 log = logging.getLogger("engine")
 
@@ -52,15 +57,15 @@ class AppState:
         self.backends: list[Backend] = [self._backend(api, settings) for api in validated.apis]
         self.admissions = [Admission(backend, self.metrics, settings, self) for backend in self.backends]
         self.guard = Guard(settings)
-        self.services: list = []
+        self.services: list[Service] = []
         self.draining = False  # SIGTERM has come
         self.stopping_since: float | None = None
         self.stopped_cleanly = True  # False when stop() ran out of time with work still running
         self.started_at = time.monotonic()
         self.view: Path | None = None
-        self.init_task: asyncio.Task | None = None
+        self.init_task: asyncio.Task[None] | None = None
 
-    def _backend(self, api, settings: ServeSettings) -> Backend:
+    def _backend(self, api: Api, settings: ServeSettings) -> Backend:
         if api.predictor.processes_per_replica == 1 and not settings.isolate:
             return Pipeline(api, self.pm, self.metrics, settings.model_poll_interval,
                             shows_errors=settings.shows_errors)
@@ -95,7 +100,8 @@ class AppState:
         """Every metric in Prometheus' text format, and its media type."""
         return self.metrics.render(), self.metrics.content_type
 
-    async def operate(self, api_name: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+    async def operate(self, api_name: str, operation: str, body: bytes,
+                      headers: list[tuple[bytes, bytes]]) -> Response:
         """Run a plugin's operation for one of an API's requests, as that API's admission layer lets it."""
         admission = next((a for a in self.admissions if a.api.name == api_name), None)
         if admission is None:
@@ -108,25 +114,25 @@ class AppState:
         """Prepare the process for the predictors, then initialise them in the background; start the plugins'
         services."""
         tempdirs.remove_stale()
-        self.view = self.project.create_view()
+        view = self.view = self.project.create_view()
         os.environ.update(self.environment)
-        enter_view(self.view, [api.predictor.python_path or "" for api in self.apis])
-        self.init_task = asyncio.create_task(self._initialise())
+        enter_view(view, [api.predictor.python_path or "" for api in self.apis])
+        self.init_task = asyncio.create_task(self._initialise(view))
         self.services = [service for answer in self.pm.hook.engine_services(served=self, settings=self.settings)
                          for service in answer or ()]
         for service in self.services:
             await service.start()
 
-    async def _initialise(self) -> None:
-        results = await asyncio.gather(*(self._start(backend) for backend in self.backends))
+    async def _initialise(self, view: Path) -> None:
+        results = await asyncio.gather(*(self._start(backend, view) for backend in self.backends))
         if all(results):
             settle_after_start_up()
             log.info("ready in %.2f s: every predictor has finished __init__", time.monotonic() - self.started_at)
             await asyncio.get_running_loop().run_in_executor(None, lambda: self.pm.hook.engine_startup(apis=self.apis))
 
-    async def _start(self, backend: Backend) -> bool:
+    async def _start(self, backend: Backend, view: Path) -> bool:
         try:
-            await backend.start(self.view, self.project.root)
+            await backend.start(view, self.project.root)
             return True
         except Exception as error:
             backend.failure = str(error) if isinstance(error, EngineError) else f"{type(error).__name__}: {error}"
@@ -201,8 +207,8 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
 
 
 class EngineApp:
-    """The ASGI app: every request past the guard (engine.serving.security); API paths then go straight to their admission
-    layer, everything else (server and plugin routes, 404s, the lifespan) through Starlette."""
+    """The ASGI app: every request past the guard (engine.serving.security); API paths then go straight to their
+    admission layer, everything else (server and plugin routes, 404s, the lifespan) through Starlette."""
 
     def __init__(self, starlette: Starlette, state: AppState, guard: Guard, paths_of: dict[str, list[str]]) -> None:
         self.starlette = starlette
@@ -210,7 +216,7 @@ class EngineApp:
         self.guard = guard
         self._api_paths = {path: admission for admission in state.admissions for path in paths_of[admission.api.name]}
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.starlette(scope, receive, send)
             return
@@ -232,28 +238,29 @@ class EngineApp:
             await admission(scope, receive, send)
 
 
-def _adding_headers(send, headers: dict[str, str]):
+def _adding_headers(send: Send, headers: dict[str, str]) -> Send:
     """`send`, adding headers to the response's start."""
     extra = [(name.encode(), value.encode()) for name, value in headers.items()]
 
-    async def sending(message: dict) -> None:
+    async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
             message = {**message, "headers": [*message.get("headers", []), *extra]}
         await send(message)
     return sending
 
 
-def served(request: Request) -> Any:
+def served(request: Request) -> Served:
     """The running APIs (an engine.Served), from a request to one of a plugin's routes."""
-    return request.app.state.engine
+    state: AppState = request.app.state.engine
+    return state
 
 
-def _api_paths(api, aliases: bool) -> list[str]:
+def _api_paths(api: Api, aliases: bool) -> list[str]:
     """An API's endpoint, and / and /predict when it is the project's only API (Cortex's local and cluster routes)."""
     return [api.endpoint] + (["/", "/predict"] if aliases else [])
 
 
-def _routes(state: AppState) -> list[Route]:
+def _routes(state: AppState) -> list[BaseRoute]:
     return [Route(server_routes.HEALTHZ_PATH, _healthz, methods=["GET"]),
             Route(server_routes.READYZ_PATH, _readyz, methods=["GET"]), *plugin_routes.starlette_routes(state.pm)]
 

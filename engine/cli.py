@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 from engine import __version__, settings, tempdirs
 from engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from engine.plugin_api import Setting
 
 log = logging.getLogger("engine")
 
@@ -17,13 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `engine` command."""
     started = time.monotonic()
     args = _parser().parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)  # the predictor's print() shows up as it happens, as in Cortex
+    if isinstance(sys.stdout, io.TextIOWrapper):  # not when replaced (a test's capture, a redirect)
+        sys.stdout.reconfigure(line_buffering=True)  # the predictor's print() shows up as it happens, as in Cortex
     try:
         level = args.log_level or settings.ServeSettings.load().log_level
         from engine.tracebacks import configure_logging
 
         configure_logging(level)
-        return args.command(args, started)
+        command: Callable[[argparse.Namespace, float], int] = args.command
+        return command(args, started)
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -38,7 +46,7 @@ def _serve(args: argparse.Namespace, started: float) -> int:
     try:
         log.info("engine %s starting (imports took %.2f s)", __version__, time.monotonic() - started)
         if serve_settings.on:
-            return _serve_on(args, serve_settings)
+            return _serve_on(serve_settings.on, args, serve_settings)
         from engine.server import serve
 
         return serve(args.project_dir, args.config_file, serve_settings)
@@ -47,21 +55,21 @@ def _serve(args: argparse.Namespace, started: float) -> int:
             tempdirs.remove(metrics_dir)
 
 
-def _serve_on(args: argparse.Namespace, serve_settings: settings.ServeSettings) -> int:
-    """Hand the project to the plugin that serves on `--on`'s engine."""
+def _serve_on(target: str, args: argparse.Namespace, serve_settings: settings.ServeSettings) -> int:
+    """Hand the project to the plugin that serves on `target`, --on's engine."""
     from pathlib import Path
 
     from engine.errors import MissingPluginError
     from engine.install_hints import install_requirement
     from engine.plugins import make_plugin_manager
 
-    code = make_plugin_manager().hook.engine_serve_on(
-        target=serve_settings.on, project_dir=Path(args.project_dir).resolve(),
+    code: int | None = make_plugin_manager().hook.engine_serve_on(
+        target=target, project_dir=Path(args.project_dir).resolve(),
         config_file=Path(args.config_file).resolve() if args.config_file else None, settings=serve_settings)
     if code is None:
-        requirement = install_requirement(serve_settings.on)
+        requirement = install_requirement(target)
         hint = f"pip install {requirement}" if requirement else "install the plugin that provides it"
-        raise MissingPluginError(f"--on {serve_settings.on}: no installed plugin serves on '{serve_settings.on}'; "
+        raise MissingPluginError(f"--on {target}: no installed plugin serves on '{target}'; "
                                  f"{hint}")
     return code
 
@@ -118,7 +126,7 @@ def _plugins(args: argparse.Namespace, started: float) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors said in one line and exit code 1 like every other start-up error."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(1, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
@@ -153,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plugin_settings() -> list:
+def _plugin_settings() -> list[Setting]:
     """The settings the installed plugins own, as flags of engine serve; none when the plugins cannot be loaded (the
     command then says why)."""
     from engine import plugins

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.project.config import Api
 
 # Thread-pool sizes read at import by numpy/BLAS, OpenMP (torch, onnxruntime builds) and numexpr.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -47,17 +50,16 @@ class VisibleDevices:
         self.log = log
         self.setting: str | None = None  # the value set in this process
 
-    def user_setting(self, api: Any) -> str | None:
+    def user_setting(self, api: Api) -> str | None:
         """The variable as the user set it (predictor.env first), even after this process changed it."""
         if self.name in api.predictor.env:
-            value: str = api.predictor.env[self.name]
-            return value
+            return api.predictor.env[self.name]
         saved = os.environ.get(self.saved)
         if saved is not None:
             return None if saved == self.UNSET else saved
         return os.environ.get(self.name)
 
-    def claim(self, api: Any, value: str) -> dict[str, str]:
+    def claim(self, api: Api, value: str) -> dict[str, str]:
         """Set the variable to `value` for `api`, and give what was set: once set in this process, a different value
         is warned about and not set (nothing)."""
         if self.setting is not None and self.setting != value:

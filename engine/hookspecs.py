@@ -4,6 +4,8 @@ A capability is one object a discovery hook returns (a PredictorType, a PayloadP
 engine dispatches by its name or media type, so no implementation filters on them. The hooks marked deprecated are
 the older way to the same capabilities: they keep working for one release, and engine logs a warning naming each
 plugin that still implements them (see DEPRECATED in engine.plugins)."""
+# mypy: disable-error-code="empty-body"
+# (a hookspec is a signature: pluggy never calls its body)
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -75,7 +77,7 @@ def engine_routes() -> list[BaseRoute]:
 
 
 @hookspec
-def engine_openapi_paths(apis: list[Api]) -> dict[str, dict]:
+def engine_openapi_paths(apis: list[Api]) -> dict[str, dict[str, Any]]:
     """Deprecated (HttpRoute.openapi): describe engine_routes' routes, as OpenAPI path items by path."""
 
 
@@ -115,7 +117,7 @@ def engine_setup_device(api: Api, process_index: int) -> Device | None:
 
 @hookspec(firstresult=True)
 def engine_create_client(api: Api, device: Device, models: ModelRepository | None,
-                         batching: Batching | None) -> Any | None:
+                         batching: Batching | None) -> object:
     """Deprecated (PredictorType.create_client): build the model client of an API of a type this plugin owns."""
 
 
@@ -128,10 +130,10 @@ def engine_startup(apis: list[Api]) -> None:
 
 
 @hookspec(firstresult=True)
-def engine_parse_payload(body: bytes, content_type: str, headers: Headers, api: Api) -> Any | None:
+def engine_parse_payload(body: bytes, content_type: str, headers: Headers, api: Api) -> object:
     """Deprecated (engine_payload_parsers): turn a request body into the `payload` argument, or decline."""
 
 
 @hookspec(firstresult=True)
-def engine_encode_response(result: Any, request_headers: Headers, api: Api) -> Response | None:
+def engine_encode_response(result: object, request_headers: Headers, api: Api) -> Response | None:
     """Turn what `predict` returned into a Starlette Response."""

@@ -7,7 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import socket
+
+    from numpy.typing import NDArray
+    from starlette.datastructures import Headers
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.types import ASGIApp
+
+    from engine.project.config import Api
+    from engine.settings import ServeSettings
 
 
 @runtime_checkable
@@ -22,7 +34,7 @@ class DescribesModels(Protocol):
 class LoadsUserModels(Protocol):
     """The client of a predictor type with `user_loads_models`: the predictor's own load_model() loads versions."""
 
-    def set_load_method(self, load_model: Callable[[str], Any]) -> None:
+    def set_load_method(self, load_model: Callable[[str], object]) -> None:
         """Called once the predictor's __init__ has returned, with its load_model(model_path)."""
 
 
@@ -49,7 +61,7 @@ class ServesTensors(Protocol):
     def tensor_signature(self, model_name: str, version: str | None) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """A version's inputs and outputs (None: the latest); ModelError (404) for one that does not exist."""
 
-    def infer(self, model_name: str, version: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
+    def infer(self, model_name: str, version: str | None, inputs: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         """Run a version on named numpy arrays; its outputs by name. ModelError (400) for inputs it cannot take."""
 
 
@@ -60,10 +72,10 @@ class ServesTensors(Protocol):
 class OperationContext:
     """What an operation works with: the API, its model client, and the user's predictor object."""
 
-    api: Any
-    client: Any
-    predictor: Any
-    headers: Any  # the request's headers (starlette Headers)
+    api: Api
+    client: object  # what the type's create_client returned (None without one): isinstance it against the Protocols
+    predictor: object  # the user's predictor object, reached by getattr
+    headers: Headers  # the request's headers
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ class Operation:
     with that status. A plugin calls it through Served.operate, under the API's concurrency limit and deadline."""
 
     name: str
-    run: Callable[[OperationContext, bytes], Any]
+    run: Callable[[OperationContext, bytes], Response]
 
 
 # --- what plugins contribute, one object per capability -----------------------------------------------------------
@@ -90,7 +102,7 @@ class PayloadParser:
     engine.PayloadError answers 400. It runs on the event loop (a body over 256 KiB on a thread): keep it quick."""
 
     media_types: tuple[str, ...]  # also listed as each API's request body types in GET /openapi.json
-    parse: Callable[[bytes, str, Any, Any], Any]
+    parse: Callable[[bytes, str, Headers, Api], object]  # the payload, or an awaitable of it
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,7 @@ class HttpRoute:
     """A route a plugin serves beside the APIs (engine_http_routes), with its description in GET /openapi.json."""
 
     path: str  # Starlette's syntax: /v2/models/{model_name}
-    endpoint: Callable[[Any], Awaitable[Any]]  # async (starlette Request) → starlette Response
+    endpoint: Callable[[Request], Awaitable[Response]]
     methods: tuple[str, ...] = ("GET",)
     openapi: dict[str, Any] | None = None  # its OpenAPI 3.1 path item, operations by method; None: not described
 
@@ -110,8 +122,8 @@ class Setting:
 
     name: str
     help: str
-    default: Any = None  # also the value of an empty flag or variable
-    parse: Callable[[str], Any] = str  # the value of the flag's text; ValueError for text it refuses
+    default: object = None  # also the value of an empty flag or variable
+    parse: Callable[[str], object] = str  # the value of the flag's text; ValueError for text it refuses
     metavar: str = "VALUE"
 
 
@@ -119,8 +131,8 @@ class Served(Protocol):
     """The running APIs, as a plugin's routes and services reach them (engine.served(request), or the argument of
     engine_services)."""
 
-    apis: list[Any]
-    settings: Any  # the engine.ServeSettings the server runs with
+    apis: list[Api]
+    settings: ServeSettings  # the settings the server runs with
 
     def render_metrics(self) -> tuple[bytes, str]:
         """Every metric in Prometheus' text format, and that format's media type (what GET /metrics serves)."""
@@ -131,11 +143,12 @@ class Served(Protocol):
     def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """True when these request headers carry a valid API key, or when none is required."""
 
-    async def read_body(self, request: Any) -> Any:
+    async def read_body(self, request: Request) -> bytes | Response:
         """A plugin route's request body (bytes) under --max-body-size and --body-timeout, as an API's, or the
         starlette Response (400, 408 or 413, JSON {"error": ...}) to send instead."""
 
-    async def operate(self, api_name: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+    async def operate(self, api_name: str, operation: str, body: bytes,
+                      headers: list[tuple[bytes, bytes]]) -> Response:
         """Run a plugin's operation for one of an API's requests: its starlette Response."""
 
 
@@ -145,7 +158,8 @@ class HttpServer(Protocol):
     name: str  # what --server chooses it by
     features: frozenset[str]  # of "tls", "client_certificates", "http2", "websockets", "max_connections"
 
-    async def serve(self, app: Any, listener: Any, settings: Any, shutdown: Callable[[], Any]) -> None:
+    async def serve(self, app: ASGIApp, listener: socket.socket, settings: ServeSettings,
+                    shutdown: Callable[[], Awaitable[None]]) -> None:
         """Serve `app` (running its lifespan) on `listener`, a bound and listening socket, with the settings'
         keep-alive timeout, TLS and connection bound, until the coroutine function `shutdown` returns; then stop
         accepting and let what is in flight finish within settings.graceful_timeout."""

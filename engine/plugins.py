@@ -1,6 +1,6 @@
 """The plugin manager: hookspecs, built-in defaults and `engine` entry points; what plugins contribute (predictor
-types, hardware targets, settings, ...; payload parsers in engine.serving.parsing, routes in engine.plugin_routes), each hook
-called through pluggy's own call loop; plugin errors naming the plugin, and the deprecated hooks' warnings.
+types, hardware targets, settings, ...; payload parsers in engine.serving.parsing, routes in engine.plugin_routes),
+each hook called through pluggy's own call loop; plugin errors naming the plugin, and the deprecated hooks' warnings.
 
 Two environment variables help plugin authors: ENGINE_PLUGINS=name,name loads only those entry points (the built-in
 defaults always load), and ENGINE_TRACE_HOOKS=1 logs every hook call with its arguments and answers.
@@ -16,20 +16,20 @@ import re
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
 from engine import hookspecs
 from engine.errors import MissingPluginError, PluginError
 from engine.install_hints import install_hint, install_requirement
-from engine.plugin_api import Operation, Setting
+from engine.plugin_api import HttpServer, Operation, Setting
 from engine.types import Device, PredictorType
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from engine.models import ModelFormat
+    from engine.models import ModelFormat, ModelRepository
     from engine.project.config import Api
     from engine.serving.batching import Batching
 
@@ -60,6 +60,7 @@ DEPRECATED = {
 }
 _SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _warned: set[tuple[str, str]] = set()  # (plugin, hook): each deprecation is logged once per process
+T = TypeVar("T")
 
 
 class PluginManager(pluggy.PluginManager):
@@ -143,10 +144,10 @@ def answers(pm: PluginManager, hook_name: str, **kwargs: Any) -> list[tuple[obje
     return found
 
 
-def contributed(pm: PluginManager, hook_name: str, kind: type, **kwargs: Any) -> list[tuple[object, Any]]:
+def contributed(pm: PluginManager, hook_name: str, kind: type[T], **kwargs: Any) -> list[tuple[object, T]]:
     """Every object of `kind` the plugins return from a collecting hook, with its plugin; a PluginError naming the
     plugin for an answer that is not a list of them."""
-    found = []
+    found: list[tuple[object, T]] = []
     for plugin, provided in answers(pm, hook_name, **kwargs):
         if not isinstance(provided, (list, tuple)) or not all(isinstance(item, kind) for item in provided):
             raise PluginError(f"{named(pm, plugin)}: {hook_name} must return a list of engine.{kind.__name__}, "
@@ -219,9 +220,10 @@ def operations(pm: PluginManager) -> dict[str, Operation]:
     return found
 
 
-def http_server(pm: PluginManager, name: str) -> Any:
+def http_server(pm: PluginManager, name: str) -> HttpServer:
     """The installed HTTP server called `name` (engine serve --server)."""
-    servers = {server.name: server for _, provided in answers(pm, "engine_http_servers") for server in provided or ()}
+    servers: dict[str, HttpServer] = {server.name: server for _, provided in answers(pm, "engine_http_servers")
+                                      for server in provided or ()}
     if name not in servers:
         requirement = install_requirement(name)
         hint = f" (pip install {requirement})" if requirement else ""
@@ -271,7 +273,8 @@ def model_format(ptype: PredictorType, api: Api, device: Device) -> ModelFormat:
     return ptype.model_format(api, device)
 
 
-def create_client(pm: PluginManager, api: Api, device: Device, models: Any, batching: Batching | None) -> Any:
+def create_client(pm: PluginManager, api: Api, device: Device, models: ModelRepository | None,
+                  batching: Batching | None) -> object:
     """Build the model client of `api`'s predictor type (its create_client, else the deprecated engine_create_client
     hook); None when the type needs none for this config."""
     ptype = predictor_type(pm, api.predictor.type)
@@ -285,7 +288,7 @@ def create_client(pm: PluginManager, api: Api, device: Device, models: Any, batc
     return client
 
 
-def require(pm: PluginManager, ptype: PredictorType, client: Any, part: type, flag: str) -> None:
+def require(pm: PluginManager, ptype: PredictorType, client: object, part: type, flag: str) -> None:
     """A PluginError when the client of a type that sets `flag` lacks the part (a plugin_api Protocol) it implies."""
     if not isinstance(client, part):
         raise PluginError(f"predictor type '{ptype.name}' ({named(pm, _provider(pm, ptype.name))}) sets {flag}, so "
@@ -315,9 +318,9 @@ def settings(pm: PluginManager) -> list[Setting]:
 
 def fast_caller(hook: pluggy.HookCaller, pm: PluginManager | None = None) -> Callable[..., Any]:
     """A firstresult hook, or its only implementation when nothing else is installed (a per-request saving)."""
-    implementations = hook.get_hookimpls()
-    if len(implementations) == 1 and tuple(implementations[0].argnames) == tuple(hook.spec.argnames) \
-            and hook.spec.opts.get("firstresult") and not (pm is not None and pm.tracing):
+    implementations, spec = hook.get_hookimpls(), hook.spec
+    if len(implementations) == 1 and spec is not None and tuple(implementations[0].argnames) == tuple(spec.argnames) \
+            and spec.opts.get("firstresult") and not (pm is not None and pm.tracing):
         return implementations[0].function
     return hook
 

@@ -10,13 +10,17 @@ import signal
 import socket
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine import tempdirs
 from engine.errors import EngineError
 from engine.serving.eventloop import run_event_loop
 from engine.serving.security import describe
 from engine.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from engine.app import EngineApp
+    from engine.plugin_api import HttpServer
 
 log = logging.getLogger("engine")
 
@@ -91,7 +95,7 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
     return code
 
 
-def check_features(server: Any, settings: ServeSettings) -> None:
+def check_features(server: HttpServer, settings: ServeSettings) -> None:
     """Refuse to start when a flag asks for what the chosen HTTP server cannot do (never drop a limit silently)."""
     wanted = {"tls": settings.certfile or settings.keyfile or settings.ca_certs,
               "client_certificates": settings.ca_certs, "max_connections": settings.max_connections}
@@ -129,7 +133,7 @@ def raise_open_file_limit() -> None:
             log.debug("cannot raise the open-file limit from %s to %s: %s", soft, hard, error)
 
 
-def _announce(app: Any, settings: ServeSettings, port: int, server: str) -> None:
+def _announce(app: EngineApp, settings: ServeSettings, port: int, server: str) -> None:
     host = settings.host
     scheme = "https" if settings.certfile else "http"
     base = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"

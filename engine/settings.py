@@ -271,7 +271,7 @@ def taken(name: str) -> bool:
     return name in setting_names() or hasattr(ServeSettings, name) or name == "plugin_settings"
 
 
-def _fields() -> tuple[dataclasses.Field, ...]:
+def _fields() -> tuple[dataclasses.Field[Any], ...]:
     return tuple(field for field in dataclasses.fields(ServeSettings) if not field.metadata.get("plugins"))
 
 

@@ -20,7 +20,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,8 @@ def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def write_project(root: Path, files: dict[str, str]) -> Path:
@@ -211,9 +212,9 @@ def wait_file(path: Path, timeout: float = 20) -> None:
     wait_for(path.exists, f"{path} appearing", timeout)
 
 
-def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[threading.Thread, dict]:
+def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
     """Run `function` in a new thread; its return value lands in the dict under "value"."""
-    result: dict = {}
+    result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.setdefault("value", function(*args, **kwargs)))
     thread.start()
     return thread, result
@@ -254,7 +255,7 @@ def setup_device(pm: _plugins.PluginManager, api: Api, process_index: int = 0) -
 
 
 def create_client(pm: _plugins.PluginManager, api: Api, device: Device, models: ModelRepository | None,
-                  batching: Batching | None = None) -> Any:
+                  batching: Batching | None = None) -> Any:  # Any: a plugin's test calls its own client's methods
     """The model client engine builds for `api` (its type's create_client); None when its type needs none."""
     return _plugins.create_client(pm, api, device, models, batching)
 
@@ -282,7 +283,7 @@ def make_api(entry: dict[str, Any] | str) -> Api:
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
-def processes(request):
+def processes(request: pytest.FixtureRequest) -> Iterator[int]:
     """Run an end-to-end test (module) once in one process and once with processes_per_replica: 2."""
     global PROCESSES
     PROCESSES = request.param
@@ -291,7 +292,7 @@ def processes(request):
 
 
 @pytest.fixture
-def serve(tmp_path, processes):
+def serve(tmp_path: Path, processes: int) -> Iterator[Callable[..., Server]]:
     """Start `engine serve` on a project written from a dict of files; every server is stopped at teardown."""
     servers: list[Server] = []
 
@@ -310,6 +311,6 @@ def serve(tmp_path, processes):
 
 
 @pytest.fixture
-def pm():
+def pm() -> _plugins.PluginManager:
     """A fresh plugin manager with the installed plugins."""
     return plugin_manager(entry_points=True)

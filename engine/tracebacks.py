@@ -11,12 +11,16 @@ import re
 import sysconfig
 import traceback
 from pathlib import Path
+from types import TracebackType
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]  # sys.exc_info()
 
 _views: dict[str, str] = {}  # "<view>/" → "<project root>/"
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/[^\s/'\"()]+(?:/[^\s/'\"()]+)+")  # /a/b... (two parts at least)
 _ENGINE_DIR = f"{Path(__file__).resolve().parent}/"
 _STDLIB = sysconfig.get_paths()["stdlib"]
-_PLUMBING = ("<frozen importlib", *(f"{_STDLIB}/{name}" for name in ("concurrent/futures/", "asyncio/", "threading.py")))
+_PLUMBING = ("<frozen importlib",
+             *(f"{_STDLIB}/{name}" for name in ("concurrent/futures/", "asyncio/", "threading.py")))
 
 
 def register_view(view: Path, project_root: Path) -> None:
@@ -72,8 +76,10 @@ def _leads_in(filename: str) -> bool:
 class Formatter(logging.Formatter):
     """Log lines whose tracebacks show the user's paths and start at the user's code."""
 
-    def formatException(self, exc_info) -> str:  # noqa: N802 (logging's name)
+    def formatException(self, exc_info: ExcInfo) -> str:  # noqa: N802 (logging's name)
         """The traceback of a logged exception, as format_exception shows it."""
+        if exc_info[1] is None:  # log.exception() outside an except block
+            return super().formatException(exc_info)
         return format_exception(exc_info[1]).rstrip("\n")
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,7 +34,7 @@ class PredictorType:
     model_format: Callable[[Api, Device], ModelFormat] | None = None
     # Builds the client the predictor gets as `client_arg`: (api, device, models or None, batching or None); None
     # when this configuration needs none (python without models). Left out, a type gets no client.
-    create_client: Callable[[Api, Device, ModelRepository | None, Batching | None], Any] | None = None
+    create_client: Callable[[Api, Device, ModelRepository | None, Batching | None], object] | None = None
     # The problems this type sees in one of its APIs, (api, project_root) → lines; run by serve and validate.
     validate: Callable[[Api, Path], list[str]] | None = None
 

@@ -84,6 +84,6 @@ async def asset(request: Request) -> Response:
 
 
 @hookimpl(trylast=True)
-def engine_http_routes():
+def engine_http_routes() -> list[HttpRoute]:
     """Serve the page and its assets (each answers 404 under --no-docs); none is described in /openapi.json."""
     return [HttpRoute(DOCS_PATH, page), HttpRoute(DOCS_PATH + "/{name}", asset)]

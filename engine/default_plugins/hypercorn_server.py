@@ -5,9 +5,14 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine import ServeSettings, hookimpl
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from engine import HttpServer
 
 
 class Hypercorn:
@@ -16,7 +21,7 @@ class Hypercorn:
     name = "hypercorn"
     features = frozenset({"tls", "client_certificates", "http2", "websockets"})
 
-    async def serve(self, app: Any, listener: socket.socket, settings: ServeSettings,
+    async def serve(self, app: ASGIApp, listener: socket.socket, settings: ServeSettings,
                     shutdown: Callable[[], Awaitable[None]]) -> None:
         """Serve `app` on the bound listener until `shutdown` returns, then drain for --graceful-timeout."""
         from hypercorn.asyncio import serve
@@ -38,10 +43,11 @@ class Hypercorn:
             config.certfile, config.keyfile = settings.certfile, settings.keyfile
             if settings.ca_certs:
                 config.ca_certs, config.verify_mode = settings.ca_certs, ssl.CERT_REQUIRED
-        await serve(app, config, shutdown_trigger=shutdown)
+        # hypercorn types scopes as TypedDicts, starlette (and so engine) as MutableMapping: the same dicts
+        await serve(app, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
 
 
 @hookimpl(trylast=True)
-def engine_http_servers():
+def engine_http_servers() -> list[HttpServer]:
     """Hypercorn, the default."""
     return [Hypercorn()]

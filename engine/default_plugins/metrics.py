@@ -20,6 +20,6 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 @hookimpl(trylast=True)
-def engine_http_routes():
+def engine_http_routes() -> list[HttpRoute]:
     """Serve the server's metrics."""
     return [HttpRoute(METRICS_PATH, metrics_endpoint, ("GET",), OPENAPI)]

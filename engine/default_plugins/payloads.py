@@ -3,15 +3,18 @@ bytes, as engine gives every body that no parser claims."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import FormData, Headers
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 
 from engine import PayloadError, PayloadParser, hookimpl, json_loads
 
+if TYPE_CHECKING:
+    from engine import Api
 
-def parse_json(body: bytes, content_type: str, headers: Headers, api: Any) -> Any:
+
+def parse_json(body: bytes, content_type: str, headers: Headers, api: Api) -> Any:
     """Parse a JSON body; any JSON value is a valid payload."""
     try:
         return json_loads(body)
@@ -21,7 +24,7 @@ def parse_json(body: bytes, content_type: str, headers: Headers, api: Any) -> An
         raise PayloadError("invalid JSON body: it is nested too deeply to be parsed") from None
 
 
-def parse_text(body: bytes, content_type: str, headers: Headers, api: Any) -> str:
+def parse_text(body: bytes, content_type: str, headers: Headers, api: Api) -> str:
     """Decode a text/plain body with its charset (utf-8 by default)."""
     charset = "utf-8"
     for param in content_type.lower().split(";")[1:]:
@@ -34,7 +37,7 @@ def parse_text(body: bytes, content_type: str, headers: Headers, api: Any) -> st
         raise PayloadError(f"cannot decode text/plain body as {charset}: {error}") from None
 
 
-async def parse_form(body: bytes, content_type: str, headers: Headers, api: Any) -> FormData:
+async def parse_form(body: bytes, content_type: str, headers: Headers, api: Api) -> FormData:
     """Parse multipart or urlencoded form data into Starlette's FormData, exactly as Request.form() does."""
 
     async def stream() -> AsyncGenerator[bytes, None]:
@@ -49,7 +52,7 @@ async def parse_form(body: bytes, content_type: str, headers: Headers, api: Any)
         raise PayloadError(f"invalid form data: {error}") from None
 
 
-def raw_bytes(body: bytes, content_type: str, headers: Headers, api: Any) -> bytes:
+def raw_bytes(body: bytes, content_type: str, headers: Headers, api: Api) -> bytes:
     """The body as it came."""
     return body
 
@@ -63,6 +66,6 @@ PARSERS = [
 
 
 @hookimpl(trylast=True)
-def engine_payload_parsers():
+def engine_payload_parsers() -> list[PayloadParser]:
     """Cortex's parsers."""
     return PARSERS

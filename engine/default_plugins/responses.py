@@ -1,13 +1,20 @@
 """Cortex's response encoding: a Response as is, bytes, str, and JSON for everything else."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.responses import Response
 
 from engine import hookimpl, json_dumps
 
+if TYPE_CHECKING:
+    from starlette.datastructures import Headers
+
+    from engine import Api
+
 
 @hookimpl(trylast=True)
-def engine_encode_response(result, request_headers, api):
+def engine_encode_response(result: object, request_headers: Headers, api: Api) -> Response:
     """Encode by the type `predict` returned, in Cortex's order."""
     if isinstance(result, Response):
         return result

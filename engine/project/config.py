@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,8 +70,8 @@ class Models(Section):
     paths: list[ModelPath] | None = None
     dir: str | None = None
     signature_key: str | None = None
-    cache_size: Integer | None = Field(None, gt=0)
-    disk_cache_size: Integer | None = Field(None, gt=0)
+    cache_size: Integer | None = Field(default=None, gt=0)
+    disk_cache_size: Integer | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Models:
@@ -110,7 +111,8 @@ class Models(Section):
                 else ("cache_size", "disk_cache_size")
             rules.add(missing, f"is required when {given} is given: specify both cache_size and disk_cache_size "
                                "or neither of them")
-        elif self.cache_size is not None and self.cache_size > self.disk_cache_size:
+        elif self.cache_size is not None and self.disk_cache_size is not None \
+                and self.cache_size > self.disk_cache_size:
             rules.add("cache_size", f"must be less than or equal to disk_cache_size ({self.disk_cache_size}) "
                                     f"(given: {self.cache_size})")
 
@@ -128,7 +130,7 @@ class ServerSideBatching(Section):
     # when_free: a batch starts as soon as none runs (max_concurrent_batches), with what waits; interval: Cortex's
     # (full, or batch_interval after its first request)
     dispatch: Literal["when_free", "interval"] = "when_free"
-    max_concurrent_batches: Integer = Field(1, ge=1, le=1024)  # engine only: batches running at once per process
+    max_concurrent_batches: Integer = Field(default=1, ge=1, le=1024)  # engine only: batches at once per process
 
 
 class Predictor(Section):
@@ -141,8 +143,8 @@ class Predictor(Section):
     models: Models | None = None
     multi_model_reloading: Models | None = None
     server_side_batching: ServerSideBatching | None = None
-    processes_per_replica: Integer = Field(1, ge=1, le=100)
-    threads_per_process: Integer = Field(1, ge=1)
+    processes_per_replica: Integer = Field(default=1, ge=1, le=100)
+    threads_per_process: Integer = Field(default=1, ge=1)
     config: dict[str, Any] = Field(default_factory=dict)
     python_path: str | None = None
     image: str | None = None
@@ -301,8 +303,8 @@ def _relative_path(path: str) -> str:
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last silently)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Hashable] = set()
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 key = self.construct_object(key_node)

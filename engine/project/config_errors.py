@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import difflib
-import types
 import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 RULE_ERROR = "cortex_rule"
+Loc = tuple[int | str, ...]  # where a problem is: field names and list indices
 
 _TEMPLATES = {
     "missing": "is required",
@@ -57,7 +57,7 @@ def format_validation_error(error: ValidationError, root: type[BaseModel]) -> li
     return [_format_problem(problem, root) for problem in error.errors(include_url=False)]
 
 
-def _format_problem(problem: dict[str, Any], root: type[BaseModel]) -> str:
+def _format_problem(problem: ErrorDetails, root: type[BaseModel]) -> str:
     loc = tuple(problem["loc"])
     if problem["type"] == "extra_forbidden":
         return f"{_field_path(loc)}: {_unknown_field(root, loc)}"
@@ -68,20 +68,20 @@ def _format_problem(problem: dict[str, Any], root: type[BaseModel]) -> str:
     return f"{field}: {message}{_given(problem)}" if field else f"{message}{_given(problem)}"
 
 
-def _unknown_field(root: type[BaseModel], loc: tuple) -> str:
+def _unknown_field(root: type[BaseModel], loc: Loc) -> str:
     allowed = sorted(_allowed_fields(root, loc[:-1]))
     close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     return f"is not a supported field; {hint}allowed here: {', '.join(allowed)}"
 
 
-def _given(problem: dict[str, Any]) -> str:
+def _given(problem: ErrorDetails) -> str:
     if problem["type"] in ("missing", RULE_ERROR) or "input" not in problem or isinstance(problem["input"], dict):
         return ""
     return f" (given: {_short(problem['input'])})"
 
 
-def _describe(problem: dict[str, Any]) -> str:
+def _describe(problem: ErrorDetails) -> str:
     if problem["type"] in ("value_error", "assertion_error"):
         return str(problem.get("ctx", {}).get("error", problem["msg"]))
     if problem["type"] == RULE_ERROR:
@@ -97,7 +97,7 @@ def _plain(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _field_path(loc: tuple) -> str:
+def _field_path(loc: Loc) -> str:
     path = ""
     for part in loc:
         if isinstance(part, int):
@@ -112,7 +112,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _allowed_fields(root: type[BaseModel], loc: tuple) -> list[str]:
+def _allowed_fields(root: type[BaseModel], loc: Loc) -> list[str]:
     model: type[BaseModel] | None = root
     for part in loc:
         if isinstance(part, int) or model is None:
@@ -125,7 +125,7 @@ def _allowed_fields(root: type[BaseModel], loc: tuple) -> list[str]:
 def _model_in(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    if isinstance(annotation, (types.UnionType, typing._GenericAlias)) or typing.get_origin(annotation):
+    if typing.get_origin(annotation) is not None:  # X | Y, Optional[X], list[X], Annotated[X, ...]...
         for arg in typing.get_args(annotation):
             found = _model_in(arg)
             if found:

@@ -178,7 +178,7 @@ def _expand(value: str, environ: Mapping[str, str]) -> str:
     return _VARIABLE.sub(replace, value)
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
+def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()  # follows symlinks
     except OSError:

@@ -19,7 +19,8 @@ def check_imports(config_file: Path, api_names: list[str], cpu: bool, timeout: f
     """Import every API's predictor in a child process; what went wrong, by API name (empty when all import)."""
     problems = {}
     for name in api_names:
-        command = [sys.executable, "-m", "engine.project.import_check", str(config_file), name, *(["--cpu"] if cpu else [])]
+        command = [sys.executable, "-m", "engine.project.import_check", str(config_file), name,
+                   *(["--cpu"] if cpu else [])]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import pluggy
+from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
 from engine.project.config import Api
 from engine.project.files import Project, ProjectWarning, conflicting_env
 from engine.project.validate import validate_project
+
+if TYPE_CHECKING:
+    from engine.plugins import PluginManager
 
 
 @dataclass
@@ -37,7 +39,7 @@ class LoadedProject:
 
 
 def load_project(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
-                 pm: pluggy.PluginManager | None = None, cpu: bool = False, apis: list[str] | None = None,
+                 pm: PluginManager | None = None, cpu: bool = False, apis: list[str] | None = None,
                  hardware: bool = True) -> LoadedProject:
     """Read and check a project (PROJECT_DIR/cortex.yaml, or `config_file`); ConfigError (one paragraph, every
     problem) when it cannot be served.

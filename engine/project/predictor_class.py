@@ -141,7 +141,8 @@ def _ast_signature(node: ast.FunctionDef | ast.AsyncFunctionDef) -> Signature:
     positional = [arg.arg for arg in node.args.posonlyargs + node.args.args][1:]  # drop self
     defaults = positional[len(positional) - len(node.args.defaults):] if node.args.defaults else []
     keyword = [arg.arg for arg in node.args.kwonlyargs]
-    keyword_defaults = [arg.arg for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults) if default]
+    keyword_defaults = [arg.arg for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True)
+                        if default]
     return Signature(tuple(positional + keyword), frozenset(defaults + keyword_defaults),
                      frozenset(positional_only[1:]))
 
@@ -183,10 +184,11 @@ def import_class(source_file: Path, class_name: str, module_name: str) -> type:
     """Import the predictor module and return its class; import errors name the file and carry the traceback."""
     loader = importlib.machinery.SourceFileLoader(module_name, str(source_file))  # any file name, as imp.load_source
     spec = importlib.util.spec_from_file_location(module_name, source_file, loader=loader)
+    assert spec is not None  # always one, given a loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     except (Exception, SystemExit) as error:
         del sys.modules[module_name]
         raise PredictorLoadError(f"error in {source_file.name} while importing it to load {class_name}: "

@@ -99,8 +99,8 @@ class Compute(Section):
 
     cpu: Cpu | None = None
     mem: Memory | None = None
-    gpu: Integer = Field(0, ge=0)
-    inf: Integer = Field(0, ge=0)
+    gpu: Integer = Field(default=0, ge=0)
+    inf: Integer = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _one_accelerator(self) -> Compute:
@@ -114,18 +114,18 @@ class Compute(Section):
 class Autoscaling(Section):
     """Cortex's autoscaler settings; locally only `max_replica_concurrency` applies."""
 
-    min_replicas: Integer = Field(1, gt=0)
-    max_replicas: Integer = Field(100, gt=0)
-    init_replicas: Integer | None = Field(None, gt=0)
-    target_replica_concurrency: float | None = Field(None, gt=0)
-    max_replica_concurrency: Integer = Field(1024, gt=0, le=30000)
+    min_replicas: Integer = Field(default=1, gt=0)
+    max_replicas: Integer = Field(default=100, gt=0)
+    init_replicas: Integer | None = Field(default=None, gt=0)
+    target_replica_concurrency: float | None = Field(default=None, gt=0)
+    max_replica_concurrency: Integer = Field(default=1024, gt=0, le=30000)
     window: WindowDuration = 60.0
     downscale_stabilization_period: NonNegativeDuration = 300.0
     upscale_stabilization_period: NonNegativeDuration = 60.0
-    max_downscale_factor: float = Field(0.75, ge=0, lt=1)
-    max_upscale_factor: float = Field(1.5, gt=1)
-    downscale_tolerance: float = Field(0.05, ge=0, lt=1)
-    upscale_tolerance: float = Field(0.05, ge=0)
+    max_downscale_factor: float = Field(default=0.75, ge=0, lt=1)
+    max_upscale_factor: float = Field(default=1.5, gt=1)
+    downscale_tolerance: float = Field(default=0.05, ge=0, lt=1)
+    upscale_tolerance: float = Field(default=0.05, ge=0)
 
     @model_validator(mode="after")
     def _check_replicas(self) -> Autoscaling:
@@ -145,7 +145,7 @@ class Networking(Section):
 
     endpoint: str | None = None
     api_gateway: Literal["public", "none"] = "public"
-    local_port: Integer | None = Field(None, gt=0, le=65535)
+    local_port: Integer | None = Field(default=None, gt=0, le=65535)
 
     @field_validator("endpoint")
     @classmethod
@@ -169,11 +169,12 @@ class UpdateStrategy(Section):
     @field_validator("max_surge", "max_unavailable")
     @classmethod
     def _check_amount(cls, value: Any) -> int | str:
-        if isinstance(value, str) and _COUNT.fullmatch(value.strip()):
-            return int(value)
-        percent = _PERCENT.fullmatch(value.strip()) if isinstance(value, str) else None
-        if percent and int(percent.group(1)) <= 100:
-            return value.strip()
+        if isinstance(value, str):
+            if _COUNT.fullmatch(value.strip()):
+                return int(value)
+            percent = _PERCENT.fullmatch(value.strip())
+            if percent and int(percent.group(1)) <= 100:
+                return value.strip()
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
         raise ValueError("must be a percentage from 0% to 100% or an integer of 0 or more")

@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pluggy
-
 from engine import plugins
 from engine.errors import ConfigError, EngineError
 from engine.project.config import Api, load_config, not_applied_locally
@@ -36,7 +34,7 @@ def find_config(project_dir: str | Path = ".", config_file: str | Path | None = 
 
 
 def validate_project(project_dir: str | Path = ".", config_file: str | Path | None = None,
-                     pm: pluggy.PluginManager | None = None, cpu: bool = False,
+                     pm: plugins.PluginManager | None = None, cpu: bool = False,
                      hardware: bool = True) -> ValidatedProject:
     """Load cortex.yaml and check it against the project files and the installed plugins.
 
@@ -87,7 +85,7 @@ def _on_cpu_copy(api: Api) -> Api:
     return api.model_copy(update={"compute": api.compute.model_copy(update={"gpu": 0, "inf": 0})})
 
 
-def check_api(api: Api, project: Project, pm: pluggy.PluginManager) -> None:
+def check_api(api: Api, project: Project, pm: plugins.PluginManager) -> None:
     """The checks of one API that need the project files or the plugins."""
     ptype = plugins.predictor_type(pm, api.predictor.type)
     for name in api.predictor.type_fields_set():
@@ -117,4 +115,8 @@ def model_locations(api: Api) -> list[str]:
     models = api.predictor.models
     if models is None:
         return []
-    return [models.path] if models.path else [models.dir] if models.dir else [entry.path for entry in models.paths]
+    if models.path:
+        return [models.path]
+    if models.dir:
+        return [models.dir]
+    return [entry.path for entry in models.paths or () if entry.path is not None]
