@@ -31,6 +31,7 @@ from engine.serving.batching import concurrent_predicts
 from engine.serving.metrics import Metrics
 from engine.serving.pipeline import Pipeline, error_response
 from engine.serving.security import Guard
+from engine.serving.splitter import serve_here
 from engine.serving.websocket import serve_websocket
 from engine.serving.worker_pool import WorkerGroup
 from engine.settings import ServeSettings
@@ -56,6 +57,7 @@ class AppState:
         self.settings = settings
         self.backends: list[Backend] = [self._backend(api, settings) for api in validated.apis]
         self.admissions = [Admission(backend, self.metrics, settings, self) for backend in self.backends]
+        self.splitters = serve_here(validated.splitters, self.admissions, self.metrics)
         self.guard = Guard(settings)
         self.services: list[Service] = []
         self.draining = False  # SIGTERM has come
@@ -149,6 +151,8 @@ class AppState:
     async def stop(self) -> None:
         """Stop initialising, wait for in-flight work and post_predicts until --graceful-timeout has passed since
         the drain began (then give up on them: stopped_cleanly is False), and remove the view."""
+        for splitter in self.splitters:
+            splitter.stop()
         if self.init_task:
             self.init_task.cancel()
         since = self.stopping_since or time.monotonic()
@@ -215,6 +219,7 @@ class EngineApp:
         self.state = starlette.state
         self.guard = guard
         self._api_paths = {path: admission for admission in state.admissions for path in paths_of[admission.api.name]}
+        self._splitters = {splitter.endpoint: splitter for splitter in state.splitters}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -231,7 +236,7 @@ class EngineApp:
             send = _adding_headers(send, self.guard.cors_headers(origin))
         admission = self._api_paths.get(scope["path"])
         if admission is None:
-            await self.starlette(scope, receive, send)
+            await self._splitters.get(scope["path"], self.starlette)(scope, receive, send)
         elif scope["type"] == "websocket":
             await serve_websocket(admission, scope, receive, send)
         else:

@@ -101,6 +101,8 @@ def _validate(args: argparse.Namespace, started: float) -> int:
         raise ConfigError("\n".join(f"{config_file}: api '{name}': {problem}" for name, problem in problems.items()))
     for api in loaded.apis:
         print(f"ok: api '{api.name}' ({api.predictor.type} predictor, {api.predictor.path}) at {api.endpoint}")
+    for splitter in loaded.splitters:
+        print(f"ok: api '{splitter.name}' (TrafficSplitter) at {splitter.endpoint}: {splitter.describe()}")
     return 0
 
 

@@ -16,6 +16,7 @@ from engine import tempdirs
 from engine.errors import EngineError
 from engine.serving.eventloop import run_event_loop
 from engine.serving.security import describe
+from engine.serving.splitter import reload as reload_splitters
 from engine.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
         loop.add_signal_handler(signum, shutdown.set)
     _announce(app, settings, listener.getsockname()[1], server.name)
     state = app.state.engine
+    if state.splitters:  # SIGHUP re-reads their weights (without splitters it keeps its default: it ends the process)
+        loop.add_signal_handler(signal.SIGHUP, reload_splitters, state.splitters, state.project.config_file,
+                                [api.name for api in state.apis])
 
     async def stop_when_asked() -> None:
         await shutdown.wait()
@@ -145,5 +149,8 @@ def _announce(app: EngineApp, settings: ServeSettings, port: int, server: str) -
         log.info("api '%s': POST/GET %s%s%s, %d process%s x %d thread%s", backend.api.name, base,
                  backend.api.endpoint, aliases, processes, "es" if processes > 1 else "", threads,
                  "s" if threads > 1 else "")
+    for splitter in app.state.engine.splitters:
+        log.info("TrafficSplitter '%s': POST %s%s to one of %s (SIGHUP re-reads the weights)", splitter.name, base,
+                 splitter.endpoint, splitter.config.describe())
     for warning in describe(app.guard, settings):
         log.warning("%s", warning)

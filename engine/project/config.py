@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -22,6 +23,9 @@ from engine.project.sections import (
     UpdateStrategy,
 )
 from engine.routes import reserved, reserved_shown
+
+if TYPE_CHECKING:
+    from engine.project.splitters import TrafficSplitter
 
 DEFAULT_MODEL_NAME = "_cortex_default"
 MAX_NAME_LENGTH = 42
@@ -246,10 +250,10 @@ class Api(Section):
     @field_validator("kind")
     @classmethod
     def _check_kind(cls, kind: str) -> str:
-        if kind in ("BatchAPI", "TrafficSplitter", "TaskAPI", "AsyncAPI"):
-            raise ValueError(f"{kind} is not supported by engine serve; only RealtimeAPI is")
+        if kind in ("BatchAPI", "TaskAPI", "AsyncAPI"):
+            raise ValueError(f"{kind} is not supported by engine serve; only RealtimeAPI and TrafficSplitter are")
         if kind != "RealtimeAPI":
-            raise ValueError("must be RealtimeAPI")
+            raise ValueError("must be RealtimeAPI or TrafficSplitter")
         return kind
 
     @model_validator(mode="after")
@@ -316,12 +320,29 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_config(config_file: str | Path, hints: dict[str, str] | None = None) -> list[Api]:
-    """Read and validate cortex.yaml; raise one ConfigError listing every problem, one per line.
+    """Read and validate cortex.yaml (its TrafficSplitters too); raise one ConfigError listing every problem, one per
+    line; the RealtimeAPIs.
 
     `hints` adds a sentence to the problems of a field (by its dotted path, e.g. "predictor.type")."""
+    return read_config(config_file, hints).apis
+
+
+@dataclass
+class ConfigFile:
+    """What a configuration file defines, checked: its RealtimeAPIs and its TrafficSplitters."""
+
+    apis: list[Api]
+    splitters: list[TrafficSplitter]
+
+
+def read_config(config_file: str | Path, hints: dict[str, str] | None = None) -> ConfigFile:
+    """Read and validate cortex.yaml as load_config does; its RealtimeAPIs and TrafficSplitters."""
+    from engine.project.splitters import KIND, TrafficSplitter  # splitters.py builds on this module
+
     config_file = Path(config_file)
     items = _api_items(_read_yaml(config_file), config_file)
     apis: dict[int, Api] = {}
+    splitters: dict[int, TrafficSplitter] = {}
     problems: list[str] = []
     for index, item in enumerate(items):
         label = _label(item, index)
@@ -329,15 +350,25 @@ def load_config(config_file: str | Path, hints: dict[str, str] | None = None) ->
             problems.append(f"{config_file}: {label}: must be a mapping with name, kind and predictor "
                             f"(given: {_kind_of(item)})")
             continue
+        model: type[Api | TrafficSplitter] = TrafficSplitter if item.get("kind") == KIND else Api
         try:
-            apis[index] = Api.model_validate(item)
+            if model is Api:
+                apis[index] = Api.model_validate(item)
+            else:
+                splitters[index] = TrafficSplitter.model_validate(item)
         except ValidationError as error:
+            label += f" ({KIND})" if model is TrafficSplitter else ""
             problems += [f"{config_file}: {label}: {_with_hint(line, hints or {})}"
-                         for line in format_validation_error(error, Api)]
-    problems += _check_across_apis(apis, config_file)
+                         for line in format_validation_error(error, model)]
+    realtime = [item.get("name") for item in items if isinstance(item, dict) and item.get("kind") == "RealtimeAPI"]
+    for splitter in splitters.values():
+        problems += [f"{config_file}: api '{splitter.name}' ({KIND}): {problem}"
+                     for problem in splitter.problems(realtime)]
+    entries: dict[int, Api | TrafficSplitter] = {**apis, **splitters}
+    problems += _check_across_apis(dict(sorted(entries.items())), config_file)
     if problems:
         raise ConfigError("\n".join(problems))
-    return list(apis.values())
+    return ConfigFile(list(apis.values()), list(splitters.values()))
 
 
 def _with_hint(problem: str, hints: dict[str, str]) -> str:
@@ -396,7 +427,7 @@ def _kind_of(value: Any) -> str:
     return "nothing (null)" if value is None else f"{kinds.get(type(value), type(value).__name__)} ({text})"
 
 
-def _check_across_apis(apis: dict[int, Api], config_file: Path) -> list[str]:
+def _check_across_apis(apis: dict[int, Api | TrafficSplitter], config_file: Path) -> list[str]:
     """Names and endpoints are unique and do not collide with engine's own routes (`apis` by position in the file)."""
     problems: list[str] = []
     names: dict[str, int] = {}

@@ -4,13 +4,14 @@ a project through load_project, so that it gets the same environment, warnings a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
 from engine.project.config import Api
 from engine.project.files import Project, ProjectWarning, conflicting_env
+from engine.project.splitters import TrafficSplitter
 from engine.project.validate import validate_project
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ class LoadedProject:
     environment: dict[str, str]  # the variables the process serving `apis` runs with (predictor.env, then .env)
     warnings: list[ProjectWarning]  # for the user, once; the caller says them (load_project logs nothing)
     every_api: list[str]  # the names of every API of the configuration file, served here or not
+    # the file's TrafficSplitters whose APIs are all among `apis` (engine.serving.splitter routes them)
+    splitters: list[TrafficSplitter] = field(default_factory=list)
 
     @property
     def config_file(self) -> Path:
@@ -58,5 +61,7 @@ def load_project(project_dir: str | Path = ".", config_file: str | Path | None =
     api_envs = {api.name: api.predictor.env for api in served}
     warnings = [*validated.project.warnings, *validated.warnings,
                 *(ProjectWarning(line, local=True) for line in conflicting_env(api_envs))]
+    splitters = [splitter for splitter in validated.splitters
+                 if all(target.name in api_envs for target in splitter.apis)]
     return LoadedProject(validated.project, served, validated.project.environment(api_envs, os.environ), warnings,
-                         [api.name for api in validated.apis])
+                         [api.name for api in validated.apis], splitters)

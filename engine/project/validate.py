@@ -6,9 +6,10 @@ from pathlib import Path
 
 from engine import plugins
 from engine.errors import ConfigError, EngineError
-from engine.project.config import Api, load_config, not_applied_locally
+from engine.project.config import Api, not_applied_locally, read_config
 from engine.project.files import Project, ProjectWarning
 from engine.project.predictor_class import check_class, static_methods
+from engine.project.splitters import TrafficSplitter
 from engine.settings import env_name
 
 CONFIG_FILE_NAME = "cortex.yaml"
@@ -21,6 +22,7 @@ class ValidatedProject:
     project: Project
     apis: list[Api]
     warnings: list[ProjectWarning] = field(default_factory=list)
+    splitters: list[TrafficSplitter] = field(default_factory=list)
 
 
 def find_config(project_dir: str | Path = ".", config_file: str | Path | None = None) -> Path:
@@ -43,8 +45,9 @@ def validate_project(project_dir: str | Path = ".", config_file: str | Path | No
     distributed engine whose replicas check their hardware on their own nodes."""
     pm = pm or plugins.make_plugin_manager()
     path = find_config(project_dir, config_file)
-    apis = load_config(path, hints={"predictor.type": "installed predictor types: "
-                                                      + ", ".join(sorted(plugins.predictor_types(pm)))})
+    config = read_config(path, hints={"predictor.type": "installed predictor types: "
+                                                        + ", ".join(sorted(plugins.predictor_types(pm)))})
+    apis = config.apis
     project = Project(path.parent, path)
     problems: list[str] = []
     warnings = [ProjectWarning(line) for line in on_cpu(apis)] if cpu else []
@@ -63,9 +66,12 @@ def validate_project(project_dir: str | Path = ".", config_file: str | Path | No
         if ignored:
             warnings.append(ProjectWarning(f"api '{api.name}': not applied locally (accepted for Cortex "
                                            f"compatibility): {', '.join(ignored)}", local=True))
+    warnings += [ProjectWarning(f"api '{splitter.name}' (TrafficSplitter): not applied locally (accepted for Cortex "
+                                "compatibility): networking.api_gateway", local=True)
+                 for splitter in config.splitters if "api_gateway" in splitter.networking.model_fields_set]
     if problems:
         raise ConfigError("\n".join(problems))
-    return ValidatedProject(project, apis, warnings)
+    return ValidatedProject(project, apis, warnings, config.splitters)
 
 
 def on_cpu(apis: list[Api]) -> list[str]:

@@ -25,11 +25,15 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def request(self, api: str, method: str, path: str, outcome: object, seconds: float, request_id: str) -> None:
-        """Log one request's line (`outcome`: its status, or what became of it) at INFO on engine.access."""
+    def request(self, api: str, method: str, path: str, outcome: object, seconds: float, request_id: str,
+                via: str = "") -> None:
+        """Log one request's line (`outcome`: its status, or what became of it; `via`: the TrafficSplitter it came
+        through, as Routed.shown says it) at INFO on engine.access."""
         if not log.isEnabledFor(logging.INFO):
             return
         message = f"{api} {method} {path} {outcome} {seconds * 1e3:.1f}ms request_id={request_id}"
+        if via:
+            message += f" {via}"
         handler = _engines_handler()
         if handler is None:
             log.info("%s", message)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from starlette.responses import Response
@@ -25,6 +26,22 @@ MAX_REQUEST_ID = 200  # longer ids, or ids with characters outside visible ASCII
 API_METHODS = ("GET", "HEAD", "POST")
 RETRY_AFTER = "1"  # seconds a client told 503 should wait before it tries again
 _ALLOW = ", ".join(API_METHODS)
+
+
+ROUTED_KEY = "engine.routed"  # in a request's scope: the Routed of a request a TrafficSplitter handed over
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """How a request came through a TrafficSplitter (engine.serving.splitter): which one, and whether as a shadow."""
+
+    splitter: str
+    shadow: bool = False
+
+    @property
+    def shown(self) -> str:
+        """How the access log names it."""
+        return f"splitter={self.splitter}{' shadow' if self.shadow else ''}"
 
 
 class ServerState(Protocol):
@@ -68,8 +85,9 @@ class Admission:
             response = await self._answer(method, scope, receive, held)
         except ClientGone:
             self._disconnects.inc()
+            routed = scope.get(ROUTED_KEY)
             access_log.request(self.api.name, method, scope["path"], "client disconnected",
-                               time.perf_counter() - started, request_id)
+                               time.perf_counter() - started, request_id, routed.shown if routed else "")
             return
         response.headers["x-request-id"] = request_id
         if self.server.draining:
@@ -79,7 +97,7 @@ class Admission:
         finally:
             if held[0]:
                 self._release()
-        self._observe(method, scope["path"], response.status_code, started, request_id)
+        self._observe(method, scope["path"], response.status_code, started, request_id, scope.get(ROUTED_KEY))
 
     async def _answer(self, method: str, scope: dict, receive, held: list[bool]) -> Response:
         if method not in API_METHODS:
@@ -180,11 +198,12 @@ class Admission:
         except Exception as error:
             return self._engine_error(error, "WEBSOCKET", request.scope["path"]), held[0]
 
-    def finished_message(self, held: bool, status: int, started: float, request_id: str, path: str) -> None:
+    def finished_message(self, held: bool, status: int, started: float, request_id: str, path: str,
+                         routed: Routed | None = None) -> None:
         """A WebSocket message's answer is sent: give its slot back, count and log it."""
         if held:
             self._release()
-        self._observe("WEBSOCKET", path, status, started, request_id)
+        self._observe("WEBSOCKET", path, status, started, request_id, routed)
 
     def count_disconnect(self) -> None:
         """A client left before its answer."""
@@ -194,12 +213,19 @@ class Admission:
         self.in_flight -= 1
         self._gauge.dec()
 
-    def _observe(self, method: str, path: str, status: int, started: float, request_id: str) -> None:
+    def _observe(self, method: str, path: str, status: int, started: float, request_id: str,
+                 routed: Routed | None = None) -> None:
         seconds = time.perf_counter() - started
         metrics, api = self.metrics, self.api.name
         metrics.child(metrics.requests, api, method, str(status)).inc()
         metrics.child(metrics.latency, api).observe(seconds)
-        access_log.request(api, method, path, status, seconds, request_id)
+        if routed is None:
+            access_log.request(api, method, path, status, seconds, request_id)
+            return
+        if not routed.shadow:
+            metrics.child(metrics.split_requests, routed.splitter, api, method, str(status)).inc()
+            metrics.child(metrics.split_latency, routed.splitter, api).observe(seconds)
+        access_log.request(api, method, path, status, seconds, request_id, routed.shown)
 
 
 async def body_or_refusal(scope: dict, receive, max_body_size: int | None,

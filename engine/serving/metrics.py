@@ -67,6 +67,15 @@ class Metrics:
                                    registry=registry)
         self.model_load_seconds = Histogram("engine_model_load_duration_seconds", "Time to load a model version",
                                             ["api", "model"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.split_requests = Counter("engine_splitter_requests", "Requests a TrafficSplitter handed to one of its "
+                                      "APIs, by splitter, API chosen, method and status code",
+                                      ["splitter", "api", "method", "status_code"], registry=registry)
+        self.split_latency = Histogram("engine_splitter_request_duration_seconds", "Time from request to response "
+                                       "of the requests a TrafficSplitter handed to an API, by splitter and API",
+                                       ["splitter", "api"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.shadow_copies = Counter("engine_splitter_shadow_copies", "Copies of requests for a TrafficSplitter's "
+                                     "shadow API, by splitter, API and outcome: sent, or dropped because the shadow "
+                                     "API had no free slot", ["splitter", "api", "outcome"], registry=registry)
 
     def render(self) -> bytes:
         """Every sample in Prometheus text format, summed over worker processes when there are any."""

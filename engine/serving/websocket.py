@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from engine import jsoncodec
 from engine.asgi import play
-from engine.serving.admission import ensure_request_id
+from engine.serving.admission import ROUTED_KEY, ensure_request_id
 from engine.serving.backend import ApiRequest
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ async def _answer(admission: Admission, scope: dict, message: dict, send) -> Non
                 async for chunk in played.chunks:
                     await send(_message(chunk, headers))
     finally:
-        admission.finished_message(held, status, started, request_id, scope["path"])
+        admission.finished_message(held, status, started, request_id, scope["path"], scope.get(ROUTED_KEY))
 
 
 def _payload(message: dict) -> tuple[bytes, bytes]:
