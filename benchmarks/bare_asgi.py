@@ -57,7 +57,7 @@ def mlp_batches(path: str, size: int):
         while waiting:
             batch, waiting = waiting[:size], waiting[size:]
             results = await asyncio.get_running_loop().run_in_executor(pool, best_classes, [p for p, _ in batch])
-            for (_, future), result in zip(batch, results):
+            for (_, future), result in zip(batch, results, strict=True):
                 future.set_result(result)
         busy = False
 

@@ -85,7 +85,8 @@ def run(model_name: str, model_dir: Path, root: Path, http_server: str,
                     result = wrk(server, MLP_BODY, count, args.duration)
                     after = sums(server.url) if name != "floor" else before
                     change = {key: after[key] - before[key] for key in after}
-                    batches, waits = change.get("engine_batch_size_count"), change.get("engine_batch_wait_seconds_count")
+                    batches = change.get("engine_batch_size_count")
+                    waits = change.get("engine_batch_wait_seconds_count")
                     size = change["engine_batch_size_sum"] / batches if batches else 0.0
                     wait_ms = change["engine_batch_wait_seconds_sum"] / waits * 1e3 if waits else 0.0
                     results.setdefault((name, count), []).append((result, size, wait_ms))

@@ -73,7 +73,8 @@ def main() -> None:
     for name in args.examples:
         example = REPO / name
         runs = [start_once(example) for _ in range(args.starts)]
-        print(f"{name:<28} {statistics.median(r[0] for r in runs):>20.2f} s {statistics.median(r[1] for r in runs):>9.0f} MB")
+        seconds, megabytes = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        print(f"{name:<28} {seconds:>20.2f} s {megabytes:>9.0f} MB")
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ def main() -> None:
     print()
     print(f"throughput P=2 / P=1: {p2:.1f} / {p1:.1f} req/s = {p2 / p1:.2f}x (goal >= 1.8x on 2 cores)")
     print(f"dispatch overhead of a worker process: {overhead * 1e3:+.3f} ms per request (median trivial request "
-          f"{statistics.median(trivial[2]) * 1e3:.2f} ms at P=2 vs {statistics.median(trivial[1]) * 1e3:.2f} ms at P=1)")
+          f"{statistics.median(trivial[2]) * 1e3:.2f} ms at P=2 vs "
+          f"{statistics.median(trivial[1]) * 1e3:.2f} ms at P=1)")
     print(f"fast request alone {alone * 1e3:.2f} ms; beside a 2 s request on the other worker {beside * 1e3:.2f} ms")
 
 

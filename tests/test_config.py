@@ -1,4 +1,4 @@
-"""engine.project.config: every RealtimeAPI field of Cortex v0.22–v0.25, both schema generations, defaults, rules, errors."""
+"""engine.project.config: every RealtimeAPI field of Cortex v0.22–v0.25 (both schemas), defaults, rules, errors."""
 from __future__ import annotations
 
 import textwrap

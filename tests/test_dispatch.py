@@ -18,7 +18,7 @@ def group(batching: bool, loads: list[int], unanswered: list[int], capacity: int
     api = make_api({"name": "api", "kind": "RealtimeAPI", "predictor": predictor})
     workers = WorkerGroup(api, plugin_manager(engine_python_predictor), capacity=capacity, settings=ServeSettings(),
                           on_fatal=print)
-    for index, (load, waiting) in enumerate(zip(loads, unanswered)):
+    for index, (load, waiting) in enumerate(zip(loads, unanswered, strict=True)):
         worker = workers.workers[index] = Worker(index, None)
         worker.ready, worker.load = True, load
         worker.pending = {call: None for call in range(waiting)}

@@ -168,8 +168,8 @@ def test_a_body_over_the_limit_gets_413_before_it_is_read(serve, tmp_path):
 def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(serve, tmp_path):
     server = serve(faulty(tmp_path), "--body-timeout", "1")
     connection = raw(server)
-    connection.sendall(b"POST /f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
-                       b"\r\n{\"id\": ")
+    connection.sendall(b"POST /f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n{\"id\": ")
     answer = read_all(connection)  # the server closes the connection after its answer
     assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer
 
@@ -227,8 +227,8 @@ def test_parsing_a_large_body_leaves_the_event_loop_free(serve, tmp_path):
 def test_content_length_with_chunked_is_refused_and_the_connection_closed(serve, tmp_path):
     server = serve(faulty(tmp_path))
     connection = raw(server)
-    connection.sendall(b"POST /f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 12\r\n"
-                       b"Transfer-Encoding: chunked\r\n\r\nc\r\n{\"id\": \"x\"}\r\n0\r\n\r\n")
+    connection.sendall(b"POST /f HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 12\r\nTransfer-Encoding: chunked\r\n\r\nc\r\n{\"id\": \"x\"}\r\n0\r\n\r\n")
     answer = read_all(connection)
     assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" in answer.lower()
 

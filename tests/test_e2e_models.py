@@ -28,7 +28,7 @@ def copy_example(tmp_path: Path) -> Path:
 
 def linear_prediction(model: dict) -> float:
     features = [SAMPLE[k] for k in ("cylinders", "displacement", "horsepower", "weight", "acceleration")]
-    return sum(w * x for w, x in zip(model["weights"], features)) + model["bias"]
+    return sum(w * x for w, x in zip(model["weights"], features, strict=True)) + model["bias"]
 
 
 def add_version(models: Path, version: int, weights: dict) -> None:

@@ -42,8 +42,8 @@ class PythonPredictor:
 
 @pytest.fixture
 def project(tmp_path) -> Path:
-    return write_project(tmp_path / "project", {"cortex.yaml": api_yaml("x", predictor_extra=f"config:\n  dir: {tmp_path}"),
-                                                "predictor.py": PREDICTOR})
+    config = api_yaml("x", predictor_extra=f"config:\n  dir: {tmp_path}")
+    return write_project(tmp_path / "project", {"cortex.yaml": config, "predictor.py": PREDICTOR})
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def certificate(directory: Path, name: str, issuer: tuple | None = None, client:
     """(certificate file, key file, certificate, key), self-signed or signed by `issuer` = (certificate, key)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject)
                .issuer_name(issuer[0].subject if issuer else subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))

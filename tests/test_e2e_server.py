@@ -135,7 +135,8 @@ def test_threads_per_process_run_predicts_concurrently(serve, tmp_path):
 
 
 def test_more_than_max_replica_concurrency_in_flight_is_503(serve, tmp_path):
-    server = serve(gated_project(tmp_path, threads=2, extra="autoscaling:\n  max_replica_concurrency: 2\n  target_replica_concurrency: 1"))
+    extra = "autoscaling:\n  max_replica_concurrency: 2\n  target_replica_concurrency: 1"
+    server = serve(gated_project(tmp_path, threads=2, extra=extra))
     pending = [in_thread(httpx.post, server.url + "/gated", json={"id": str(i), "wait": True}) for i in (1, 2)]
     wait_file(tmp_path / "entered-1")
     wait_file(tmp_path / "entered-2")

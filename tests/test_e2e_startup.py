@@ -90,7 +90,8 @@ def test_a_taken_port_is_one_paragraph_and_leaves_no_folders(serve, tmp_path):
     (["--graceful-timeout", "-1"], "argument --graceful-timeout: -1 is negative"),
     (["--server", "nosuch"], "--server nosuch: no installed plugin provides that HTTP server; installed: hypercorn"),
     (["--server", "hypercorn", "--max-connections", "5"], "--max-connections: the hypercorn server cannot do that"),
-    (["--server", "hypercorn", "--certfile", "missing.pem", "--keyfile", "missing.key"], "--certfile missing.pem: no such file"),
+    (["--server", "hypercorn", "--certfile", "missing.pem", "--keyfile", "missing.key"],
+     "--certfile missing.pem: no such file"),
 ])
 def test_bad_flags_are_one_line_and_exit_1(tmp_path, args, message):
     project = write_project(tmp_path, {"cortex.yaml": api_yaml("x"), "predictor.py": SIMPLE})

@@ -141,7 +141,7 @@ def test_a_dying_worker_fails_only_its_requests_and_is_replaced(serve, tmp_path,
             wait_file(tmp_path / f"entered-p{len(pids)}-{i}")
         for i in range(2):
             (tmp_path / f"release-p{len(pids)}-{i}").touch()
-        for thread, result in pair:
+        for thread, _ in pair:
             thread.join()
         pids = {result["value"].json()["pid"] for _, result in pair}
 

@@ -70,8 +70,8 @@ def test_the_models_package_has_no_import_loop():
     for path in sorted((ENGINE / "models").glob("*.py")):
         for imported in runtime_imports(path) | typing_imports(path):
             if imported.startswith("engine.models."):
-                assert module_name(path) not in (runtime_imports(ENGINE.parent / (imported.replace(".", "/") + ".py"))
-                                                 | typing_imports(ENGINE.parent / (imported.replace(".", "/") + ".py"))), \
+                other = ENGINE.parent / (imported.replace(".", "/") + ".py")
+                assert module_name(path) not in runtime_imports(other) | typing_imports(other), \
                     f"{module_name(path)} and {imported} import each other"
 
 

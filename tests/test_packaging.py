@@ -1,4 +1,4 @@
-"""Packaging proof: wheels of the core and every plugin, `pip install 'engine[onnx,gpu]'` into a fresh venv, then use it.
+"""Packaging proof: wheels of the core and every plugin, `pip install 'engine[onnx,gpu]'` in a fresh venv, then use it.
 
 Slow (a fresh virtual environment, dependencies from the index; pip's cache makes reruns quicker). It runs in the full
 suite; deselect it with `-m "not packaging"`.
@@ -119,7 +119,8 @@ def test_engine_validate_and_serve_an_onnx_project(installed, tmp_path):
 def test_the_installed_cuda_target_checks_compute_gpu(installed, tmp_path):
     project = tmp_path / "onnx-iris-gpu"
     shutil.copytree(ONNX_IRIS, project)
-    (project / "cortex.yaml").write_text((project / "cortex.yaml").read_text().rstrip("\n") + "\n  compute:\n    gpu: 1\n")
+    config = project / "cortex.yaml"
+    config.write_text(config.read_text().rstrip("\n") + "\n  compute:\n    gpu: 1\n")
     simulated = run(installed / "engine", "validate", project, ENGINE_SIMULATED_GPUS="Tesla T4").stdout
     assert "ok: api 'iris-classifier'" in simulated
     too_many = subprocess.run([installed / "engine", "validate", project], capture_output=True, text=True,

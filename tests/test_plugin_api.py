@@ -207,11 +207,13 @@ def test_no_test_module_imports_another_or_the_core_tests_folder():
 
 @pytest.mark.parametrize("source, in_tests, expected", [
     ("import engine.plugins", True, "imports engine.plugins, which is not engine's public API"),
-    ("from engine.project.config import Api", False, "imports engine.project.config, which is not engine's public API"),
+    ("from engine.project.config import Api", False,
+     "imports engine.project.config, which is not engine's public API"),
     ("from engine.models.layout import FileEntry", True, "imports engine.models.layout"),
     ("from engine.testing import Server", False, "imports engine.testing outside tests/ and benchmarks/"),
     ("from engine import testing", False, "imports engine.testing outside tests/ and benchmarks/"),
-    ("run('''\n    from engine.project.validate import validate_project\n''')", True, "imports engine.project.validate"),
+    ("run('''\n    from engine.project.validate import validate_project\n''')", True,
+     "imports engine.project.validate"),
     ("run(f'''\n    from engine.plugins import {name}\n''')", True, "imports engine.plugins"),
     ("from engine import plugins", True, "`from engine import plugins`: plugins is not in engine.__all__"),
     ("import engine\nengine.plugins.make_plugin_manager()", False, "engine.plugins is not in engine.__all__"),

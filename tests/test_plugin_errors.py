@@ -22,7 +22,8 @@ from engine.project.validate import validate_project
 from engine.serving import parsing
 from engine.testing import api_yaml, write_project
 
-SIMPLE = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n    def predict(self):\n        return 1\n"
+SIMPLE = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n    def predict(self):\n" \
+         "        return 1\n"
 
 
 def plugin(name: str, **hooks) -> types.ModuleType:

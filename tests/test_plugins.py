@@ -422,7 +422,8 @@ def test_msgpack_plugin_end_to_end_and_listed_by_engine_plugins(tmp_path):
                                                                     "Accept": "application/msgpack"})
         assert packed.headers["content-type"] == "application/msgpack"
         assert msgpack.unpackb(packed.content) == {"payload": {"a": [1, 2], "b": b"\x00"}}
-        as_json = server.client.post("/echo", content=msgpack.packb([1]), headers={"Content-Type": "application/msgpack"})
+        as_json = server.client.post("/echo", content=msgpack.packb([1]),
+                                     headers={"Content-Type": "application/msgpack"})
         assert as_json.json() == {"payload": [1]}
         broken = server.client.post("/echo", content=b"\xc1", headers={"Content-Type": "application/msgpack"})
         assert broken.status_code == 400 and "invalid msgpack" in broken.json()["error"]

@@ -431,8 +431,8 @@ def test_the_environment_is_data_and_leaves_os_environ_alone(tmp_path, environ):
 
 # --- load_project: the project as data ------------------------------------------------------------------------
 
-PREDICTOR = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n\n    def predict(self, payload):\n" \
-            "        return payload\n"
+PREDICTOR = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n\n" \
+            "    def predict(self, payload):\n        return payload\n"
 
 
 def two_api_project(root: Path) -> Path:

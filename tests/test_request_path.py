@@ -1,6 +1,7 @@
-"""The request path in process, without `engine serve`: the admission layer (engine.serving.admission) in front of a real
-Pipeline in an inline Starlette app, the pipeline's arguments, encodings and errors, and the worker protocol
-(engine.serving.messages, engine.serving.worker_main, engine.serving.worker_pool) over socket pairs and one real worker process.
+"""The request path in process, without `engine serve`: the admission layer (engine.serving.admission) in front of a
+real Pipeline in an inline Starlette app, the pipeline's arguments, encodings and errors, and the worker protocol
+(engine.serving.messages, engine.serving.worker_main, engine.serving.worker_pool) over socket pairs and one real worker
+process.
 
 The test_e2e_* modules reach the same paths through real servers; these reach them in milliseconds, and hold a
 request where a test needs it with threading.Events on the predictor instance (pipeline.predictor.instance)."""
@@ -644,7 +645,7 @@ async def test_send_is_false_and_receive_none_once_the_other_side_has_gone():
         assert await messages.send(writer, messages.Ready()) is False
 
 
-# --- the worker protocol: a worker's side (engine.serving.worker_main), driven in process ---------------------------------------
+# --- the worker protocol: a worker's side (engine.serving.worker_main), driven in process -----------------------------
 
 
 @contextlib.asynccontextmanager
@@ -768,7 +769,7 @@ async def test_after_stop_a_worker_finishes_the_calls_in_hand_sent_included_then
     assert predictor.calls == [({"got": "x"}, "x", True)]
 
 
-# --- the worker protocol: the front's side (engine.serving.worker_pool) with a real worker process ---------------------------
+# --- the worker protocol: the front's side (engine.serving.worker_pool) with a real worker process --------------------
 
 DIES = """
 import os

@@ -4,6 +4,7 @@ with --light, 1024 → 16 → 10 (same input, but HTTP costs more than inference
     python benchmarks/mlp/make_model.py OUTPUT.onnx [--light]
 """
 import sys
+from itertools import pairwise
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ LIGHT_SIZES = (1024, 16, 10)
 def build(sizes: tuple[int, ...] = SIZES) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     nodes, initializers, current = [], [], "x"
-    for layer, (inputs, outputs) in enumerate(zip(sizes, sizes[1:])):
+    for layer, (inputs, outputs) in enumerate(pairwise(sizes)):
         weight = (rng.standard_normal((inputs, outputs)) / np.sqrt(inputs)).astype(np.float32)
         initializers.append(numpy_helper.from_array(weight, f"w{layer}"))
         nodes.append(helper.make_node("MatMul", [current, f"w{layer}"], [f"h{layer}"]))

@@ -7,7 +7,7 @@ DEFAULT_NAME = os.environ["GREETER_NAME"]
 
 class PythonPredictor:
     def __init__(self, config):
-        with open("values.json", "r") as values_file:  # relative to the project directory
+        with open("values.json") as values_file:  # relative to the project directory
             self.languages = json.load(values_file)["languages"]
         self.default_greeting = config["greeting"]
         self.punctuation = os.environ["GREETER_PUNCTUATION"]

@@ -15,4 +15,4 @@ class LinearModel:
             return cls(**json.load(model_file))
 
     def predict(self, rows):
-        return [sum(w * x for w, x in zip(self.weights, row)) + self.bias for row in rows]
+        return [sum(w * x for w, x in zip(self.weights, row, strict=True)) + self.bias for row in rows]

@@ -11,7 +11,7 @@ class PythonPredictor:
         with open(config["corpus"], encoding="utf-8") as corpus:
             words = re.findall(r"[\w']+|[.,]", corpus.read())
         self.next_words = defaultdict(list)
-        for first, second, third in zip(words, words[1:], words[2:]):
+        for first, second, third in zip(words, words[1:], words[2:], strict=False):
             self.next_words[(first, second)].append(third)
         self.pause = config["seconds_per_word"]
 

@@ -26,7 +26,7 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "model"
 def weights() -> tuple[list[list[float]], list[float]]:
     """Linear layer of the classifier: logit_k(x) = sum_j x_j * mean_kj / var_j - mean_kj**2 / (2 var_j)."""
     kernel = [[CLASS_MEANS[k][j] / POOLED_VARIANCES[j] for k in range(len(LABELS))] for j in range(len(FEATURES))]
-    bias = [-sum(m * m / (2 * v) for m, v in zip(CLASS_MEANS[k], POOLED_VARIANCES)) for k in range(len(LABELS))]
+    bias = [-sum(m * m / (2 * v) for m, v in zip(means, POOLED_VARIANCES, strict=True)) for means in CLASS_MEANS]
     return kernel, bias
 
 

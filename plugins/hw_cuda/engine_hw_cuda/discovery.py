@@ -9,7 +9,7 @@ from typing import Any
 SIMULATED_ENV = "ENGINE_SIMULATED_GPUS"
 
 # NVML return codes (nvml.h) that have a more useful explanation than NVML's own text.
-_NVML_HINTS = {
+_NVML_HINTS: dict[object, str] = {
     4: "no permission to open the GPUs (check the permissions of /dev/nvidia*, or give the container its GPUs, e.g. "
        "docker run --gpus all)",
     9: "the NVIDIA driver is not loaded (nvidia-smi should list the GPUs; a reboot may be needed after installing it)",
@@ -58,10 +58,11 @@ def nvml_gpus(nvml: Any = None) -> list[Gpu]:
     """Every GPU NVML lists (index, name, UUID, memory); `nvml` is the pynvml module or a stand-in with its API."""
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml
         except ImportError:
             raise DiscoveryError("nvidia-ml-py is not installed (pip install nvidia-ml-py, or reinstall "
                                  "'engine[gpu]')") from None
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as error:

@@ -83,7 +83,8 @@ def wait_until(check, what: str, process: subprocess.Popen, timeout: float = 180
 def http_ok(url: str, body: str) -> bool:
     import httpx
     try:
-        return httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=30).status_code == 200
+        answer = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=30)
+        return answer.status_code == 200
     except httpx.TransportError:
         return False
 
@@ -112,7 +113,8 @@ def start_mlserver(root: Path, mlserver: str) -> tuple[subprocess.Popen, int, in
     (folder / "settings.json").write_text(json.dumps({"http_port": http, "grpc_port": grpc,
                                                       "metrics_port": metrics, "host": "127.0.0.1"}))
     (folder / "mlp" / "model-settings.json").write_text(json.dumps({
-        "name": "mlp", "implementation": "onnx_runtime.OnnxModel", "parameters": {"uri": str(folder / "mlp" / "model.onnx")}}))
+        "name": "mlp", "implementation": "onnx_runtime.OnnxModel",
+        "parameters": {"uri": str(folder / "mlp" / "model.onnx")}}))
     with open(Path(tempfile.gettempdir()) / "oip-bench-mlserver.log", "wb") as log:  # what it says, if it fails
         process = subprocess.Popen(["taskset", "-c", SERVER_CORE, mlserver, "start", str(folder)], cwd=folder,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -155,7 +155,7 @@ class GrpcService:
         api = locate(api_names, name)
         if api is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, unknown_model(name, api_names))
-        return api
+        return api  # type: ignore[return-value]  # abort raises: NoReturn in grpc, which ships no py.typed
 
     async def _operate(self, api: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]], name: str,
                        version: str, context: aio.ServicerContext) -> bytes:

@@ -212,7 +212,8 @@ def _check(model: str, signature: Signature, request: InferRequest) -> None:
         given, array = request.datatypes[name], request.inputs[name]
         if given != datatype:
             raise ModelError(f"input '{name}' of model '{model}' is {datatype}, not {given}", 400)
-        if shape and (len(shape) != array.ndim or any(0 <= want != got for want, got in zip(shape, array.shape))):
+        if shape and (len(shape) != array.ndim or
+                      any(0 <= want != got for want, got in zip(shape, array.shape, strict=True))):
             raise ModelError(f"input '{name}' of model '{model}' takes the shape {shape} (-1: any size), not "
                              f"{list(array.shape)}", 400)
     if request.outputs is not None:

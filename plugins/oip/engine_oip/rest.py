@@ -126,7 +126,8 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferRequest
     binary = memoryview(b"")
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
-            raise ModelError(f"Inference-Header-Content-Length is {header_length!r}, but the body has {len(body)} bytes", 400)
+            raise ModelError(f"Inference-Header-Content-Length is {header_length!r}, but the body has "
+                             f"{len(body)} bytes", 400)
         cut = int(header_length)
         binary = memoryview(body)[cut:]
         body = body[:cut]

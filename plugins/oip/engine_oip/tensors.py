@@ -46,17 +46,17 @@ def check_header(tensor: Any, where: str) -> tuple[str, str, list[int]]:
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if not isinstance(name, str) or not name:
         raise ModelError(f"{where} needs a name (a string)", 400)
-    check_datatype(datatype, name)
-    return name, datatype, check_shape(shape, name)
+    return name, check_datatype(datatype, name), check_shape(shape, name)
 
 
-def check_datatype(datatype: Any, name: str) -> None:
-    """A 400 unless `datatype` is one of the protocol's that this server takes."""
-    if datatype not in DATATYPES:
-        if datatype == "BF16":
-            raise ModelError(f"tensor '{name}': BF16 is not supported by this server", 400)
-        raise ModelError(f"tensor '{name}': datatype {datatype!r} is not one of the protocol's: "
-                         f"{', '.join(DATATYPES)}", 400)
+def check_datatype(datatype: object, name: str) -> str:
+    """`datatype` if it is one of the protocol's that this server takes, else a 400."""
+    if isinstance(datatype, str) and datatype in DATATYPES:
+        return datatype
+    if datatype == "BF16":
+        raise ModelError(f"tensor '{name}': BF16 is not supported by this server", 400)
+    raise ModelError(f"tensor '{name}': datatype {datatype!r} is not one of the protocol's: "
+                     f"{', '.join(DATATYPES)}", 400)
 
 
 def check_shape(shape: Any, name: str) -> list[int]:

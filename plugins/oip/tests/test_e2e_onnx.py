@@ -68,7 +68,8 @@ def iris(servers, tmp_path_factory, copy_example):
 @pytest.fixture(scope="module")
 def zoo(servers, tmp_path_factory, onnx_models):
     """echo: one model (an identity); zoo: named models, a with versions 1 and 2, in two worker processes;
-    batched: echo with server-side batching (two calls per batch, or a minute's wait); tensors: a python predictor with predict_tensors; plain: one without."""
+    batched: echo with server-side batching (two calls per batch, or a minute's wait); tensors: a python predictor
+    with predict_tensors; plain: one without."""
     root = tmp_path_factory.mktemp("zoo")
     identity, double = onnx_models["identity"], onnx_models["double"]
     identity(root / "echo" / "1" / "model.onnx")
@@ -135,7 +136,7 @@ def test_iris_answers_as_its_cortex_route(iris, protocol, binary):
     result = infer(iris, protocol, "iris-classifier", {"input": features}, binary=binary,
                    outputs=["label", "probabilities"])
     labels = result.as_numpy("label")
-    for (expected, sample), label in zip(SAMPLES.items(), labels):
+    for (expected, sample), label in zip(SAMPLES.items(), labels, strict=True):
         cortex = iris.client.post("/iris-classifier", json=sample)
         assert cortex.status_code == 200 and cortex.text == expected == LABELS[label]
     probabilities = result.as_numpy("probabilities")
@@ -151,7 +152,10 @@ def test_health_and_metadata_answer_what_the_clients_expect(iris, zoo, protocol)
     server = found.get_server_metadata(**({"as_json": True} if protocol == "grpc" else {}))
     assert server["name"] == "engine" and "binary_tensor_data" in server["extensions"]
     metadata = found.get_model_metadata("iris-classifier", **({"as_json": True} if protocol == "grpc" else {}))
-    shape = (lambda dims: [int(dim) for dim in dims])
+
+    def shape(dims):
+        return [int(dim) for dim in dims]
+
     assert metadata["name"] == "iris-classifier" and metadata["versions"] == ["1"]
     assert metadata["platform"] == "onnxruntime_onnx"
     assert [(t["name"], t["datatype"], shape(t["shape"])) for t in metadata["inputs"]] == [("input", "FP32", [-1, 4])]

@@ -125,7 +125,7 @@ def test_keys_readiness_limit_and_deadline_are_the_apis_own(servers, tmp_path):
     assert grpc.infer("gated", [tensor(grpcclient, "x", x)], headers={"x-api-key": "sesame"}) \
         .as_numpy("y").tolist() == [2.0, 4.0]
 
-    # one slot: a held request takes it, past its deadline (504: DEADLINE_EXCEEDED), and the next ones find it taken (503)
+    # one slot: a held request takes it past its deadline (504: DEADLINE_EXCEEDED); the next ones find it taken (503)
     for step, module, address in ((1, grpcclient, server.grpc), (2, httpclient, server.http)):
         hold, held = in_thread(held_call, module, address, step)
         wait_file(gate / f"held{step}")

@@ -56,8 +56,8 @@ def test_tensorflow_iris_answers_as_its_cortex_route(iris, protocol, binary):
     classes = [value.decode() if isinstance(value, bytes) else value  # JSON: strings
                for value in result.as_numpy("classes").reshape(-1)]
     for (expected, features), found, class_id in zip(SAMPLES.items(), classes,
-                                                     result.as_numpy("class_ids").reshape(-1)):
-        cortex = iris.client.post("/iris-classifier", json=dict(zip(FEATURES, features)))
+                                                     result.as_numpy("class_ids").reshape(-1), strict=True):
+        cortex = iris.client.post("/iris-classifier", json=dict(zip(FEATURES, features, strict=True)))
         assert cortex.status_code == 200 and cortex.text == expected == found
         assert list(SAMPLES)[class_id] == expected
     assert result.as_numpy("probabilities").shape == (3, 3)

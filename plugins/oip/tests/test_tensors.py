@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from engine_oip.tensors import (
     DATATYPES,
+    check_header,
     datatype_of,
     deserialize_bytes,
     from_json_data,
@@ -72,6 +73,18 @@ def test_json_data_that_does_not_fit_is_a_400(datatype, shape, data, message):
 def test_raw_data_that_does_not_fit_is_a_400(datatype, shape, raw, message):
     with pytest.raises(ModelError) as raised:
         from_raw("x", datatype, shape, raw)
+    assert raised.value.status_code == 400 and message in str(raised.value)
+
+
+@pytest.mark.parametrize("datatype, message", [
+    ("BF16", "BF16 is not supported"),
+    ("FP8", "datatype 'FP8' is not one of the protocol's"),
+    (["FP32"], "datatype ['FP32'] is not one of the protocol's"),  # unhashable: still the client's mistake
+    (None, "datatype None is not one of the protocol's"),
+])
+def test_a_datatype_the_server_does_not_take_is_a_400(datatype, message):
+    with pytest.raises(ModelError) as raised:
+        check_header({"name": "x", "datatype": datatype, "shape": [1]}, "input 0")
     assert raised.value.status_code == 400 and message in str(raised.value)
 
 

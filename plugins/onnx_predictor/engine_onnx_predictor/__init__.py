@@ -20,10 +20,10 @@ def _model_format(api: Api, device: Device) -> Any:
 
 
 def _create_client(api: Api, device: Device, models: ModelRepository | None, batching: Batching | None) -> Any:
-    """The onnx_client of an onnx API."""
+    """The onnx_client of an onnx API (none without models: engine says they are missing)."""
     from engine_onnx_predictor.client import ONNXClient
 
-    return ONNXClient(models, batching)
+    return None if models is None else ONNXClient(models, batching)
 
 
 def _validate(api: Api, project_root: Path) -> list[str]:

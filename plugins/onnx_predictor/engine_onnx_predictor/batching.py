@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,12 @@ def batch_key(model: Any, feed: dict[str, Any]) -> Hashable | None:
     """What calls must share to merge; None when this call cannot be merged with others."""
     if not feed or any(not spec.shape or isinstance(spec.shape[0], int) for spec in model.inputs):
         return None
-    arrays = [feed.get(spec.name) for spec in model.inputs]
-    if any(not isinstance(a, np.ndarray) or a.ndim == 0 for a in arrays):
+    arrays = [a for spec in model.inputs if isinstance(a := feed.get(spec.name), np.ndarray) and a.ndim > 0]
+    if len(arrays) != len(model.inputs):  # an input is missing, or not an array with rows
         return None
     if len({a.shape[0] for a in arrays}) != 1:
         return None
-    return id(model), tuple((spec.name, a.dtype.str, a.shape[1:]) for spec, a in zip(model.inputs, arrays))
+    return id(model), tuple((spec.name, a.dtype.str, a.shape[1:]) for spec, a in zip(model.inputs, arrays, strict=True))
 
 
 def run_batch(calls: list[Call]) -> list[list[Any]]:
@@ -47,7 +48,7 @@ def run_batch(calls: list[Call]) -> list[list[Any]]:
     if not all(isinstance(out, np.ndarray) and out.ndim >= 1 and out.shape[0] == total for out in outputs):
         return [_run_alone(model, feed) for _, feed in calls]
     bounds = np.cumsum([0, *rows])
-    return [[out[start:end] for out in outputs] for start, end in zip(bounds[:-1], bounds[1:])]
+    return [[out[start:end] for out in outputs] for start, end in pairwise(bounds)]
 
 
 def _run_alone(model: Any, feed: dict[str, Any]) -> Any:

@@ -41,12 +41,12 @@ class ONNXClient:
         model: OnnxModel = self._repository.get(model_name, version or "latest")
         label = self._label(model, model_name, version)
         outputs = self._run(model, tensors.feed(inputs, model.inputs, label), label)
-        return {node.name: output for node, output in zip(model.session.get_outputs(), outputs)}
+        return {node.name: output for node, output in zip(model.session.get_outputs(), outputs, strict=True)}
 
     def _run(self, model: OnnxModel, feed: dict[str, Any], label: str) -> list[Any]:
         key = batch_key(model, feed) if self.batcher is not None else None
         try:
-            if key is not None:
+            if key is not None and self.batcher is not None:
                 return unwrap(self.batcher.call(key, (model, feed)))
             return model.session.run(None, feed)
         except InvalidArgument as error:  # onnxruntime rejected the converted input (type or shape)

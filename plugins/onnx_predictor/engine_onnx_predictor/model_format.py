@@ -9,7 +9,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from engine import ConfigError, Device
+from engine import ConfigError, Device, PluginError
 from engine_onnx_predictor.convert import InputSpec
 
 log = logging.getLogger("engine.onnx")
@@ -106,7 +106,9 @@ class OnnxModelFormat:
 def model_format(api: Any, device: Device) -> OnnxModelFormat:
     """The format for one API in one worker process: providers and threads from the device, threads overridable."""
     requested = device.options.get("onnx_providers", ["CPUExecutionProvider"])  # the hardware plugin's choice
-    providers = usable_providers(requested, ort.get_available_providers(), api.name)
+    if not isinstance(requested, list | tuple):
+        raise PluginError(f"device option onnx_providers must be a list of execution providers, not {requested!r}")
+    providers = usable_providers(list(requested), ort.get_available_providers(), api.name)
     return OnnxModelFormat(providers, intra_op_threads(device.threads))
 
 

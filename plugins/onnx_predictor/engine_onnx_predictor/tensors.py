@@ -31,13 +31,14 @@ def feed(inputs: dict[str, Any], specs: list[InputSpec], label: str) -> dict[str
     for spec in specs:
         array = np.asarray(inputs[spec.name])
         expected = spec.dtype
-        if expected is not None and array.dtype != expected and not (expected == np.object_ and array.dtype.kind in "OUS"):
+        if expected is not None and array.dtype != expected and not (
+                expected == np.object_ and array.dtype.kind in "OUS"):
             raise ModelError(f"{label}: input '{spec.name}' is {np.dtype(expected).name}, not {array.dtype.name}",
                              400)
         if spec.shape and len(spec.shape) != array.ndim:
             raise ModelError(f"{label}: input '{spec.name}' has {len(spec.shape)} dimensions, not {array.ndim}",
                              400)
-        for axis, (declared, given) in enumerate(zip(spec.shape, array.shape)):
+        for axis, (declared, given) in enumerate(zip(spec.shape, array.shape, strict=False)):  # shape: () if unknown
             if isinstance(declared, int) and declared >= 0 and declared != given:
                 raise ModelError(f"{label}: input '{spec.name}' has {declared} at axis {axis}, not {given}", 400)
         checked[spec.name] = array.astype(object) if expected == np.object_ else array

@@ -12,7 +12,7 @@ from engine_onnx_predictor.model_format import OnnxModelFormat  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from engine import ModelRepository  # noqa: E402
-from engine import Models as ModelsConfig
+from engine import Models as ModelsConfig  # noqa: E402
 
 # onnx type name → TensorProto element type, for every type the converter maps.
 ELEMENT_TYPES = {

@@ -56,7 +56,7 @@ def test_concurrent_calls_merge_and_equal_unbatched_results(models, repository, 
     inputs = [np.random.default_rng(i).normal(size=(1 + i % 3, 3)).astype(np.float32) for i in range(8)]
     batched = predict_together(client, inputs)
     session = repo.get().session
-    for value, result in zip(inputs, batched):
+    for value, result in zip(inputs, batched, strict=True):
         np.testing.assert_allclose(result[0], session.run(None, {"x": value})[0], rtol=1e-6)
     assert sum(sizes) == 8 and max(sizes) > 1
 
@@ -66,7 +66,7 @@ def test_calls_with_other_trailing_shapes_or_types_never_merge(models, repositor
     _, client, sizes = batched_client(repository, {"path": "m"}, interval=0.2)
     inputs = [np.ones((1, 2), np.float32), np.ones((1, 3), np.float32), np.ones((2, 2), np.float32)]
     results = predict_together(client, inputs)
-    for value, result in zip(inputs, results):
+    for value, result in zip(inputs, results, strict=True):
         np.testing.assert_array_equal(result[0], value)
     assert sorted(sizes) == [1, 2]  # the [*, 2] calls merged, the [1, 3] one ran alone
 

@@ -38,8 +38,11 @@ class PythonClient:
     """What a PythonPredictor gets as python_client."""
 
     def __init__(self, repository: ModelRepository) -> None:
+        fmt = repository.fmt
+        if not isinstance(fmt, PythonModelFormat):
+            raise TypeError(f"python_client loads models with PythonModelFormat, not {type(fmt).__name__}")
         self._repository = repository
-        self._format: PythonModelFormat = repository.fmt
+        self._format = fmt
 
     def get_model(self, model_name: str | None = None, model_version: str | int | None = "latest") -> Any:
         """What load_model returned for that version ("latest" by default, also when model_version is None)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
-from benchmarks.suite import ECHO_BODY, Server, wrk
+from benchmarks.suite import ECHO_BODY, Server, wrk  # noqa: E402
 
 INSIDE = "ENGINE_RAY_BENCH_NETNS"  # set once the script runs in its namespace
 CONNECTIONS = (1, 32)

@@ -2,6 +2,7 @@
 delete everything this run started."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -11,6 +12,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.schema import ReplicaState
 
 from engine import EngineError, LoadedProject, ServeSettings, load_project
 from engine_ray import cluster, mapping
@@ -96,20 +98,20 @@ class Deployment:
         apps = {api.name: api.name for api in self.project.apis}
         working_dir = self.working_dir
         root = self.project.project.root
-        spec = {"config_name": self.project.config_file.name, "settings": settings, "apps": apps, "keys": self.keys,
-                "project_dir": str(root) if self.local else None}
-        deployment = serve.deployment(EngineReplica)
+        spec = ReplicaSpec(config_name=self.project.config_file.name, settings=settings, api=None, apps=apps,
+                           keys=self.keys, project_dir=str(root) if self.local else None)
+        deployment = serve.deployment()(EngineReplica)  # serve.deployment(cls) is annotated as the decorator
         if name == FRONT_APP:
             actor = {"num_cpus": 0, "runtime_env": {"working_dir": working_dir}}
             logging_config = {"log_level": self.settings.log_level.upper(), "enable_access_log": False}
             return deployment.options(name="server", num_replicas=1, ray_actor_options=actor,
-                                      logging_config=logging_config).bind(ReplicaSpec(api=None, **spec))
+                                      logging_config=logging_config).bind(spec)
         api = next(api for api in self.project.apis if api.name == name)
         actor = mapping.actor_options(api, self.settings.cpu, working_dir)
         workers = api.predictor.processes_per_replica > 1 or self.settings.isolate
         return deployment.options(**mapping.deployment_options(api, self.settings), ray_actor_options=actor).bind(
-            ReplicaSpec(api=api.name, worker_processes=workers, environment=self.project.environment_for([api]),
-                        **spec))
+            dataclasses.replace(spec, api=api.name, worker_processes=workers,
+                                environment=self.project.environment_for([api])))
 
     def wait_running(self, stop: threading.Event, timeout: float) -> bool:
         """Until every application runs (True), SIGTERM (False), or an error: one failed, or `timeout` passed."""
@@ -155,7 +157,7 @@ class Deployment:
             for name in self.routes:
                 app = apps.get(name)
                 deployment = next(iter(app.deployments.values()), None) if app else None
-                running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
+                running = deployment.replica_states.get(ReplicaState.RUNNING, 0) if deployment else 0
                 seen = f"{state(app) if app else 'NOT_DEPLOYED'}, {running} replica(s) running"
                 if self.last_seen.get(name, seen) != seen:
                     log.info("application '%s': %s", name, seen)

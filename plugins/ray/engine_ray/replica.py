@@ -79,9 +79,9 @@ class EngineReplica:
         project.environment = dict(spec.environment)
         app = create_app(settings=settings, on_fatal=self._on_fatal, project=project)
         if spec.api is not None:
-            self.lifespan = Lifespan(app)
-            await self.lifespan.start()
-            await self._wait_ready(app)
+            self.lifespan = lifespan = Lifespan(app)
+            await lifespan.start()
+            await self._wait_ready(app, lifespan)
             self.reporter = Reporter(app, spec)
         return ClusterRoutes(app, spec)
 
@@ -102,12 +102,12 @@ class EngineReplica:
         log.error(message)
         self.fatal = message
 
-    async def _wait_ready(self, app: Any) -> None:
+    async def _wait_ready(self, app: Any, lifespan: Lifespan) -> None:
         """Until /readyz is 200; the predictor's failure, or --worker-init-timeout passing, fails the replica."""
         deadline = time.monotonic() + self.spec.settings.worker_init_timeout
         while (await asgi.get(app, READYZ_PATH))[0] != 200:
             if self.fatal or time.monotonic() > deadline:
-                await self.lifespan.stop()
+                await lifespan.stop()
                 raise RuntimeError(self.fatal or f"api '{self.spec.api}': the predictor was not ready after "
                                    f"--worker-init-timeout ({self.spec.settings.worker_init_timeout:g} s)")
             await asyncio.sleep(READY_POLL)
@@ -229,8 +229,9 @@ def metrics_directory(spec: ReplicaSpec) -> str | None:
     if spec.worker_processes:
         folder = tempfile.mkdtemp(prefix="engine-ray-metrics-")
         os.environ[MULTIPROCESS_ENV] = folder
-    values = sys.modules.get("prometheus_client.values")
-    if values is not None:  # Ray's worker imported prometheus_client before this choice, which it reads at import
+    if "prometheus_client.values" in sys.modules:  # Ray's worker imported it before this choice, read at import
+        from prometheus_client import values
+
         values.ValueClass = values.get_value_class()
     return folder
 

@@ -26,9 +26,11 @@ def _model_format(api: Api, device: Device) -> Any:
 
 
 def _create_client(api: Api, device: Device, models: ModelRepository | None, batching: Batching | None) -> Any:
-    """The tensorflow_client of a tensorflow API, over its model repository."""
+    """The tensorflow_client of a tensorflow API, over its model repository (none without models)."""
     from engine_tensorflow_predictor.client import TensorFlowClient
 
+    if models is None:
+        return None
     return TensorFlowClient(models, SignatureKeys.from_models(api.predictor.models), batching)
 
 

@@ -30,7 +30,7 @@ class TensorFlowClient:
                 model_version: str | int | None = "latest", *, raw: bool = False) -> dict[str, Any]:
         """Run the model's signature on a dict of its inputs; outputs as Cortex gave them, or numpy arrays if raw."""
         model: SavedModel = self._repository.get(model_name, model_version)
-        name = DEFAULT_MODEL_NAME if self._repository.single else model_name
+        name = DEFAULT_MODEL_NAME if self._repository.single or model_name is None else model_name
         version = "latest" if model_version is None else model_version
         where = f"model '{name}' of version '{version}'"
         try:

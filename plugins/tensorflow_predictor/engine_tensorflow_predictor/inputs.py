@@ -88,7 +88,8 @@ def fit_shape(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
 
 
 def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
-    return len(shape) == len(expected) and all(want is None or want == got for got, want in zip(shape, expected))
+    return len(shape) == len(expected) and all(want is None or want == got
+                                               for got, want in zip(shape, expected, strict=True))
 
 
 def _check_integers(array: np.ndarray, spec: TensorSpec, problem: str) -> None:

@@ -2,7 +2,8 @@
 
 What it does of the server's part: the bound socket engine hands it, keep-alive timeout, TLS (and client
 certificates), a bound on open connections and requests (--max-connections: 503 beyond it), WebSockets, a graceful
-stop, and the app's lifespan (run here, so that a start-up failure is engine's one-paragraph error). HTTP/2 it does not speak. Signals stay engine's, and so does the access log.
+stop, and the app's lifespan (run here, so that a start-up failure is engine's one-paragraph error). HTTP/2 it does
+not speak. Signals stay engine's, and so does the access log.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class Uvicorn:
             app, loop="none", http="httptools", ws="websockets-sansio", lifespan="off", access_log=False,
             proxy_headers=False,  # X-Forwarded-* are trusted by a reverse proxy's own settings, not here
             server_header=False, timeout_keep_alive=int(settings.keep_alive_timeout),
-            timeout_graceful_shutdown=int(settings.graceful_timeout), limit_concurrency=_bound(settings.max_connections),
+            timeout_graceful_shutdown=int(settings.graceful_timeout),
+            limit_concurrency=_bound(settings.max_connections),
             ssl_certfile=settings.certfile, ssl_keyfile=settings.keyfile, ssl_ca_certs=settings.ca_certs,
             ssl_cert_reqs=ssl.CERT_REQUIRED if settings.ca_certs else ssl.CERT_NONE, log_config=None)
         server = _server(config)
