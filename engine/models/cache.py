@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from engine.models.layout import VersionInfo
+from engine.models.layout import Signature, VersionInfo
 
 log = logging.getLogger("engine.models")
 
@@ -25,7 +25,7 @@ class Loaded:
     """A loaded version and the content signature it was loaded from."""
 
     model: Any
-    signature: tuple
+    signature: Signature
 
 
 class Limits:
@@ -56,7 +56,7 @@ class Limits:
 
     def reserve_memory(self, key: Key) -> list[Any]:
         """Hold a memory slot for loading `key`, evicting least recently used models (returned, to unload)."""
-        evicted = []
+        evicted: list[Any] = []
         while self.cache_size is not None and len(self.loaded) + self._reserved >= self.cache_size:
             victim = next((k for k in self.loaded if k != key), None)
             if victim is None and key in self.loaded:
@@ -76,7 +76,7 @@ class Limits:
         self._loading.discard(key)
         self._freed.notify_all()
 
-    def keep(self, key: Key, model: Any, signature: tuple) -> Loaded | None:
+    def keep(self, key: Key, model: Any, signature: Signature) -> Loaded | None:
         """Keep a loaded model in the slot its load held; returns the copy it replaces, to unload."""
         self.release_memory(key)
         replaced = self.loaded.pop(key, None)

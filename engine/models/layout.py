@@ -9,6 +9,8 @@ from engine.errors import ModelError
 
 MAX_TREE_LINES = 50
 
+Signature = tuple[tuple[str, int, float, str], ...]  # a version's (path, size, mtime, tag) per file
+
 
 @dataclass(frozen=True)
 class FileEntry:
@@ -40,7 +42,7 @@ class VersionInfo:
         return max(self.timestamp, self.written)
 
     @property
-    def signature(self) -> tuple:
+    def signature(self) -> Signature:
         """Changes whenever a file is added, removed, resized, rewritten or replaced by another."""
         return tuple((entry.path, entry.size, entry.mtime, entry.tag) for entry in self.files)
 

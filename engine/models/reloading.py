@@ -8,17 +8,20 @@ import time
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from engine.models.layout import VersionInfo
+from engine.models.layout import Signature, VersionInfo
 
 log = logging.getLogger("engine.models")
 
 Key = tuple[str, int]
+Pending = tuple[Signature, float, float]  # an unsettled version's (signature, activity, since)
 
 
 class Watched(Protocol):
     """What a Reloader needs of the repository it watches (engine.models.repository.ModelRepository)."""
 
-    lock: AbstractContextManager[object]
+    @property
+    def lock(self) -> AbstractContextManager[object]:
+        """Held while the reloader reads and changes what the repository knows."""
 
     def list_tree(self) -> dict[str, dict[int, VersionInfo]]:
         """Every version in the model locations, by model name."""
@@ -43,7 +46,7 @@ class Reloader:
         self.repository = repository
         self.poll_interval = poll_interval
         self.settle = min(1.0, poll_interval / 2)  # a version whose files changed this recently may be half-written
-        self._pending: dict[Key, tuple[tuple, float, float]] = {}  # unsettled version → (signature, activity, since)
+        self._pending: dict[Key, Pending] = {}  # the versions still unsettled at the last pass
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -74,7 +77,9 @@ class Reloader:
         except Exception:
             log.exception("could not list the models; keeping the current ones")
             return False
-        now, clock, unsettled, accepted, pending = time.time(), time.monotonic(), False, [], {}
+        now, clock, unsettled = time.time(), time.monotonic(), False
+        accepted: list[tuple[str, VersionInfo]] = []
+        pending: dict[Key, Pending] = {}
         with repository.lock:
             for name, versions in tree.items():
                 for version, info in versions.items():
@@ -92,7 +97,7 @@ class Reloader:
             repository.remove(key)
         return unsettled
 
-    def _settled(self, key: Key, info: VersionInfo, now: float, clock: float, pending: dict) -> bool:
+    def _settled(self, key: Key, info: VersionInfo, now: float, clock: float, pending: dict[Key, Pending]) -> bool:
         """Nothing under the version was written for `settle` seconds: by its modification times, or, where those
         are ahead of our clock (another machine's, S3's), by listing it unchanged for that long."""
         if now - info.activity >= self.settle:

@@ -13,7 +13,7 @@ from typing import Any
 from engine import tempdirs
 from engine.errors import ModelError
 from engine.models.cache import Key, Limits
-from engine.models.layout import ModelFormat, VersionInfo, check_layout, group_versions
+from engine.models.layout import ModelFormat, Signature, VersionInfo, check_layout, group_versions
 from engine.models.reloading import Reloader
 from engine.models.stores import Store, store_for
 from engine.project.config import DEFAULT_MODEL_NAME, Models
@@ -43,7 +43,7 @@ class ModelRepository:
 
         self.dir_location = resolve(models.dir) if models.dir else None
         self.locations = {DEFAULT_MODEL_NAME: resolve(models.path)} if models.path else \
-            {entry.name: resolve(entry.path) for entry in models.paths or ()}
+            {entry.name: resolve(entry.path) for entry in models.paths or () if entry.path}  # path: set when validated
         self._stores: dict[bool, Store] = {}
         self.lock = threading.RLock()
         self.limits = Limits(self.lock, models.cache_size, models.disk_cache_size)
@@ -51,7 +51,7 @@ class ModelRepository:
         self._versions: dict[str, dict[int, VersionInfo]] = {}
         self._load_locks: dict[Key, threading.Lock] = {}
         # failed version → (signature that failed, or None when worth retrying (a failed download), why)
-        self._errors: dict[Key, tuple[tuple | None, str]] = {}
+        self._errors: dict[Key, tuple[Signature | None, str]] = {}
 
     @property
     def settle(self) -> float:

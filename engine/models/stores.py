@@ -6,13 +6,23 @@ import logging
 import os
 import shutil
 import tempfile
+from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, NotRequired, Protocol, TypedDict
 
 from engine.errors import ModelError
 from engine.models.layout import FileEntry, VersionInfo, is_hidden
 
 log = logging.getLogger("engine.models")
+
+
+class S3Object(TypedDict):
+    """The parts of an S3 object listing (list_objects_v2's Contents) that a store reads."""
+
+    Key: str
+    Size: int
+    LastModified: datetime
+    ETag: NotRequired[str]
 
 
 class Store(Protocol):
@@ -92,10 +102,10 @@ class S3Store:
 
     def __init__(self, cache_root: Path) -> None:
         self.cache_root = cache_root
-        self._client = None
+        self._client: Any = None  # boto3 ships no types
 
     @property
-    def client(self):
+    def client(self) -> Any:
         """A boto3 S3 client; unsigned (public buckets) when no credentials are configured."""
         if self._client is None:
             try:
@@ -132,7 +142,7 @@ class S3Store:
         """Common prefixes one level below the prefix."""
         bucket, key = split_s3(location)
         prefix = key.rstrip("/") + "/" if key.strip("/") else ""
-        names = set()
+        names: set[str] = set()
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
             names.update(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
         return sorted(name for name in names if name and not is_hidden(name))
@@ -149,9 +159,10 @@ class S3Store:
         try:
             for entry in version.files:
                 object_key = key if entry.path == "" else f"{key.rstrip('/')}/{entry.path}"
-                if not is_safe_relative(entry.path or single_file):
+                relative = entry.path or single_file or ""
+                if not is_safe_relative(relative):
                     raise ModelError(f"s3://{bucket}/{object_key}: its key cannot be a local path")
-                local = staging / (entry.path or single_file)
+                local = staging / relative
                 local.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(bucket, object_key, str(local))
             staging.rename(target)
@@ -168,8 +179,8 @@ class S3Store:
         digest = hashlib.sha1(repr((version.location, version.signature)).encode()).hexdigest()[:20]
         return self.cache_root / digest
 
-    def _objects(self, bucket: str, key: str) -> list[dict]:
-        objects = []
+    def _objects(self, bucket: str, key: str) -> list[S3Object]:
+        objects: list[S3Object] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
             objects += page.get("Contents", [])
         return objects
@@ -184,7 +195,7 @@ def _inode(stat: os.stat_result) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
-def _object_entry(relative: str, obj: dict) -> FileEntry:
+def _object_entry(relative: str, obj: S3Object) -> FileEntry:
     """An S3 object; LastModified has whole seconds only, so its ETag tells same-second rewrites apart."""
     return FileEntry(relative, obj["Size"], obj["LastModified"].timestamp(), obj.get("ETag", "").strip('"'))
 

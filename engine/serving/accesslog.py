@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TextIO, cast
 
 from engine.tracebacks import HANDLER_NAME, LINE_FORMAT
 
@@ -49,7 +50,7 @@ class AccessLog:
             except RuntimeError:  # not on an event loop: now
                 self._flush(handler)
 
-    def _flush(self, handler: logging.StreamHandler) -> None:
+    def _flush(self, handler: logging.StreamHandler[TextIO]) -> None:
         lines, self._pending = self._pending, []
         handler.acquire()
         try:
@@ -64,7 +65,7 @@ class AccessLog:
 access_log = AccessLog()
 
 
-def _engines_handler() -> logging.StreamHandler | None:
+def _engines_handler() -> logging.StreamHandler[TextIO] | None:
     """engine's stderr handler when it alone would print an engine.access line as it is, else None."""
     root = logging.root
     if len(root.handlers) != 1 or log.handlers or log.filters or _PARENT.handlers or _PARENT.filters or root.filters:
@@ -74,4 +75,4 @@ def _engines_handler() -> logging.StreamHandler | None:
         return None
     if handler.formatter is None or handler.formatter._fmt != LINE_FORMAT or not log.propagate:
         return None
-    return handler
+    return cast("logging.StreamHandler[TextIO]", handler)  # the handler engine.tracebacks names HANDLER_NAME

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from engine.serving.accesslog import access_log
 from engine.serving.backend import ApiRequest, Backend
@@ -76,7 +77,7 @@ class Admission:
         self._timeouts = metrics.child(metrics.timeouts, self.api.name)
         self._disconnects = metrics.child(metrics.disconnects, self.api.name)
 
-    async def __call__(self, scope: dict, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         method = scope["method"]
         request_id = ensure_request_id(scope)
@@ -99,7 +100,7 @@ class Admission:
                 self._release()
         self._observe(method, scope["path"], response.status_code, started, request_id, scope.get(ROUTED_KEY))
 
-    async def _answer(self, method: str, scope: dict, receive, held: list[bool]) -> Response:
+    async def _answer(self, method: str, scope: Scope, receive: Receive, held: list[bool]) -> Response:
         if method not in API_METHODS:
             return error_response(405, "Method Not Allowed", headers={"Allow": _ALLOW})
         backend = self.backend
@@ -128,13 +129,14 @@ class Admission:
         log.exception("unexpected error while serving %s %s", method, path)
         return error_response(500, f"internal error in engine: {type(error).__name__}: {error}")
 
-    async def _predict(self, scope: dict, receive, held: list[bool]) -> Response:
+    async def _predict(self, scope: Scope, receive: Receive, held: list[bool]) -> Response:
         body = await body_or_refusal(scope, receive, self.max_body_size, self.body_timeout)
         if isinstance(body, Response):
             return body
         return await self._admitted(ApiRequest(scope, body), receive, held)
 
-    async def _admitted(self, request: ApiRequest, receive, held: list[bool], operation: str | None = None) -> Response:
+    async def _admitted(self, request: ApiRequest, receive: Receive | None, held: list[bool],
+                        operation: str | None = None) -> Response:
         """The backend's answer (its prediction, or the plugin operation named) within the deadline, if a concurrency
         slot is free; with `receive`, a disconnect gives the request up (ClientGone)."""
         if self.in_flight >= self.max_in_flight:  # taken after the body: a slow client holds no slot
@@ -145,7 +147,7 @@ class Admission:
         self._gauge.inc()
         work = asyncio.ensure_future(self.backend.predict(request) if operation is None
                                      else self.backend.operate(operation, request))
-        watched = {work}
+        watched: set[asyncio.Task[Response] | asyncio.Task[Message]] = {work}
         if receive is not None:
             gone = asyncio.ensure_future(receive())  # after the whole body, receive() answers only a disconnect
             watched.add(gone)
@@ -186,7 +188,7 @@ class Admission:
         self._observe(operation, request.scope["path"], response.status_code, started, request_id)
         return response
 
-    # --- for the WebSocket messages of engine.serving.websocket --------------------------------------------------------
+    # --- for the WebSocket messages of engine.serving.websocket ----------------------------------------------------
 
     async def answer_message(self, request: ApiRequest) -> tuple[Response, bool]:
         """The answer to one WebSocket message (a POST in all but name), and whether it holds a slot to release."""
@@ -209,7 +211,7 @@ class Admission:
         """A client left before its answer."""
         self._disconnects.inc()
 
-    def _release(self, work: asyncio.Future | None = None) -> None:
+    def _release(self, work: asyncio.Future[Response] | None = None) -> None:
         self.in_flight -= 1
         self._gauge.dec()
 
@@ -228,7 +230,7 @@ class Admission:
         access_log.request(api, method, path, status, seconds, request_id, routed.shown)
 
 
-async def body_or_refusal(scope: dict, receive, max_body_size: int | None,
+async def body_or_refusal(scope: Scope, receive: Receive, max_body_size: int | None,
                           body_timeout: float | None) -> bytes | Response:
     """The request's whole body, or the 400, 408 or 413 to answer instead (closing the connection); ClientGone if the
     client disconnects first."""
@@ -245,7 +247,7 @@ async def body_or_refusal(scope: dict, receive, max_body_size: int | None,
                                             "(--max-body-size)"))
 
 
-def framing_problem(scope: dict, max_body_size: int | None) -> Response | None:
+def framing_problem(scope: Scope, max_body_size: int | None) -> Response | None:
     """A 4xx for a request whose framing is wrong (RFC 9112: Content-Length with chunked) or too long by its
     Content-Length; both close the connection, since the body is not read."""
     length = None
@@ -264,9 +266,9 @@ def framing_problem(scope: dict, max_body_size: int | None) -> Response | None:
     return None
 
 
-async def read_body(receive, max_body_size: int | None) -> bytes:
+async def read_body(receive: Receive, max_body_size: int | None) -> bytes:
     """The whole request body; ClientGone if the client disconnects first, BodyTooLarge past the limit."""
-    chunks = []
+    chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
@@ -281,17 +283,18 @@ async def read_body(receive, max_body_size: int | None) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def ensure_request_id(scope: dict) -> str:
+def ensure_request_id(scope: Scope) -> str:
     """The request's X-Request-ID when it is a sane one, or a new one put in its headers (the predictor and the
     workers see it too)."""
-    headers = scope["headers"]
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
     for index, (name, value) in enumerate(headers):
         if name == REQUEST_ID_HEADER:
             if 0 < len(value) <= MAX_REQUEST_ID and value.isascii() and all(33 <= byte <= 126 for byte in value):
                 return value.decode("ascii")
             headers = headers[:index] + headers[index + 1:]  # replaced: never logged or echoed as sent
             break
-    request_id = "%032x" % random.getrandbits(128)  # unique enough, and far cheaper than uuid4's os.urandom
+    # unique enough, and far cheaper than uuid4's os.urandom; "%" formats it faster than an f-string
+    request_id = "%032x" % random.getrandbits(128)  # noqa: UP031
     scope["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
     return request_id
 

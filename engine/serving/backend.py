@@ -15,6 +15,7 @@ from starlette.datastructures import Headers, QueryParams
 
 if TYPE_CHECKING:
     from starlette.responses import Response
+    from starlette.types import Scope
 
     from engine.project.config import Api
 
@@ -23,12 +24,12 @@ if TYPE_CHECKING:
 class ApiRequest:
     """One request to an API, its body read; headers and query parameters are parsed only when asked for."""
 
-    scope: dict
+    scope: Scope
     body: bytes
     _headers: Headers | None = field(default=None, repr=False)
     # Work the request leaves running after its response (its post_predict): whoever must know when the request is
     # really over (a worker telling the front it is free again) waits for these.
-    after: list[Future] = field(default_factory=list, repr=False)
+    after: list[Future[None]] = field(default_factory=list, repr=False)
 
     @property
     def headers(self) -> Headers:

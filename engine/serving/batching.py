@@ -120,11 +120,11 @@ class AsyncBatcher:
     def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], batching: Batching) -> None:
         self.run = run
         self.batching = batching
-        self._waiting: list[tuple[Any, asyncio.Future, float]] = []
+        self._waiting: list[tuple[Any, asyncio.Future[Any], float]] = []  # (item, its result, queued since)
         self._timer: asyncio.TimerHandle | None = None  # "interval": the waiting batch's time runs out
         self._due = False  # "interval": the waiting batch is full or its time is up, and goes once there is room
         self._forming: asyncio.Handle | None = None  # "when_free": the batch forms at the end of this loop pass
-        self._running: set[asyncio.Task] = set()
+        self._running: set[asyncio.Task[list[Any]]] = set()
 
     async def submit(self, item: Any) -> Any:
         """Wait for the batch holding `item` to run and return its element of the results."""
@@ -182,7 +182,7 @@ class AsyncBatcher:
         self._running.add(task)
         task.add_done_callback(lambda done: self._finished(done, [future for _, future, _ in batch]))
 
-    def _finished(self, task: asyncio.Task, futures: list[asyncio.Future]) -> None:
+    def _finished(self, task: asyncio.Task[list[Any]], futures: list[asyncio.Future[Any]]) -> None:
         self._running.discard(task)
         _settle(futures, task)
         if self.batching.dispatch == WHEN_FREE:  # there is room: what waits forms the next batch
@@ -201,9 +201,9 @@ def _observe(batching: Batching, queued_since: list[float]) -> None:
             batching.on_wait(now - since)
 
 
-def _settle(futures: list[asyncio.Future], done: asyncio.Future) -> None:
+def _settle(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]]) -> None:
     error = done.exception() if not done.cancelled() else asyncio.CancelledError()
-    results = None if error else done.result()
+    results = [] if error else done.result()
     for index, future in enumerate(futures):
         if future.done():  # its client went away
             continue

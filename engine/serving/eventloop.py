@@ -13,13 +13,15 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("engine")
 
 BLOCKING_STEP = 0.25  # seconds one step of an async call may hold its loop before it is reported
 REPORT_EVERY = 10.0  # seconds between two reports for one API
 LAG_SAMPLE = 0.25  # seconds between two samples of a predictor loop's lag
+
+T = TypeVar("T")
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -55,12 +57,12 @@ class PredictorLoop:
         self.on_lag(max(0.0, now - scheduled))
         self.loop.call_later(LAG_SAMPLE, self._sample, now + LAG_SAMPLE)
 
-    def submit(self, coroutine: Coroutine, limited: bool = True) -> Future:
+    def submit(self, coroutine: Coroutine[Any, Any, T], limited: bool = True) -> Future[T]:
         """Run a coroutine on this loop (`limited`: at most `concurrency` of them at once), each of its steps timed;
         cancelling the future cancels it."""
         return asyncio.run_coroutine_threadsafe(self._run_timed(coroutine, limited), self.loop)
 
-    async def _run_timed(self, coroutine: Coroutine, limited: bool) -> Any:
+    async def _run_timed(self, coroutine: Coroutine[Any, Any, T], limited: bool) -> T:
         if not limited:
             return await _Timed(coroutine, self._held)
         if self._limit is None:  # made on this loop, where it is used
@@ -68,7 +70,7 @@ class PredictorLoop:
         async with self._limit:
             return await _Timed(coroutine, self._held)
 
-    def call(self, coroutine: Coroutine) -> Any:
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on this loop and wait for its result (from another thread only)."""
         if threading.current_thread() is self.thread:  # e.g. python_client.get_model() inside an async predict
             raise RuntimeError(f"api '{self.api_name}': an async method waited synchronously for another async "
@@ -76,7 +78,7 @@ class PredictorLoop:
                                "predictor's own event loop; call it from a thread: await asyncio.to_thread(...)")
         return self.submit(coroutine, limited=False).result()
 
-    def _held(self, seconds: float, coroutine: Coroutine) -> None:
+    def _held(self, seconds: float, coroutine: Coroutine[Any, Any, Any]) -> None:
         now = time.monotonic()
         if now - self._reported >= REPORT_EVERY:
             self._reported = now
@@ -89,14 +91,15 @@ class PredictorLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-class _Timed:
+class _Timed(Generic[T]):
     """Awaits a coroutine step by step, timing each step (what runs on the loop between two awaits)."""
 
-    def __init__(self, coroutine: Coroutine, on_long_step: Callable[[float, Coroutine], None]) -> None:
+    def __init__(self, coroutine: Coroutine[Any, Any, T],
+                 on_long_step: Callable[[float, Coroutine[Any, Any, Any]], None]) -> None:
         self.coroutine = coroutine
         self.on_long_step = on_long_step
 
-    def __await__(self) -> Generator[Any, Any, Any]:
+    def __await__(self) -> Generator[Any, Any, T]:
         coroutine, sent, thrown = self.coroutine, None, None
         while True:
             started = time.perf_counter()
@@ -104,7 +107,8 @@ class _Timed:
                 yielded = coroutine.throw(thrown) if thrown is not None else coroutine.send(sent)
             except StopIteration as done:
                 self._check(started)
-                return done.value
+                value: T = done.value
+                return value
             self._check(started)
             try:
                 sent, thrown = (yield yielded), None

@@ -12,7 +12,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.project.config import Api
@@ -100,7 +100,7 @@ class Call:
 
     call: int
     kind: str  # "predict", "summary", or "operate:<operation>"
-    scope: dict
+    scope: dict[str, Any]  # its parts that a worker needs (engine.serving.worker_pool)
     body: bytes
 
 
@@ -141,6 +141,7 @@ async def receive(reader: asyncio.StreamReader) -> Message | None:
     """Read one message; None when the other side has gone."""
     try:
         header = await reader.readexactly(_HEADER.size)
-        return pickle.loads(await reader.readexactly(_HEADER.unpack(header)[0]))
+        message: Message = pickle.loads(await reader.readexactly(_HEADER.unpack(header)[0]))
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
+    return message

@@ -7,7 +7,7 @@ Without it (an app hosted in-process, as tests do), each app keeps its samples i
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,10 +22,13 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from engine.settings import MULTIPROCESS_ENV
 
-disable_created_metrics()  # the *_created series double the output and no dashboard of ours reads them
+# prometheus_client leaves disable_created_metrics, MultiProcessCollector and mark_process_dead unannotated
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the output; nothing reads them
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = tuple(float(2**n) for n in range(11))  # 1 … 1024, max_batch_size's range
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 
 class Metrics:
@@ -34,7 +37,7 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        self._children: dict[tuple, Any] = {}
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}  # (name, labels) → the labelled child
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter("engine_requests", "Requests answered, by API, method and status code",
@@ -81,14 +84,14 @@ class Metrics:
         """Every sample in Prometheus text format, summed over worker processes when there are any."""
         if os.environ.get(MULTIPROCESS_ENV):
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
 
-    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+    def child(self, metric: M, *labels: str) -> M:
         """metric.labels(*labels), remembered: the lookup is a measurable part of a fast request."""
         key = (metric._name, labels)
-        found = self._children.get(key)
+        found: M | None = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
@@ -103,4 +106,4 @@ class Metrics:
 def worker_exited(pid: int) -> None:
     """Drop a dead worker's live gauges from the sums."""
     if os.environ.get(MULTIPROCESS_ENV):
-        mark_process_dead(pid)
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]

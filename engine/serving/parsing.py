@@ -3,12 +3,26 @@ by the request's media type, once per request."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from engine import plugins
 from engine.plugin_api import PayloadParser
 
+if TYPE_CHECKING:
+    from starlette.datastructures import Headers
+
+    from engine.project.config import Api
+
+    Parse = Callable[[bytes, str, Headers, Api], object]  # a PayloadParser's parse
+
 REMEMBERED = 256  # distinct Content-Type values whose parser is remembered
+
+
+class ParsePayload(Protocol):
+    """The per-request parser of request bodies (payload_parser)."""
+
+    def __call__(self, body: bytes, content_type: str, headers: Headers, api: Api) -> object:
+        """The payload, or an awaitable of it."""
 
 
 def payload_parsers(pm: plugins.PluginManager) -> list[PayloadParser]:
@@ -22,18 +36,18 @@ def media_types(pm: plugins.PluginManager) -> list[str]:
     return sorted(found | {media for answer in pm.hook.engine_payload_media_types() for media in answer or ()})
 
 
-def payload_parser(pm: plugins.PluginManager) -> Callable[..., Any]:
+def payload_parser(pm: plugins.PluginManager) -> ParsePayload:
     """The per-request parser of request bodies: (body, content_type, headers, api) → the payload, or an awaitable
     of it. The parser of the Content-Type's media type, else the first whose media type it starts with, else the
     body as bytes; a plugin implementing the deprecated engine_parse_payload is asked first."""
-    by_media: dict[str, Callable[..., Any]] = {}
+    by_media: dict[str, Parse] = {}
     for parser in payload_parsers(pm):
         for media in parser.media_types:
             by_media.setdefault(media.lower(), parser.parse)
     by_prefix = tuple(by_media.items())
-    chosen: dict[str, Callable[..., Any] | None] = {}  # Content-Type as sent → its parse (None: the body as bytes)
+    chosen: dict[str, Parse | None] = {}  # Content-Type as sent → its parse (None: the body as bytes)
 
-    def choose(content_type: str) -> Callable[..., Any] | None:
+    def choose(content_type: str) -> Parse | None:
         media = content_type.partition(";")[0].strip().lower()
         parse = by_media.get(media) or next((candidate for prefix, candidate in by_prefix if media.startswith(prefix)),
                                             None)
@@ -42,9 +56,9 @@ def payload_parser(pm: plugins.PluginManager) -> Callable[..., Any]:
         chosen[content_type] = parse
         return parse
 
-    def parse_payload(body: bytes, content_type: str, headers: Any, api: Any) -> Any:
-        parse = chosen.get(content_type, choose)
-        if parse is choose:
+    def parse_payload(body: bytes, content_type: str, headers: Headers, api: Api) -> object:
+        parse = chosen.get(content_type, ...)  # ...: a Content-Type not seen yet
+        if parse is ...:
             parse = choose(content_type)
         return body if parse is None else parse(body, content_type, headers, api)
 
@@ -52,7 +66,7 @@ def payload_parser(pm: plugins.PluginManager) -> Callable[..., Any]:
     if not deprecated.get_hookimpls():
         return parse_payload
 
-    def parse_payload_or_ask_deprecated_hook(body: bytes, content_type: str, headers: Any, api: Any) -> Any:
+    def parse_payload_or_ask_deprecated_hook(body: bytes, content_type: str, headers: Headers, api: Api) -> object:
         payload = deprecated(body=body, content_type=content_type, headers=headers, api=api)
         return parse_payload(body, content_type, headers, api) if payload is None else payload
 

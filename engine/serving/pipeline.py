@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import pluggy
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -44,8 +43,10 @@ log = logging.getLogger("engine")
 GET_MESSAGE = "make a prediction by sending a post request to this endpoint with a json payload"
 PARSE_ON_THREAD = 256 * 1024  # bodies longer than this are parsed off the event loop (it keeps answering meanwhile)
 
+T = TypeVar("T")
 
-def error_response(status_code: int, message: str, headers: dict[str, str] | None = None,
+
+def error_response(status_code: int, message: str, headers: Mapping[str, str] | None = None,
                    request_id: str | None = None) -> Response:
     """A JSON error body, {"error": message} (with no absolute path in it), and the request's id when given."""
     body = {"error": public_text(message)}
@@ -57,7 +58,7 @@ def error_response(status_code: int, message: str, headers: dict[str, str] | Non
 class Pipeline:
     """Initialises one API's predictor on its thread pool, then answers its predictions and summaries."""
 
-    def __init__(self, api: Api, pm: pluggy.PluginManager, metrics: Metrics, model_poll_interval: float,
+    def __init__(self, api: Api, pm: plugins.PluginManager, metrics: Metrics, model_poll_interval: float,
                  process_index: int = 0, shows_errors: bool = True) -> None:
         self.api = api
         self.shows_errors = shows_errors  # a predictor exception's message in its 500 body (--expose-errors)
@@ -81,15 +82,11 @@ class Pipeline:
         self.encode_response = plugins.fast_caller(pm.hook.engine_encode_response)
         self.batcher: AsyncBatcher | None = None
         self._loop: PredictorLoop | None = None  # the event loop of the predictor's async methods, once needed
-        self.predictor: Predictor | None = None
-        self.client: Any = None
+        self.predictor: Predictor  # set by _initialise, before `ready`: no request reaches it sooner
+        self.ready = False  # True once the predictor's __init__ has returned
+        self.client: Any = None  # what the predictor type's create_client returned (None without one)
         self.models: ModelRepository | None = None
         self.failure: str | None = None
-
-    @property
-    def ready(self) -> bool:
-        """True once the predictor's __init__ has returned."""
-        return self.predictor is not None
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -129,6 +126,7 @@ class Pipeline:
                 else (lambda items: self._on_pool(predictor.predict_batch, items))
             self.batcher = AsyncBatcher(run, batching)
         self.predictor = predictor
+        self.ready = True
 
     def _batching(self) -> Batching | None:
         """The API's server_side_batching, with the metrics it feeds."""
@@ -192,7 +190,7 @@ class Pipeline:
                 result = await self._on_loop(predictor.predict(arguments))
             elif self.arrivals is not None:
                 self.arrivals.announce()
-                result = await self._on_pool(self._predict_announced, predictor, arguments,
+                result = await self._on_pool(_predict_announced, self.arrivals, predictor, arguments,
                                              never_ran=self.arrivals.withdraw)
             else:
                 result = await self._on_pool(predictor.predict, arguments)
@@ -264,13 +262,13 @@ class Pipeline:
                                    self.metrics.child(self.metrics.loop_lag, self.api.name).set)
         return self._loop
 
-    async def _on_loop(self, coroutine: Any) -> Any:
+    async def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Await one of the predictor's coroutines on its own event loop, threads_per_process at once; cancelling
         this cancels it there."""
         return await asyncio.wrap_future(self.loop.submit(coroutine))
 
-    async def _on_pool(self, function: Callable[..., Any], *arguments: Any,
-                       never_ran: Callable[[], None] | None = None) -> Any:
+    async def _on_pool(self, function: Callable[..., T], *arguments: Any,
+                       never_ran: Callable[[], None] | None = None) -> T:
         """Run function(*arguments) on the API's pool. Cancelled while it waits for a thread, it never runs (and
         `never_ran` is called); cancelled while it runs, it cannot be stopped: this waits for it (its slot stays
         taken) and counts the overrun."""
@@ -285,18 +283,14 @@ class Pipeline:
                 never_ran()
             raise
 
-    def _predict_announced(self, predictor: Predictor, arguments: dict[str, Any]) -> Any:
-        """predict() for a batching client, its arrival at the batcher counted (see engine.serving.batching.Arrivals)."""
-        with self.arrivals.carried():
-            return predictor.predict(arguments)
-
     async def _arguments(self, request: ApiRequest, predictor: Predictor) -> dict[str, Any]:
         arguments: dict[str, Any] = {}
         if predictor.wants_payload:
             headers = request.headers
-            parse = lambda: self.parse_payload(body=request.body,  # noqa: E731
-                                               content_type=headers.get("content-type", ""), headers=headers,
-                                               api=self.api)
+
+            def parse() -> object:
+                return self.parse_payload(body=request.body, content_type=headers.get("content-type", ""),
+                                          headers=headers, api=self.api)
             payload = await asyncio.to_thread(parse) if len(request.body) > PARSE_ON_THREAD else parse()
             arguments["payload"] = await payload if inspect.isawaitable(payload) else payload
         if predictor.wants_query_params:
@@ -332,6 +326,12 @@ class Pipeline:
             _close_uploads(arguments)
 
 
+def _predict_announced(arrivals: Arrivals, predictor: Predictor, arguments: dict[str, Any]) -> Any:
+    """predict() for a batching client, its arrival at the batcher counted (see engine.serving.batching.Arrivals)."""
+    with arrivals.carried():
+        return predictor.predict(arguments)
+
+
 async def _next_async(stream: Any) -> Any:
     """An async generator's next item, or END."""
     try:
@@ -340,7 +340,7 @@ async def _next_async(stream: Any) -> Any:
         return END
 
 
-async def _finished(future: Future) -> None:
+async def _finished(future: Future[Any]) -> None:
     """Wait until a running thread's work ends, whatever cancels the waiter meanwhile."""
     while not future.done():
         try:

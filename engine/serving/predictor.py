@@ -65,10 +65,10 @@ class Predictor:
     def post_predict(self, response: Any, arguments: dict[str, Any]) -> Any:
         """Call post_predict() with the arguments it declared (a coroutine, for an async one)."""
         offered = {**arguments, "response": response}
-        return self.instance.post_predict(**{name: offered.get(name) for name in self.post_predict_args})
+        return self.instance.post_predict(**{name: offered.get(name) for name in self.post_predict_args or ()})
 
 
-def batch_results(results: Any, batch: list) -> list[Any]:
+def batch_results(results: Any, batch: list[Any]) -> list[Any]:
     """What predict returned for a batch, checked: one result per request, in a list."""
     if not isinstance(results, list):
         raise TypeError(f"please return a list when using server side batching, got {type(results).__name__}")

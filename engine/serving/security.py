@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from starlette.responses import Response
+from starlette.types import Scope
 
 from engine.errors import ConfigError
 from engine.routes import DOCS_PATH, METRICS_PATH, OPENAPI_PATH, PROBES
@@ -58,7 +59,7 @@ class Guard:
         self.cors_origins = set(settings.cors_origins)
         self._host_verdicts: dict[bytes, str | None] = {}
 
-    def check(self, scope: dict) -> tuple[Response | None, str | None]:
+    def check(self, scope: Scope) -> tuple[Response | None, str | None]:
         """(the answer to a request that may not pass — 400, 403, 401, or 204 to an allowed preflight —, the Origin
         whose CORS headers the response needs); (None, None) for a plain request that passes. The probes are open to
         all: a supervisor calls them by whatever Host it knows the server by, and they tell nothing."""
@@ -118,7 +119,7 @@ class Guard:
         return verdict
 
     def _host_allowed(self, hostname: str) -> bool:
-        for allowed in self.allowed_hosts:
+        for allowed in self.allowed_hosts or ():  # asked only when there is a list
             if allowed == "*" or allowed == hostname or (allowed == "*loopback" and is_loopback(hostname)):
                 return True
             if allowed.startswith(".") and hostname.endswith(allowed):
@@ -126,7 +127,7 @@ class Guard:
         return False
 
     @staticmethod
-    def _same_origin(scope: dict, origin: bytes, host: bytes | None) -> bool:
+    def _same_origin(scope: Scope, origin: bytes, host: bytes | None) -> bool:
         return host is not None and origin == scope.get("scheme", "http").encode() + b"://" + host
 
     def _key_valid(self, authorization: bytes | None, api_key: bytes | None) -> bool:

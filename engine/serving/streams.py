@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from engine import jsoncodec
 
@@ -74,7 +75,7 @@ async def stream_response(pull: Callable[[], Awaitable[Any]], close: Callable[[]
     form = Format(None if first is END else first, accept)
     items: list[Any] = []
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncGenerator[bytes, None]:
         item = first
         try:
             while item is not END:
@@ -99,7 +100,9 @@ class ItemStream(StreamingResponse):
     """Starlette's streaming response, watching for the client's disconnect whatever the server's ASGI version
     (a disconnect stops the stream), and closing the stream whatever ends it."""
 
-    async def __call__(self, scope, receive, send) -> None:
+    body_iterator: AsyncGenerator[bytes, None]  # stream_response's chunks()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
         streaming = asyncio.ensure_future(self.stream_response(send))
         try:
@@ -109,7 +112,8 @@ class ItemStream(StreamingResponse):
                 task.cancel()
             await asyncio.gather(gone, streaming, return_exceptions=True)
             await self.body_iterator.aclose()
-        if not streaming.cancelled() and streaming.exception() is not None:
-            raise streaming.exception()  # a plain stream's generator failed: cut off, without a final chunk
+        error = None if streaming.cancelled() else streaming.exception()
+        if error is not None:
+            raise error  # a plain stream's generator failed: cut off, without a final chunk
         if self.background is not None:  # post_predict, with the items sent (all, or those before a disconnect)
             await self.background()

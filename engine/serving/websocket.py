@@ -12,6 +12,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from starlette.types import Message, Receive, Scope, Send
+
 from engine import jsoncodec
 from engine.asgi import play
 from engine.serving.admission import ROUTED_KEY, ensure_request_id
@@ -24,7 +26,7 @@ _TEXT_TYPES = (b"application/json", b"text/", b"application/x-ndjson")
 TRY_AGAIN_LATER = 1013  # the close code for a server not ready (RFC 6455 registry)
 
 
-async def serve_websocket(admission: Admission, scope: dict, receive, send) -> None:
+async def serve_websocket(admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
     """One WebSocket connection to an API, until either side closes it."""
     if (await receive())["type"] != "websocket.connect":
         return
@@ -48,7 +50,7 @@ async def serve_websocket(admission: Admission, scope: dict, receive, send) -> N
             await answer  # the next message waits its turn
 
 
-async def _answer(admission: Admission, scope: dict, message: dict, send) -> None:
+async def _answer(admission: Admission, scope: Scope, message: Message, send: Send) -> None:
     started = time.perf_counter()
     body, content_type = _payload(message)
     request = {**scope, "type": "http", "method": "POST", "query_string": scope.get("query_string", b""),
@@ -70,7 +72,7 @@ async def _answer(admission: Admission, scope: dict, message: dict, send) -> Non
         admission.finished_message(held, status, started, request_id, scope["path"], scope.get(ROUTED_KEY))
 
 
-def _payload(message: dict) -> tuple[bytes, bytes]:
+def _payload(message: Message) -> tuple[bytes, bytes]:
     """A WebSocket message as a request body and its Content-Type."""
     if message.get("text") is not None:
         text = message["text"]
@@ -82,7 +84,7 @@ def _payload(message: dict) -> tuple[bytes, bytes]:
     return message.get("bytes") or b"", b"application/octet-stream"
 
 
-def _message(body: bytes, headers: dict[bytes, bytes]) -> dict:
+def _message(body: bytes, headers: dict[bytes, bytes]) -> Message:
     """A response body (or one streamed item) as a WebSocket message: text for JSON and text, binary otherwise."""
     if headers.get(b"content-type", b"").startswith(_TEXT_TYPES):
         return {"type": "websocket.send", "text": body.decode("utf-8", "replace").rstrip("\n")}

@@ -1,8 +1,8 @@
 """A worker process: builds one API's Pipeline and answers the calls the front process hands it.
 
-Started by engine.serving.worker_pool as `python -m engine.serving.worker_main ...` when processes_per_replica > 1. It runs the very same
-Pipeline as a single-process server (payload parsing, predict, response encoding, post_predict), with the very same
-plugins, so behaviour does not depend on the number of processes.
+Started by engine.serving.worker_pool as `python -m engine.serving.worker_main ...` when processes_per_replica > 1.
+It runs the very same Pipeline as a single-process server (payload parsing, predict, response encoding,
+post_predict), with the very same plugins, so behaviour does not depend on the number of processes.
 """
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
+import functools
+import io
 import os
 import signal
 import sys
+
+from starlette.responses import Response
 
 from engine import plugins, tracebacks
 from engine.asgi import play
@@ -40,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     _die_with(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the front decides
     tracebacks.configure_logging(args.log_level, name=f"%(name)s[{args.api}:{args.index}]")
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # not when something has replaced it
+        sys.stdout.reconfigure(line_buffering=True)
     return run_event_loop(_run(args.socket, args.index))
 
 
@@ -84,12 +89,12 @@ async def _run(socket: str, index: int) -> int:
 async def _serve(pipeline: Pipeline, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  stopping: asyncio.Event) -> None:
     """Answer calls until Stop (or SIGTERM), then until the calls in hand are done; end at once if the front goes."""
-    sent: dict[int, asyncio.Future] = {}
-    calls: dict[int, asyncio.Task] = {}
+    sent: dict[int, asyncio.Future[None]] = {}
+    calls: dict[int, asyncio.Task[None]] = {}
     idle = asyncio.Event()
     idle.set()
 
-    def finished(call: int) -> None:
+    def finished(call: int, _: asyncio.Task[None]) -> None:
         calls.pop(call, None)
         if not calls:
             idle.set()
@@ -123,14 +128,14 @@ async def _serve(pipeline: Pipeline, reader: asyncio.StreamReader, writer: async
         elif isinstance(message, messages.Call):
             idle.clear()
             task = calls[message.call] = asyncio.create_task(_answer(pipeline, writer, sent, message))
-            task.add_done_callback(lambda _, call=message.call: finished(call))
+            task.add_done_callback(functools.partial(finished, message.call))
     receiving.cancel()
     waiter.cancel()
     if calls:  # the front is gone, but calls it handed us finish before we go
         await asyncio.wait(calls.values())
 
 
-async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future],
+async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future[None]],
                   call: messages.Call) -> None:
     request = ApiRequest(call.scope, call.body)
     try:
@@ -150,14 +155,15 @@ async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[i
         await messages.send(writer, messages.Done(call.call))
 
 
-def _sent_future(sent: dict[int, asyncio.Future], call: int) -> asyncio.Future:
+def _sent_future(sent: dict[int, asyncio.Future[None]], call: int) -> asyncio.Future[None]:
     """The future that the front's Sent for `call` resolves, made by whichever comes first: Sent or the reply's end."""
     if call not in sent:
         sent[call] = asyncio.get_running_loop().create_future()
     return sent[call]
 
 
-async def _reply(call: messages.Call, response, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future]) -> None:
+async def _reply(call: messages.Call, response: Response, writer: asyncio.StreamWriter,
+                 sent: dict[int, asyncio.Future[None]]) -> None:
     """Send the response: whole as a Reply, or, when it streams, as a ReplyStart and Chunks as they come; with a
     post_predict, wait until the front says the client has it all (post_predict runs then, as `play` ends)."""
     wants_sent = response.background is not None

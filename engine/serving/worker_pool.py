@@ -1,9 +1,9 @@
 """Worker processes: the Backend of an API served by processes_per_replica workers (or by one, with --isolate).
 
-Each worker runs the API's Pipeline (engine.serving.worker_main); this side starts them, hands each request to the least-loaded
-one (engine.serving.messages), replaces those that die, retires those past their request or memory limit (a successor
-first), kills one that keeps running a request given up long ago, and stops them. The admission layer in front has
-already counted each request.
+Each worker runs the API's Pipeline (engine.serving.worker_main); this side starts them, hands each request to the
+least-loaded one (engine.serving.messages), replaces those that die, retires those past their request or memory limit
+(a successor first), kills one that keeps running a request given up long ago, and stops them. The admission layer in
+front has already counted each request.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from engine import plugins, tempdirs
 from engine.errors import EngineError
@@ -34,6 +35,9 @@ _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "
                "client", "server")
 MEMORY_CHECK_INTERVAL = 1.0  # seconds between looks at the workers' memory, when --worker-memory-limit is set
 
+Chunks = asyncio.Queue[messages.Chunk | None]  # a streamed reply's chunks; None: the worker died
+Answer = messages.Reply | tuple[messages.ReplyStart, Chunks]  # a call's reply, a streamed one with its chunks
+
 
 class WorkerDied(Exception):
     """The worker running a request exited before answering."""
@@ -45,20 +49,20 @@ class Worker:
     def __init__(self, index: int, process: asyncio.subprocess.Process) -> None:
         self.index = index
         self.process = process
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.reader: asyncio.StreamReader  # both set once it has connected (WorkerGroup._verdict)
+        self.writer: asyncio.StreamWriter
         self.ready = False
         self.replacing = False  # its successor is starting; until it is ready, this one serves on
         self.retiring = False  # its successor serves in its place; it finishes what it has, then exits
         self.load = 0  # calls handed to it and not yet Done (post_predict included)
         self.answered = 0
-        self.pending: dict[int, asyncio.Future] = {}  # calls waiting for their Reply (or ReplyStart)
-        self.streams: dict[int, asyncio.Queue] = {}  # the Chunks of streamed replies, by call
-        self.given_up: dict[int, asyncio.Future] = {}  # calls cancelled while it had them → resolved by their Done
+        self.pending: dict[int, asyncio.Future[Answer]] = {}  # calls waiting for their Reply (or ReplyStart)
+        self.streams: dict[int, Chunks] = {}  # the Chunks of streamed replies, by call
+        self.given_up: dict[int, asyncio.Future[None]] = {}  # calls cancelled while it had them → resolved by Done
 
-    async def call(self, call: messages.Call) -> messages.Reply | tuple[messages.ReplyStart, asyncio.Queue]:
+    async def call(self, call: messages.Call) -> Answer:
         """Hand a call over and wait for its reply (a streamed one comes with the queue of its chunks)."""
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.pending[call.call] = future
         await messages.send(self.writer, call)
         return await future
@@ -95,7 +99,7 @@ class ForwardedResponse(Response):
         self.raw_headers = list(reply.headers)
         self.on_sent = on_sent
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -106,7 +110,7 @@ class ForwardedResponse(Response):
 class ForwardedStream(Response):
     """A worker's streamed reply, sent chunk by chunk as the worker sends them; a client that leaves cancels it."""
 
-    def __init__(self, start: messages.ReplyStart, chunks: asyncio.Queue, on_gone: Callable[[], Awaitable[None]],
+    def __init__(self, start: messages.ReplyStart, chunks: Chunks, on_gone: Callable[[], Awaitable[None]],
                  on_sent: Callable[[], Awaitable[None]] | None) -> None:
         self.status_code = start.status
         self.raw_headers = list(start.headers)
@@ -115,7 +119,7 @@ class ForwardedStream(Response):
         self.on_gone = on_gone
         self.on_sent = on_sent
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         gone = asyncio.ensure_future(receive())  # a disconnect, the only message left to receive
         try:
@@ -126,11 +130,11 @@ class ForwardedStream(Response):
                     chunk.cancel()
                     await self.on_gone()
                     return
-                if chunk.result() is None:  # the worker died mid-stream: cut the response off
+                got = chunk.result()
+                if got is None:  # the worker died mid-stream: cut the response off
                     raise WorkerDied("the worker streaming this response died")
-                await send({"type": "http.response.body", "body": chunk.result().data,
-                            "more_body": not chunk.result().last})
-                if chunk.result().last:
+                await send({"type": "http.response.body", "body": got.data, "more_body": not got.last})
+                if got.last:
                     return
         finally:
             gone.cancel()
@@ -155,14 +159,14 @@ class WorkerGroup:
         self._settings = settings
         self._on_fatal = on_fatal
         self._setup: messages.Setup | None = None
-        self._waiting: deque[asyncio.Future] = deque()
-        self._connections: dict[int, asyncio.Future] = {}
+        self._waiting: deque[asyncio.Future[Worker]] = deque()
+        self._connections: dict[int, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._calls = itertools.count()
         self._stopping = False
         self._socket_dir: Path | None = None
         self._server: asyncio.AbstractServer | None = None
         self._started_once: set[int] = set()
-        self._tasks: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
+        self._tasks: set[asyncio.Task[None]] = set()  # the event loop keeps only weak references to tasks
 
     @property
     def ready(self) -> bool:
@@ -181,10 +185,11 @@ class WorkerGroup:
         log.info("api '%s': %d worker process%s ready (%d requests at a time each)", self.api.name, self.size,
                  "es" if self.size > 1 else "", self.capacity)
         if self._settings.worker_memory_limit:
-            self._keep(self._watch_memory())
+            self._keep(self._watch_memory(self._settings.worker_memory_limit))
 
     async def _start_worker(self, index: int) -> Worker:
         """Start a worker and wait for its __init__; once ready it serves as `index` (in place of any other)."""
+        assert self._socket_dir is not None, "start() makes it first"
         self._connections[index] = asyncio.get_running_loop().create_future()
         log_level = logging.getLevelName(logging.getLogger().level)
         process = await asyncio.create_subprocess_exec(
@@ -208,7 +213,7 @@ class WorkerGroup:
         self._hand_out()
         return worker
 
-    def _keep(self, coroutine: Awaitable) -> None:
+    def _keep(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -235,6 +240,7 @@ class WorkerGroup:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hello = await messages.receive(reader)
+        assert self._setup is not None, "start() makes it before it accepts"
         if isinstance(hello, messages.Hello) and not self._connections[hello.index].done():
             await messages.send(writer, self._setup)
             self._connections[hello.index].set_result((reader, writer))
@@ -242,9 +248,9 @@ class WorkerGroup:
     async def _read(self, worker: Worker) -> None:
         while (message := await messages.receive(worker.reader)) is not None:
             if isinstance(message, (messages.Reply, messages.ReplyStart)):
-                answer: messages.Reply | tuple = message
-                if isinstance(message, messages.ReplyStart):  # its chunks go to a queue, handed out with it
-                    answer = (message, worker.streams.setdefault(message.call, asyncio.Queue()))
+                # a streamed reply's chunks go to a queue, handed out with it
+                answer: Answer = message if isinstance(message, messages.Reply) else \
+                    (message, worker.streams.setdefault(message.call, asyncio.Queue()))
                 future = worker.pending.pop(message.call, None)
                 if future is not None and not future.done():
                     future.set_result(answer)
@@ -310,8 +316,7 @@ class WorkerGroup:
 
         self._keep(replace())
 
-    async def _watch_memory(self) -> None:
-        limit = self._settings.worker_memory_limit
+    async def _watch_memory(self, limit: int) -> None:
         while not self._stopping:
             await asyncio.sleep(MEMORY_CHECK_INTERVAL)
             for worker in list(self.workers.values()):
@@ -328,7 +333,7 @@ class WorkerGroup:
             worker.process.kill()
         workers = [*self.workers.values(), *self._retiring]
         for worker in workers:
-            if worker.writer is not None and not worker.writer.is_closing():
+            if not worker.writer.is_closing():
                 await messages.send(worker.writer, messages.Stop())
         try:
             await asyncio.gather(*(worker.process.wait() for worker in workers))
@@ -406,7 +411,7 @@ class WorkerGroup:
             if worker is not None:
                 worker.load += 1
                 return worker
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         try:
             return await future
