@@ -75,6 +75,10 @@ _LAZY = {
     "LoadedProject": "engine.project.loading",
     "ProjectWarning": "engine.project.files",
     "load_keys": "engine.serving.security",
+    # TrafficSplitters served elsewhere: their configuration, where they hand a request, its scope sent there
+    "TrafficSplitter": "engine.project.splitters",
+    "SplitterTarget": "engine.serving.splitter",
+    "forwarded_scope": "engine.serving.splitter",
     # hardware targets: the cores and devices shared among an API's worker processes
     "usable_cores": "engine.hardware",
     "THREAD_ENV_VARS": "engine.hardware",
@@ -138,6 +142,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers (`X as X`: re-exported)
     from engine.project.files import ProjectWarning as ProjectWarning
     from engine.project.loading import LoadedProject as LoadedProject
     from engine.project.loading import load_project as load_project
+    from engine.project.splitters import TrafficSplitter as TrafficSplitter
     from engine.routes import DOCS_PATH as DOCS_PATH
     from engine.routes import HEALTHZ_PATH as HEALTHZ_PATH
     from engine.routes import METRICS_PATH as METRICS_PATH
@@ -146,6 +151,8 @@ if TYPE_CHECKING:  # the lazy names, for type checkers (`X as X`: re-exported)
     from engine.serving.batching import Batching as Batching
     from engine.serving.batching import ThreadBatcher as ThreadBatcher
     from engine.serving.security import load_keys as load_keys
+    from engine.serving.splitter import SplitterTarget as SplitterTarget
+    from engine.serving.splitter import forwarded_scope as forwarded_scope
     from engine.settings import ServeSettings as ServeSettings
     from engine.settings import port_number as port_number
     from engine.types import Device as Device

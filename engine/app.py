@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,7 @@ from engine.serving.batching import concurrent_predicts
 from engine.serving.metrics import Metrics
 from engine.serving.pipeline import Pipeline, error_response
 from engine.serving.security import Guard
-from engine.serving.splitter import serve_here
+from engine.serving.splitter import SplitterTarget, serve_here
 from engine.serving.websocket import serve_websocket
 from engine.serving.worker_pool import WorkerGroup
 from engine.settings import ServeSettings
@@ -47,7 +47,7 @@ class AppState:
     """Everything one app serves; kept on `app.state.engine`."""
 
     def __init__(self, validated: LoadedProject, pm: plugins.PluginManager, on_fatal: Callable[[str], None],
-                 settings: ServeSettings) -> None:
+                 settings: ServeSettings, targets: Mapping[str, SplitterTarget] | None = None) -> None:
         self.project = validated.project
         self.apis = validated.apis
         self.environment = validated.environment
@@ -57,7 +57,7 @@ class AppState:
         self.settings = settings
         self.backends: list[Backend] = [self._backend(api, settings) for api in validated.apis]
         self.admissions = [Admission(backend, self.metrics, settings, self) for backend in self.backends]
-        self.splitters = serve_here(validated.splitters, self.admissions, self.metrics)
+        self.splitters = serve_here(validated.splitters, self.admissions, self.metrics, targets)
         self.guard = Guard(settings)
         self.services: list[Service] = []
         self.draining = False  # SIGTERM has come
@@ -175,14 +175,17 @@ class AppState:
 def create_app(project_dir: str | Path = ".", config_file: str | Path | None = None, *,
                settings: ServeSettings | None = None, pm: plugins.PluginManager | None = None,
                on_fatal: Callable[[str], None] | None = None, apis: list[str] | None = None,
-               project: LoadedProject | None = None) -> EngineApp:
+               project: LoadedProject | None = None,
+               targets: Mapping[str, SplitterTarget] | None = None) -> EngineApp:
     """Validate the project and build its app, which any ASGI server can host.
 
     For example: `hypercorn "engine.app:create_app('.')"`. Without `settings`, the ENGINE_* environment variables
     and the defaults apply (see engine.settings). `apis` serves only the APIs named (each replica of a distributed
     engine serves one API), at the same routes as the whole project would (/ and /predict with a single API).
     `project`, one that engine.load_project has loaded (its warnings are the caller's to say), is served instead of
-    loading PROJECT_DIR (then project_dir, config_file and apis are not used).
+    loading PROJECT_DIR (then project_dir, config_file and apis are not used). `targets` are the APIs served
+    elsewhere that the project's TrafficSplitters may hand requests to (a distributed engine's, by API name); the
+    app serves each splitter whose APIs it has, here or there.
     """
     pm = pm or plugins.make_plugin_manager()
     settings = (settings or ServeSettings.load()).with_plugins(plugins.settings(pm))
@@ -191,7 +194,7 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
         for warning in project.warnings:
             log.warning("%s", warning)
     aliases = len(project.every_api) == 1
-    state = AppState(project, pm, on_fatal or _stop_process, settings)
+    state = AppState(project, pm, on_fatal or _stop_process, settings, targets)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -27,7 +27,7 @@ class LoadedProject:
     environment: dict[str, str]  # the variables the process serving `apis` runs with (predictor.env, then .env)
     warnings: list[ProjectWarning]  # for the user, once; the caller says them (load_project logs nothing)
     every_api: list[str]  # the names of every API of the configuration file, served here or not
-    # the file's TrafficSplitters whose APIs are all among `apis` (engine.serving.splitter routes them)
+    # the file's TrafficSplitters (create_app serves those whose APIs it serves, or is given as targets)
     splitters: list[TrafficSplitter] = field(default_factory=list)
 
     @property
@@ -61,7 +61,5 @@ def load_project(project_dir: str | Path = ".", config_file: str | Path | None =
     api_envs = {api.name: api.predictor.env for api in served}
     warnings = [*validated.project.warnings, *validated.warnings,
                 *(ProjectWarning(line, local=True) for line in conflicting_env(api_envs))]
-    splitters = [splitter for splitter in validated.splitters
-                 if all(target.name in api_envs for target in splitter.apis)]
     return LoadedProject(validated.project, served, validated.project.environment(api_envs, os.environ), warnings,
-                         [api.name for api in validated.apis], splitters)
+                         [api.name for api in validated.apis], validated.splitters)

@@ -2,7 +2,7 @@
 that the chosen API's admission layer applies its keys, limits and deadline once); a share of them copied to its
 shadow API in the background, bounded; new weights for new requests while serving.
 
-Where a request goes is a Target: an API's admission layer when the API is served here (LocalTarget), a remote
+Where a request goes is a SplitterTarget: an API's admission layer when the API is served here (LocalTarget), a remote
 deployment for a distributed engine (engine-ray's). Everything else is the same wherever the splitter runs.
 """
 from __future__ import annotations
@@ -29,10 +29,11 @@ API_HEADER = b"x-engine-api"  # on each answer a splitter hands over: the API th
 SHADOW_HOST_SUFFIX = b"-shadow"  # added to a shadow copy's Host, as Istio's mirror did
 
 
-class Target(Protocol):
+class SplitterTarget(Protocol):
     """Where a splitter hands a request: an ASGI app for HTTP and WebSocket requests."""
 
     capacity: int  # requests it takes at once (max_replica_concurrency): the bound on shadow copies in flight
+    endpoint: str  # the API's own route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one request (or WebSocket) as the API's own route would."""
@@ -47,6 +48,7 @@ class LocalTarget:
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
         self.capacity = admission.max_in_flight
+        self.endpoint = admission.api.endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -81,12 +83,10 @@ class Splitter:
     """One TrafficSplitter: an ASGI app at its endpoint. GET and HEAD describe the split; any other request, and
     each WebSocket, goes whole to the target chosen for it, whose answer comes back with API_HEADER naming it."""
 
-    def __init__(self, config: TrafficSplitter, targets: Mapping[str, Target], metrics: Metrics,
-                 endpoints: Mapping[str, str]) -> None:
+    def __init__(self, config: TrafficSplitter, targets: Mapping[str, SplitterTarget], metrics: Metrics) -> None:
         self.name = config.name
         self.endpoint = config.endpoint
         self.targets = targets
-        self.endpoints = endpoints  # each API's own route, for the description
         self.metrics = metrics
         self.random = random.Random()  # seed it for a reproducible sequence of choices
         self.copies: dict[str, int] = {}  # shadow copies in flight, by API
@@ -117,7 +117,7 @@ class Splitter:
     def description(self) -> dict[str, object]:
         """What GET at the splitter's endpoint answers: the split now in force."""
         config = self.config
-        apis = [{"name": target.name, "weight": target.weight, "endpoint": self.endpoints.get(target.name),
+        apis = [{"name": target.name, "weight": target.weight, "endpoint": self.targets[target.name].endpoint,
                  **({"shadow": True} if target.shadow else {})} for target in config.apis]
         return {"message": f"TrafficSplitter '{self.name}': each request goes to one of its APIs, chosen by weight; "
                            f"the {API_HEADER.decode()} response header names it",
@@ -138,7 +138,7 @@ class Splitter:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _copy(self, api: str, target: Target, scope: Scope, body: bytes) -> None:
+    async def _copy(self, api: str, target: SplitterTarget, scope: Scope, body: bytes) -> None:
         """Send one shadow copy; its answer is dropped and its failure only logged."""
         try:
             await target(scope, _Replay(body), _discard)
@@ -203,11 +203,25 @@ def _naming(send: Send, api: bytes) -> Send:
     return sending
 
 
-def serve_here(configs: list[TrafficSplitter], admissions: list[Admission], metrics: Metrics) -> list[Splitter]:
-    """The splitters of a project whose APIs are all served in this process."""
-    targets = {admission.api.name: LocalTarget(admission) for admission in admissions}
-    endpoints = {admission.api.name: admission.api.endpoint for admission in admissions}
-    return [Splitter(config, targets, metrics, endpoints) for config in configs]
+def serve_here(configs: list[TrafficSplitter], admissions: list[Admission], metrics: Metrics,
+               remote: Mapping[str, SplitterTarget] | None = None) -> list[Splitter]:
+    """The splitters this process serves: those whose every API is served here (an admission layer) or is one of
+    the `remote` targets (a distributed engine's)."""
+    targets: dict[str, SplitterTarget] = {**(remote or {})}
+    targets.update((admission.api.name, LocalTarget(admission)) for admission in admissions)
+    return [Splitter(config, targets, metrics) for config in configs
+            if all(target.name in targets for target in config.apis)]
+
+
+def forwarded_scope(scope: Scope, path: str) -> Scope:
+    """A request's scope as a process elsewhere answers it (picklable): its HTTP parts and the TrafficSplitter that
+    routed it, at `path` (the chosen API's own route)."""
+    kept = {key: scope[key] for key in _FORWARDED if key in scope}
+    return {**kept, "path": path, "raw_path": path.encode(), "headers": [tuple(pair) for pair in scope["headers"]]}
+
+
+_FORWARDED = ("type", "asgi", "http_version", "method", "scheme", "root_path", "query_string", "client", "server",
+              ROUTED_KEY)
 
 
 def reload(splitters: list[Splitter], config_file: Path, apis: list[str]) -> bool:

@@ -15,7 +15,7 @@ from ray import serve
 from ray.serve.schema import ReplicaState
 
 from engine import EngineError, LoadedProject, ServeSettings, load_project
-from engine_ray import cluster, mapping
+from engine_ray import cluster, mapping, splitter
 from engine_ray.project import read_keys
 from engine_ray.replica import EngineReplica, ReplicaSpec
 
@@ -74,6 +74,7 @@ class Deployment:
         self.routes = {api.name: "/" if single else api.endpoint for api in project.apis}  # Ray app → route
         if not single:
             self.routes[FRONT_APP] = "/"
+        self.routes.update((splitter.name, splitter.endpoint) for splitter in project.splitters)
         self.started_serve = False
         self.collector: Any = None
         self.deployed: list[str] = []
@@ -101,6 +102,14 @@ class Deployment:
         spec = ReplicaSpec(config_name=self.project.config_file.name, settings=settings, api=None, apps=apps,
                            keys=self.keys, project_dir=str(root) if self.local else None)
         deployment = serve.deployment()(EngineReplica)  # serve.deployment(cls) is annotated as the decorator
+        config = next((splitter for splitter in self.project.splitters if splitter.name == name), None)
+        if config is not None:  # a TrafficSplitter: a small replica handing requests to the APIs' applications
+            actor = {"num_cpus": 0, "runtime_env": {"working_dir": working_dir}}
+            logging_config = {"log_level": self.settings.log_level.upper(), "enable_access_log": False}
+            return deployment.options(name="splitter", num_replicas=1, ray_actor_options=actor,
+                                      max_ongoing_requests=splitter.max_ongoing(config, self.project.apis),
+                                      graceful_shutdown_timeout_s=self.settings.graceful_timeout,
+                                      logging_config=logging_config).bind(dataclasses.replace(spec, splitter=name))
         if name == FRONT_APP:
             actor = {"num_cpus": 0, "runtime_env": {"working_dir": working_dir}}
             logging_config = {"log_level": self.settings.log_level.upper(), "enable_access_log": False}
@@ -144,6 +153,9 @@ class Deployment:
             log.info("api '%s': POST/GET %s%s%s on Ray Serve, %d to %d replicas of %d process(es) x %d thread(s)",
                      api.name, base, api.endpoint, aliases, scaling.min_replicas, scaling.max_replicas,
                      predictor.processes_per_replica, predictor.threads_per_process)
+        for config in self.project.splitters:
+            log.info("TrafficSplitter '%s': POST %s%s to one of %s, on Ray Serve", config.name, base,
+                     config.endpoint, config.describe())
         log.info("/healthz, /readyz and /metrics at %s answer for the whole project", base)
 
     def watch(self, stop: threading.Event) -> None:

@@ -1,5 +1,5 @@
 """One Ray Serve replica: the very app `engine serve` runs, restricted to one API (or, for a project of several APIs,
-the server routes), with /readyz and /metrics answered for the whole project."""
+the server routes; or one TrafficSplitter), with /readyz and /metrics answered for the whole project."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from engine import (
     load_project,
     play,
 )
-from engine_ray import asgi
+from engine_ray import asgi, splitter
 from engine_ray.metrics import COLLECTOR_NAME, REPORT_INTERVAL
 
 log = logging.getLogger("engine")
@@ -48,6 +49,7 @@ class ReplicaSpec:
     # the variables the API's predictor runs with, worked out once by the driver as engine serve works them out
     # (not Ray's env_vars, which would expand a `$` the project's .env kept literal)
     environment: dict[str, str] = field(default_factory=dict, repr=False)
+    splitter: str | None = None  # a TrafficSplitter's replica (api is None): the splitter's name
 
     def auth(self) -> list[tuple[bytes, bytes]]:
         """The header that opens /metrics when keys are required."""
@@ -64,12 +66,19 @@ class EngineReplica:
         self.metrics_dir: str | None = None
         self.lifespan: Lifespan | None = None
         self.reporter: Reporter | None = None
+        self.routes: Any = None  # the app built (a ClusterRoutes), which forward plays requests into
 
     async def __serve_build_asgi_app__(self) -> Any:
+        self.routes = await self._build()
+        return self.routes
+
+    async def _build(self) -> ClusterRoutes:
         spec = self.spec
         configure_logging(spec.settings.log_level)
         project_dir = spec.project_dir or os.getcwd()
         self.metrics_dir = metrics_directory(spec)
+        if spec.splitter is not None:
+            return await self._splitter(project_dir)
         settings = spec.settings
         if spec.api is None:  # the server routes: every API's documentation, no predictor, no hardware
             settings = dataclasses.replace(settings, cpu=True)
@@ -84,6 +93,33 @@ class EngineReplica:
             await self._wait_ready(app, lifespan)
             self.reporter = Reporter(app, spec)
         return ClusterRoutes(app, spec)
+
+    async def _splitter(self, project_dir: str) -> ClusterRoutes:
+        """A TrafficSplitter's app: engine's splitter over the APIs' applications, and no API of its own."""
+        spec = self.spec
+        settings = dataclasses.replace(spec.settings, cpu=True)
+        project = load_project(project_dir, os.path.join(project_dir, spec.config_name), cpu=True)
+        config = next(splitter for splitter in project.splitters if splitter.name == spec.splitter)
+        served = dataclasses.replace(project, apis=[], splitters=[config], environment={})
+        app = create_app(settings=settings, on_fatal=self._on_fatal, project=served,
+                         targets=splitter.targets(config, project.apis, spec.apps))
+        self.lifespan = Lifespan(app)
+        await self.lifespan.start()
+        self.reporter = Reporter(app, spec)
+        return ClusterRoutes(app, spec)
+
+    async def forward(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
+        """A request a TrafficSplitter's replica hands this API (scope: engine.forwarded_scope), answered by this
+        replica's app as a request through Ray's proxy is; its ASGI messages, as they come."""
+        assert self.routes is not None, "a replica gets requests only once its app is built"
+        async with play(self.routes, scope, _sent(body)) as played:
+            yield {"type": "http.response.start", "status": played.status, "headers": list(played.headers)}
+            if played.chunks is None:
+                yield {"type": "http.response.body", "body": played.body}
+                return
+            async for chunk in played.chunks:
+                yield {"type": "http.response.body", "body": chunk, "more_body": True}
+            yield {"type": "http.response.body", "body": b""}
 
     def check_health(self) -> None:
         """Ray asks every few seconds; a replica whose predictor can no longer serve is replaced."""
@@ -145,6 +181,18 @@ class ClusterRoutes:
             await send({"type": f"{event}.complete"})
             if event == "lifespan.shutdown":
                 return
+
+
+def _sent(body: bytes) -> Any:
+    """The `receive` of a request whose body has come whole: the body, then a client that waits for the answer."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        await asyncio.get_running_loop().create_future()  # never: the answer's end cancels the wait
+        raise AssertionError("unreachable")
+    return receive
 
 
 def without_request_id(send: Any) -> Any:
@@ -216,7 +264,7 @@ class Reporter:
             if status != 200:
                 raise RuntimeError(f"{METRICS_PATH} answered {status}")
             collector = ray.get_actor(COLLECTOR_NAME, namespace=NAMESPACE)
-            await collector.report.remote(self.replica, self.spec.api, body.decode(), final)
+            await collector.report.remote(self.replica, self.spec.api or self.spec.splitter, body.decode(), final)
         except Exception as error:  # noqa: BLE001 - the collector may be gone (the driver stopping); serving goes on
             log.debug("metrics report failed: %s", error)
 
