@@ -204,7 +204,8 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
 
     guard = state.guard
     paths_of = {api.name: _api_paths(api, aliases) for api in state.apis}
-    spec = openapi.document(state.apis, paths_of, pm, settings, state.project.root, bool(guard.keys))
+    spec = openapi.document(state.apis, paths_of, pm, settings, state.project.root, bool(guard.keys),
+                            [splitter.config for splitter in state.splitters])
     routes = _routes(state)
     if not settings.no_docs:
         routes.append(Route(server_routes.OPENAPI_PATH, lambda request: JSONResponse(spec), methods=["GET"]))

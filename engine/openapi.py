@@ -3,11 +3,13 @@ and those plugins add (each engine.HttpRoute carries its own description)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from engine import __version__, plugin_routes, plugins, routes
 from engine.project.config import Api
+from engine.project.splitters import TrafficSplitter
 from engine.serving import parsing
 from engine.settings import ServeSettings
 
@@ -27,8 +29,8 @@ SAMPLE_FILE = "sample.json"  # as Cortex's examples have: a request body to try 
 
 
 def document(apis: list[Api], paths_of: dict[str, list[str]], pm: plugins.PluginManager, settings: ServeSettings,
-             project_root: Path, keyed: bool) -> dict[str, Any]:
-    """The OpenAPI document of this server."""
+             project_root: Path, keyed: bool, splitters: Sequence[TrafficSplitter] = ()) -> dict[str, Any]:
+    """The OpenAPI document of this server (`splitters`: the TrafficSplitters it serves)."""
     media_types = parsing.media_types(pm)
     paths: dict[str, Any] = {
         routes.HEALTHZ_PATH: _probe("healthz", "200 while the process is up", {"status": {"const": "alive"}}),
@@ -39,6 +41,11 @@ def document(apis: list[Api], paths_of: dict[str, list[str]], pm: plugins.Plugin
     for api in apis:
         for path in paths_of[api.name]:
             paths[path] = _api_paths(api, path, media_types, sample)
+    by_name = {api.name: api for api in apis}
+    for splitter in splitters:
+        if splitter.primaries[0].name in by_name:
+            paths[splitter.endpoint] = _splitter_paths(splitter, by_name[splitter.primaries[0].name], media_types,
+                                                       sample)
     paths.update(plugin_routes.openapi_paths(pm, apis))
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -87,6 +94,21 @@ def _api_paths(api: Api, path: str, media_types: list[str], sample: Any) -> dict
                           **{status: errors[status] for status in ("401", "503", "504")}},
         },
     }
+
+
+def _splitter_paths(splitter: TrafficSplitter, first: Api, media_types: list[str], sample: Any) -> dict[str, Any]:
+    """A TrafficSplitter's route: POST as its APIs' (the first one's entry stands for them all), GET the split."""
+    entry = _api_paths(first, splitter.endpoint, media_types, sample)
+    operation = splitter.name.replace("-", "_")
+    entry["post"].update(summary=f"predict with one of the APIs of TrafficSplitter '{splitter.name}' (at start: "
+                                 f"{splitter.describe()})", operationId=f"{operation}_predict", tags=[splitter.name],
+                         description="Answered by the API chosen by weight, exactly as at its own route; the "
+                                     "x-engine-api response header names it.")
+    entry["get"] = {"summary": f"the split of TrafficSplitter '{splitter.name}'", "operationId": f"{operation}_split",
+                    "tags": [splitter.name], "responses": {"200": {"description": "the split in force", "content": {
+                        "application/json": {"schema": {"type": "object", "properties": {
+                            "message": {"type": "string"}, "traffic_splitter": {"type": "object"}}}}}}}}
+    return entry
 
 
 def _probe(name: str, description: str, properties: dict[str, Any]) -> dict[str, Any]:

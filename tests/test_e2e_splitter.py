@@ -153,6 +153,8 @@ def test_cortex_traffic_splitter_project(serve, tmp_path):
     assert "iris-classifier-onnx POST /iris-classifier 200" in server.output
     assert "splitter=iris-classifier" in server.output
     assert "TrafficSplitter 'iris-classifier': POST" in server.output
+    route = server.client.get("/openapi.json").json()["paths"]["/iris-classifier"]
+    assert (route["post"]["tags"], route["get"]["operationId"]) == (["iris-classifier"], "iris_classifier_split")
 
 
 def test_engine_validate_lists_the_splitter(tmp_path):
@@ -172,8 +174,7 @@ def test_engine_validate_lists_the_splitter(tmp_path):
 # in process, each request straight into it as an ASGI call, 50 at a time; each splitter's choices seeded.
 SPLIT_RUN = """
 import asyncio, collections, json, sys
-from engine import Lifespan, http_scope, play
-from engine.app import create_app
+from engine import Lifespan, create_app, http_scope, play
 
 
 async def post(app, path):
