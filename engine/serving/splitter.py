@@ -217,11 +217,11 @@ def forwarded_scope(scope: Scope, path: str) -> Scope:
     """A request's scope as a process elsewhere answers it (picklable): its HTTP parts and the TrafficSplitter that
     routed it, at `path` (the chosen API's own route)."""
     kept = {key: scope[key] for key in _FORWARDED if key in scope}
-    return {**kept, "path": path, "raw_path": path.encode(), "headers": [tuple(pair) for pair in scope["headers"]]}
+    return {**kept, "path": path, "raw_path": path.encode(), "root_path": "",
+            "headers": [tuple(pair) for pair in scope["headers"]]}
 
 
-_FORWARDED = ("type", "asgi", "http_version", "method", "scheme", "root_path", "query_string", "client", "server",
-              ROUTED_KEY)
+_FORWARDED = ("type", "asgi", "http_version", "method", "scheme", "query_string", "client", "server", ROUTED_KEY)
 
 
 def reload(splitters: list[Splitter], config_file: Path, apis: list[str]) -> bool:
