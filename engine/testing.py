@@ -249,6 +249,11 @@ def check_hardware_target(pm: _plugins.PluginManager, api: Api) -> None:
     _plugins.check_hardware_target(pm, api)
 
 
+def api_problems(pm: _plugins.PluginManager, api: Api, project_root: Path = Path(".")) -> list[str]:
+    """What the API's predictor type and the engine_validate_api hooks find wrong with `api`, as validate asks."""
+    return _plugins.api_problems(pm, api, project_root)
+
+
 def setup_device(pm: _plugins.PluginManager, api: Api, process_index: int = 0) -> Device:
     """Set up this process for `api` through the hardware plugins, as a worker does before it loads the predictor."""
     return _plugins.setup_device(pm, api, process_index)

@@ -17,7 +17,7 @@ from engine_hw_cuda.target import (
 )
 
 from engine import ConfigError, Device, testing
-from engine.testing import check_hardware_target, setup_device, validate
+from engine.testing import api_problems, check_hardware_target, setup_device, validate
 
 
 def run_worker(pm_factory, devices, api, index: int) -> tuple[Device, dict[str, str]]:
@@ -39,12 +39,12 @@ def test_owns_the_gpu_target_and_declines_cpu_apis(plugin_manager):
     assert "gpu" in {t for found in pm.hook.engine_hardware_targets() for t in found}
     check_hardware_target(pm, make_api(gpu=1))  # no MissingPluginError
     cpu_api = make_api(gpu=0)
-    assert [found for found in pm.hook.engine_validate_api(api=cpu_api, project_root=None) if found] == []
+    assert api_problems(pm, cpu_api) == []
     assert setup_device(pm, cpu_api, 0).kind == "cpu"  # the built-in target answers
 
 
 def problems(pm, api) -> list[str]:
-    return [problem for found in pm.hook.engine_validate_api(api=api, project_root=None) for problem in found or ()]
+    return api_problems(pm, api)
 
 
 def test_enough_gpus_validate(plugin_manager):

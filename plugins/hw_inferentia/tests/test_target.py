@@ -12,7 +12,7 @@ from engine_hw_inferentia import split_cores
 from neuron_testing import inf1_devices, inf2_devices, make_api
 
 from engine import Api, ConfigError, Device
-from engine.testing import check_hardware_target, setup_device, validate
+from engine.testing import api_problems, check_hardware_target, setup_device, validate
 
 
 def run_worker(machine, api, index: int) -> tuple[Device, dict[str, str]]:
@@ -27,7 +27,7 @@ def run_worker(machine, api, index: int) -> tuple[Device, dict[str, str]]:
 
 
 def problems(pm, api) -> list[str]:
-    return [problem for found in pm.hook.engine_validate_api(api=api, project_root=None) for problem in found or ()]
+    return api_problems(pm, api)
 
 
 # --- ownership and validation -------------------------------------------------------------------------------------
