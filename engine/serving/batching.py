@@ -216,15 +216,14 @@ def _settle(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]])
 class _Slot:
     """One call waiting in a ThreadBatcher."""
 
-    __slots__ = ("item", "woken", "result", "error", "taken", "leads", "queued")
+    __slots__ = ("item", "woken", "result", "error", "taken", "queued")
 
     def __init__(self, item: Any) -> None:
         self.item = item
         self.woken = threading.Event()  # set once: to lead the next batch, or when its batch has run
         self.result: Any = None
         self.error: BaseException | None = None
-        self.taken = False  # in a batch
-        self.leads = False  # its thread forms and runs the next batch of its key
+        self.taken = False  # in a batch (woken and not taken: its thread leads the next batch of its key)
         self.queued = time.monotonic()
 
 
@@ -251,15 +250,15 @@ class ThreadBatcher:
         slot = _Slot(item)
         with self._lock:
             queue = self._queues.setdefault(key, [])
-            if not queue:
+            leads = not queue  # the first call waiting for its key
+            if leads:
                 self._started[key] = time.monotonic()
-                slot.leads = True
             queue.append(slot)
             if len(queue) == self.batching.max_batch_size:
                 self._lock.notify_all()  # its leader need wait no more
             if self.arrivals is not None:
                 self.arrivals.arrive()
-        if not slot.leads:
+        if not leads:
             slot.woken.wait()
         if not slot.taken:  # it leads
             with self._lock:
@@ -310,8 +309,7 @@ class ThreadBatcher:
         if rest:
             self._queues[key] = rest
             self._started[key] = time.monotonic()
-            rest[0].leads = True
-            rest[0].woken.set()
+            rest[0].woken.set()  # the lead passes to the next call waiting
         else:
             del self._queues[key]
             del self._started[key]
