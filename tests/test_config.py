@@ -403,18 +403,18 @@ def test_kind_is_required(tmp_path):
     assert lines_of(tmp_path, config) == ["api 'my-api': kind: is required"]
 
 
-@pytest.mark.parametrize("kind", ["BatchAPI"])
+@pytest.mark.parametrize("kind", ["TaskAPI", "AsyncAPI"])
 def test_other_cortex_kinds_are_rejected_clearly(tmp_path, kind):
     config = {**api(), "kind": kind}
     assert lines_of(tmp_path, config) == \
-        [f"api 'my-api': kind: {kind} is not supported by engine serve; only RealtimeAPI and TrafficSplitter are "
-         f"(given: '{kind}')"]
+        [f"api 'my-api': kind: {kind} is not supported by engine serve; only RealtimeAPI, BatchAPI and "
+         f"TrafficSplitter are (given: '{kind}')"]
 
 
 def test_unknown_kind_is_rejected(tmp_path):
     config = {**api(), "kind": "realtimeapi"}
     assert lines_of(tmp_path, config) == \
-        ["api 'my-api': kind: must be RealtimeAPI or TrafficSplitter (given: 'realtimeapi')"]
+        ["api 'my-api': kind: must be RealtimeAPI, BatchAPI or TrafficSplitter (given: 'realtimeapi')"]
 
 
 # --- predictor ----------------------------------------------------------------------------------------------------

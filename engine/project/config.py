@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +25,7 @@ from engine.project.sections import (
 from engine.routes import reserved, reserved_shown
 
 if TYPE_CHECKING:
+    from engine.project.batch import BatchApi
     from engine.project.splitters import TrafficSplitter
 
 DEFAULT_MODEL_NAME = "_cortex_default"
@@ -250,10 +251,13 @@ class Api(Section):
     @field_validator("kind")
     @classmethod
     def _check_kind(cls, kind: str) -> str:
-        if kind in ("BatchAPI", "TaskAPI", "AsyncAPI"):
-            raise ValueError(f"{kind} is not supported by engine serve; only RealtimeAPI and TrafficSplitter are")
+        if kind in ("TaskAPI", "AsyncAPI"):
+            raise ValueError(f"{kind} is not supported by engine serve; only RealtimeAPI, BatchAPI and "
+                             "TrafficSplitter are")
+        if kind == "BatchAPI":  # read_config validates it as engine.project.batch.BatchApi
+            raise ValueError("a BatchAPI is validated as BatchApi, not as a RealtimeAPI")
         if kind != "RealtimeAPI":
-            raise ValueError("must be RealtimeAPI or TrafficSplitter")
+            raise ValueError("must be RealtimeAPI, BatchAPI or TrafficSplitter")
         return kind
 
     @model_validator(mode="after")
@@ -320,8 +324,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_config(config_file: str | Path, hints: dict[str, str] | None = None) -> list[Api]:
-    """Read and validate cortex.yaml (its TrafficSplitters too); raise one ConfigError listing every problem, one per
-    line; the RealtimeAPIs.
+    """Read and validate cortex.yaml (its BatchAPIs and TrafficSplitters too); raise one ConfigError listing every
+    problem, one per line; the RealtimeAPIs.
 
     `hints` adds a sentence to the problems of a field (by its dotted path, e.g. "predictor.type")."""
     return read_config(config_file, hints).apis
@@ -329,46 +333,53 @@ def load_config(config_file: str | Path, hints: dict[str, str] | None = None) ->
 
 @dataclass
 class ConfigFile:
-    """What a configuration file defines, checked: its RealtimeAPIs and its TrafficSplitters."""
+    """What a configuration file defines, checked: its RealtimeAPIs, TrafficSplitters and BatchAPIs."""
 
     apis: list[Api]
     splitters: list[TrafficSplitter]
+    batch_apis: list[BatchApi] = field(default_factory=list)
 
 
 def read_config(config_file: str | Path, hints: dict[str, str] | None = None) -> ConfigFile:
-    """Read and validate cortex.yaml as load_config does; its RealtimeAPIs and TrafficSplitters."""
-    from engine.project.splitters import KIND, TrafficSplitter  # splitters.py builds on this module
+    """Read and validate cortex.yaml as load_config does; its RealtimeAPIs, TrafficSplitters and BatchAPIs."""
+    from engine.project.batch import KIND as BATCH_KIND  # batch.py and splitters.py build on this module
+    from engine.project.batch import BatchApi
+    from engine.project.splitters import KIND, TrafficSplitter
 
     config_file = Path(config_file)
     items = _api_items(_read_yaml(config_file), config_file)
     apis: dict[int, Api] = {}
+    batch_apis: dict[int, BatchApi] = {}
     splitters: dict[int, TrafficSplitter] = {}
     problems: list[str] = []
+    kinds: dict[Any, type[Api | TrafficSplitter]] = {KIND: TrafficSplitter, BATCH_KIND: BatchApi}
     for index, item in enumerate(items):
         label = _label(item, index)
         if not isinstance(item, dict):
             problems.append(f"{config_file}: {label}: must be a mapping with name, kind and predictor "
                             f"(given: {_kind_of(item)})")
             continue
-        model: type[Api | TrafficSplitter] = TrafficSplitter if item.get("kind") == KIND else Api
+        model = kinds.get(item.get("kind"), Api)
         try:
-            if model is Api:
-                apis[index] = Api.model_validate(item)
-            else:
+            if model is TrafficSplitter:
                 splitters[index] = TrafficSplitter.model_validate(item)
+            elif model is BatchApi:
+                batch_apis[index] = BatchApi.model_validate(item)
+            else:
+                apis[index] = Api.model_validate(item)
         except ValidationError as error:
-            label += f" ({KIND})" if model is TrafficSplitter else ""
+            label += f" ({item['kind']})" if model is not Api else ""
             problems += [f"{config_file}: {label}: {_with_hint(line, hints or {})}"
                          for line in format_validation_error(error, model)]
     realtime = [item.get("name") for item in items if isinstance(item, dict) and item.get("kind") == "RealtimeAPI"]
     for splitter in splitters.values():
         problems += [f"{config_file}: api '{splitter.name}' ({KIND}): {problem}"
                      for problem in splitter.problems(realtime)]
-    entries: dict[int, Api | TrafficSplitter] = {**apis, **splitters}
+    entries: dict[int, Api | TrafficSplitter] = {**apis, **batch_apis, **splitters}
     problems += _check_across_apis(dict(sorted(entries.items())), config_file)
     if problems:
         raise ConfigError("\n".join(problems))
-    return ConfigFile(list(apis.values()), list(splitters.values()))
+    return ConfigFile(list(apis.values()), list(splitters.values()), list(batch_apis.values()))
 
 
 def _with_hint(problem: str, hints: dict[str, str]) -> str:
