@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import tracebacks
 from engine.errors import PredictorLoadError
+from engine.project.batch import BatchApi
 from engine.types import PredictorType
 
 if TYPE_CHECKING:
@@ -20,7 +21,10 @@ if TYPE_CHECKING:
 
 PREDICT_ARGS = frozenset({"payload", "query_params", "headers", "batch_id"})
 POST_PREDICT_ARGS = frozenset({"response", "payload", "query_params", "headers"})
-CHECKED_METHODS = ("__init__", "predict", "post_predict", "load_model")
+# Cortex passed on_job_complete only self; engine also passes the job's {"succeeded", "failed",
+# "average_time_per_batch"} when the method declares batch_metrics
+ON_JOB_COMPLETE_ARGS = frozenset({"batch_metrics"})
+CHECKED_METHODS = ("__init__", "predict", "post_predict", "load_model", "on_job_complete")
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,10 @@ class Signature:
     positional_only: frozenset[str] = frozenset()
 
 
-def check_class(methods: dict[str, Signature], ptype: PredictorType, has_models: bool, where: str) -> None:
-    """Cortex's signature rules by argument name; raise PredictorLoadError naming the argument."""
+def check_class(methods: dict[str, Signature], ptype: PredictorType, has_models: bool, where: str, *,
+                batch: bool = False) -> None:
+    """Cortex's signature rules by argument name (a BatchAPI's class with `batch`); raise PredictorLoadError naming
+    the argument."""
     init = methods.get("__init__", Signature((), frozenset()))
     gets_client = has_models or ptype.requires_models
     required = {"config"} | ({ptype.client_arg} if gets_client else set())
@@ -49,6 +55,9 @@ def check_class(methods: dict[str, Signature], ptype: PredictorType, has_models:
     _check_args(methods["predict"], "predict", allowed=PREDICT_ARGS, required=set(), where=where)
     if "post_predict" in methods:
         _check_args(methods["post_predict"], "post_predict", allowed=POST_PREDICT_ARGS, required=set(), where=where)
+    if batch and "on_job_complete" in methods:
+        _check_args(methods["on_job_complete"], "on_job_complete", allowed=ON_JOB_COMPLETE_ARGS, required=set(),
+                    where=where)
     if ptype.user_loads_models:
         _check_load_model(methods, has_models, where)
 
@@ -176,7 +185,8 @@ def load_class(view: Path, api: Api, ptype: PredictorType) -> tuple[type, dict[s
     module_name = "engine_predictor_" + re.sub(r"\W", "_", api.name)
     predictor_class = import_class(view / api.predictor.path, ptype.class_name, module_name)
     methods = runtime_methods(predictor_class)
-    check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}")
+    check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}",
+                batch=isinstance(api, BatchApi))
     return predictor_class, methods
 
 
