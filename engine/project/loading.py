@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
+from engine.project.batch import BatchApi
 from engine.project.config import Api
 from engine.project.files import Project, ProjectWarning, conflicting_env
 from engine.project.splitters import TrafficSplitter
@@ -23,12 +24,15 @@ class LoadedProject:
     """A project that passed every check `engine serve` runs before it binds a port."""
 
     project: Project  # its files (what the predictors see) and its .env
-    apis: list[Api]  # the APIs to serve: every API of the configuration file, or those named
-    environment: dict[str, str]  # the variables the process serving `apis` runs with (predictor.env, then .env)
+    apis: list[Api]  # the RealtimeAPIs to serve: every one of the configuration file, or those named
+    environment: dict[str, str]  # what the process serving `apis` and `batch_apis` runs with (predictor.env, .env)
     warnings: list[ProjectWarning]  # for the user, once; the caller says them (load_project logs nothing)
-    every_api: list[str]  # the names of every API of the configuration file, served here or not
+    # the names of every RealtimeAPI of the configuration file, served here or not (one alone is also served at /
+    # and /predict: BatchAPIs and TrafficSplitters do not count)
+    every_api: list[str]
     # the file's TrafficSplitters (create_app serves those whose APIs it serves, or is given as targets)
     splitters: list[TrafficSplitter] = field(default_factory=list)
+    batch_apis: list[BatchApi] = field(default_factory=list)  # the BatchAPIs to serve: every one, or those named
 
     @property
     def config_file(self) -> Path:
@@ -47,19 +51,21 @@ def load_project(project_dir: str | Path = ".", config_file: str | Path | None =
     """Read and check a project (PROJECT_DIR/cortex.yaml, or `config_file`); ConfigError (one paragraph, every
     problem) when it cannot be served.
 
-    `cpu` serves GPU and Inferentia APIs on the CPU (engine serve --cpu); `apis` keeps only the APIs named; without
-    `hardware`, the APIs' compute is not checked against this machine (a cluster's replicas check it on their node).
+    `cpu` serves GPU and Inferentia APIs on the CPU (engine serve --cpu); `apis` keeps only the APIs named (RealtimeAPIs
+    and BatchAPIs); without `hardware`, the APIs' compute is not checked against this machine (a cluster's replicas
+    check it on their node).
     The environment's $VARIABLES are expanded against os.environ as it is now.
     """
     validated = validate_project(project_dir, config_file, pm, cpu=cpu, hardware=hardware)
-    served = validated.apis
+    served, batch_served = validated.apis, validated.batch_apis
     if apis is not None:
-        unknown = sorted(set(apis) - {api.name for api in served})
+        unknown = sorted(set(apis) - {api.name for api in [*served, *batch_served]})
         if unknown:
             raise ConfigError(f"{validated.project.config_file}: no api named {', '.join(unknown)}")
         served = [api for api in served if api.name in apis]
-    api_envs = {api.name: api.predictor.env for api in served}
+        batch_served = [api for api in batch_served if api.name in apis]
+    api_envs = {api.name: api.predictor.env for api in [*served, *batch_served]}
     warnings = [*validated.project.warnings, *validated.warnings,
                 *(ProjectWarning(line, local=True) for line in conflicting_env(api_envs))]
     return LoadedProject(validated.project, served, validated.project.environment(api_envs, os.environ), warnings,
-                         [api.name for api in validated.apis], validated.splitters)
+                         [api.name for api in validated.apis], validated.splitters, batch_served)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from engine import plugins
 from engine.errors import ConfigError, EngineError
+from engine.project.batch import BatchApi
 from engine.project.config import Api, not_applied_locally, read_config
 from engine.project.files import Project, ProjectWarning
 from engine.project.predictor_class import check_class, static_methods
@@ -23,6 +24,7 @@ class ValidatedProject:
     apis: list[Api]
     warnings: list[ProjectWarning] = field(default_factory=list)
     splitters: list[TrafficSplitter] = field(default_factory=list)
+    batch_apis: list[BatchApi] = field(default_factory=list)
 
 
 def find_config(project_dir: str | Path = ".", config_file: str | Path | None = None) -> Path:
@@ -50,8 +52,9 @@ def validate_project(project_dir: str | Path = ".", config_file: str | Path | No
     apis = config.apis
     project = Project(path.parent, path)
     problems: list[str] = []
-    warnings = [ProjectWarning(line) for line in on_cpu(apis)] if cpu else []
-    for api in apis:
+    checked_apis = [*apis, *config.batch_apis]  # a BatchAPI's predictor is checked as a RealtimeAPI's
+    warnings = [ProjectWarning(line) for line in on_cpu(checked_apis)] if cpu else []
+    for api in checked_apis:
         checked = api if hardware else _on_cpu_copy(api)
         found: list[str] = []
         try:
@@ -71,7 +74,7 @@ def validate_project(project_dir: str | Path = ".", config_file: str | Path | No
                  for splitter in config.splitters if "api_gateway" in splitter.networking.model_fields_set]
     if problems:
         raise ConfigError("\n".join(problems))
-    return ValidatedProject(project, apis, warnings, config.splitters)
+    return ValidatedProject(project, apis, warnings, config.splitters, config.batch_apis)
 
 
 def on_cpu(apis: list[Api]) -> list[str]:
@@ -113,7 +116,8 @@ def check_api(api: Api, project: Project, pm: plugins.PluginManager) -> None:
                               f"project directory {project.root})")
     methods = static_methods(project.root / api.predictor.path, ptype.class_name)
     if methods is not None:
-        check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}")
+        check_class(methods, ptype, api.predictor.models is not None, f"{api.predictor.path}: {ptype.class_name}",
+                    batch=isinstance(api, BatchApi))
 
 
 def model_locations(api: Api) -> list[str]:
