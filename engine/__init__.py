@@ -79,6 +79,8 @@ _LAZY = {
     "TrafficSplitter": "engine.project.splitters",
     "SplitterTarget": "engine.serving.splitter",
     "forwarded_scope": "engine.serving.splitter",
+    # BatchAPIs: their configuration (an Api, whose jobs' workers run its predictor; LoadedProject.batch_apis)
+    "BatchApi": "engine.project.batch",
     # hardware targets: the cores and devices shared among an API's worker processes
     "usable_cores": "engine.hardware",
     "THREAD_ENV_VARS": "engine.hardware",
@@ -135,6 +137,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers (`X as X`: re-exported)
     from engine.plugin_api import Service as Service
     from engine.plugin_api import Setting as Setting
     from engine.plugin_api import TensorSpec as TensorSpec
+    from engine.project.batch import BatchApi as BatchApi
     from engine.project.config import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
     from engine.project.config import Api as Api
     from engine.project.config import Models as Models

@@ -96,11 +96,15 @@ def _validate(args: argparse.Namespace, started: float) -> int:
     for warning in loaded.warnings:
         print(f"warning: {warning}")
     config_file = loaded.config_file
-    problems = check_imports(config_file, [api.name for api in loaded.apis], cpu, args.import_timeout)
+    names = [api.name for api in [*loaded.apis, *loaded.batch_apis]]
+    problems = check_imports(config_file, names, cpu, args.import_timeout)
     if problems:
         raise ConfigError("\n".join(f"{config_file}: api '{name}': {problem}" for name, problem in problems.items()))
     for api in loaded.apis:
         print(f"ok: api '{api.name}' ({api.predictor.type} predictor, {api.predictor.path}) at {api.endpoint}")
+    for batch_api in loaded.batch_apis:
+        print(f"ok: api '{batch_api.name}' (BatchAPI, {batch_api.predictor.type} predictor, "
+              f"{batch_api.predictor.path}) at {batch_api.endpoint}")
     for splitter in loaded.splitters:
         print(f"ok: api '{splitter.name}' (TrafficSplitter) at {splitter.endpoint}: {splitter.describe()}")
     return 0

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.project.predictor_class import load_class
 
     loaded = load_project(Path(args.config).parent, args.config, cpu=args.cpu, apis=[args.api])
-    api = loaded.apis[0]
+    api = [*loaded.apis, *loaded.batch_apis][0]
     pm = plugins.make_plugin_manager()
     plugins.setup_device(pm, api, process_index=0)  # sets what frameworks read at import (threads, visible devices)
     view = loaded.project.create_view()
