@@ -122,6 +122,17 @@ def test_a_python_batch_api_reads_with_cortexs_defaults(tmp_path):
     assert config.splitters == []
 
 
+def test_a_batch_apis_dump_has_cortexs_keys_only_and_validates_again(tmp_path):
+    path = tmp_path / "cortex.yaml"
+    path.write_text(batch_yaml("x", "p.py", "models: {paths: [{name: a, model_path: s3://b/a/}]}\nconfig: {k: 1}",
+                               "networking: {endpoint: jobs, api_gateway: none}\ncompute: {cpu: 1}", "onnx"))
+    (batch,) = read_config(path).batch_apis
+    dump = batch.model_dump()
+    assert list(dump) == ["name", "kind", "predictor", "compute", "networking"]
+    assert dump["networking"] == {"endpoint": "/jobs", "api_gateway": "none"}
+    assert BatchApi.model_validate(dump) == BatchApi.model_validate(batch.model_dump(mode="json")) == batch
+
+
 # Cortex's BatchAPI shapes: v0.25's test/batch/{image-classifier,onnx,tensorflow}, the networking section of its
 # configuration page, and v0.22–v0.24's python BatchAPI with models (and its model_path spelling).
 SHAPES = {

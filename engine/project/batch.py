@@ -4,13 +4,13 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from engine.project.config import Api
 from engine.project.config_errors import Rules
-from engine.project.sections import Networking
+from engine.project.sections import Autoscaling, Integer, Monitoring, Networking, UpdateStrategy
 
 KIND = "BatchAPI"
 KEYS = ("name", "kind", "predictor", "networking", "compute")  # Cortex's BatchAPI sections
@@ -18,11 +18,22 @@ NETWORKING_KEYS = ("endpoint", "api_gateway")
 _OTHER_KINDS_KEYS = frozenset({*Api.model_fields, *Networking.model_fields, "apis"})
 
 
+class BatchNetworking(Networking):
+    """A BatchAPI's `networking`: endpoint and api_gateway (local_port stays None, left out of a dump)."""
+
+    local_port: Integer | None = Field(default=None, exclude=True)
+
+
 class BatchApi(Api):
     """One BatchAPI of cortex.yaml: a predictor whose jobs' workers each run one batch at a time; `compute` is per
-    worker. The sections a BatchAPI lacks keep their defaults, so that whatever takes an Api takes a BatchApi."""
+    worker. The sections a BatchAPI lacks keep their defaults, so that whatever takes an Api takes a BatchApi; a dump
+    (model_dump) has Cortex's BatchAPI keys only, and validates again."""
 
     kind: Literal["BatchAPI"]
+    networking: BatchNetworking = Field(default_factory=BatchNetworking)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, exclude=True)
+    update_strategy: UpdateStrategy | None = Field(default=None, exclude=True)
+    monitoring: Monitoring | None = Field(default=None, exclude=True)
 
     @model_validator(mode="wrap")
     @classmethod
