@@ -1,0 +1,1 @@
+"""Cortex's BatchAPI: job submissions, their durable state, and the workers that run them."""
