@@ -109,14 +109,9 @@ class S3Store:
         """A boto3 S3 client; unsigned (public buckets) when no credentials are configured."""
         if self._client is None:
             try:
-                import boto3
-                from botocore import UNSIGNED
-                from botocore.config import Config
+                self._client = s3_client()
             except ImportError:
                 raise ModelError("s3:// model paths need boto3: pip install 'engine[s3]'") from None
-            session = boto3.session.Session()
-            config = Config(signature_version=UNSIGNED) if session.get_credentials() is None else None
-            self._client = session.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, config=config)
         return self._client
 
     def listing(self, location: str) -> tuple[list[FileEntry], bool] | None:
@@ -184,6 +179,18 @@ class S3Store:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
             objects += page.get("Contents", [])
         return objects
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client (usual credential chain, AWS_ENDPOINT_URL honoured; unsigned for public buckets when no
+    credentials are configured); ImportError without boto3."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    session = boto3.session.Session()
+    config = Config(signature_version=UNSIGNED) if session.get_credentials() is None else None
+    return session.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, config=config)
 
 
 def is_safe_relative(path: str) -> bool:
