@@ -15,6 +15,7 @@ LAYERS = [
     ("project", {"project"}),
     ("models", {"models"}),
     ("serving", {"serving"}),
+    ("jobs", {"jobs"}),
     ("top", {"app", "server", "cli", "openapi", "testing", "default_plugins", "__init__", "__main__"}),
 ]
 
