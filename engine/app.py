@@ -22,6 +22,10 @@ from starlette.types import Message, Receive, Scope, Send
 from engine import openapi, plugin_routes, plugins, tempdirs, tracebacks
 from engine import routes as server_routes
 from engine.errors import EngineError
+from engine.jobs.http import JobRoutes
+from engine.jobs.launchers import ProcessLauncher, WorkerLauncher
+from engine.jobs.service import JobService
+from engine.jobs.store import JobStore
 from engine.memory import settle_after_start_up
 from engine.project.files import enter_view, remove_view
 from engine.project.loading import LoadedProject, load_project
@@ -47,7 +51,8 @@ class AppState:
     """Everything one app serves; kept on `app.state.engine`."""
 
     def __init__(self, validated: LoadedProject, pm: plugins.PluginManager, on_fatal: Callable[[str], None],
-                 settings: ServeSettings, targets: Mapping[str, SplitterTarget] | None = None) -> None:
+                 settings: ServeSettings, targets: Mapping[str, SplitterTarget] | None = None,
+                 job_launcher: WorkerLauncher | None = None) -> None:
         self.project = validated.project
         self.apis = validated.apis
         self.environment = validated.environment
@@ -58,6 +63,11 @@ class AppState:
         self.backends: list[Backend] = [self._backend(api, settings) for api in validated.apis]
         self.admissions = [Admission(backend, self.metrics, settings, self) for backend in self.backends]
         self.splitters = serve_here(validated.splitters, self.admissions, self.metrics, targets)
+        self.job_store = JobStore(state_dir(settings, self.project.root)) if validated.batch_apis else None
+        self.jobs = [JobService(api, self.job_store, job_launcher or ProcessLauncher(),
+                                on_batch=self._job_batch_metrics(api.name)) for api in validated.batch_apis
+                     if self.job_store is not None]
+        self.loaded = validated
         self.guard = Guard(settings)
         self.services: list[Service] = []
         self.draining = False  # SIGTERM has come
@@ -73,6 +83,9 @@ class AppState:
                             shows_errors=settings.shows_errors)
         return WorkerGroup(api, self.pm, capacity=concurrent_predicts(api), settings=settings,
                            on_fatal=lambda message: self.on_fatal(message))
+
+    def _job_batch_metrics(self, api_name: str) -> Callable[[str, bool, float], None]:
+        return lambda job_id, ok, seconds: self.metrics.job_batch(api_name, job_id, ok, seconds)
 
     @property
     def ready(self) -> bool:
@@ -120,6 +133,10 @@ class AppState:
         os.environ.update(self.environment)
         enter_view(view, [api.predictor.python_path or "" for api in self.apis])
         self.init_task = asyncio.create_task(self._initialise(view))
+        portable = plugins.portable(self.pm)
+        for jobs in self.jobs:
+            await asyncio.to_thread(jobs.start, view, self.project.root, self.loaded.environment_for([jobs.api]),
+                                    portable)
         self.services = [service for answer in self.pm.hook.engine_services(served=self, settings=self.settings)
                          for service in answer or ()]
         for service in self.services:
@@ -158,6 +175,9 @@ class AppState:
         since = self.stopping_since or time.monotonic()
         left = max(1.0, self.settings.graceful_timeout - (time.monotonic() - since))
         await asyncio.gather(*(service.stop(grace=left) for service in self.services))
+        await asyncio.gather(*(asyncio.to_thread(jobs.close) for jobs in self.jobs))
+        if self.job_store is not None:
+            self.job_store.close()
         stops = {asyncio.ensure_future(backend.stop()): backend for backend in self.backends}
         _, busy = await asyncio.wait(stops, timeout=left)
         for task in busy:
@@ -176,7 +196,8 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
                settings: ServeSettings | None = None, pm: plugins.PluginManager | None = None,
                on_fatal: Callable[[str], None] | None = None, apis: list[str] | None = None,
                project: LoadedProject | None = None,
-               targets: Mapping[str, SplitterTarget] | None = None) -> EngineApp:
+               targets: Mapping[str, SplitterTarget] | None = None,
+               job_launcher: WorkerLauncher | None = None) -> EngineApp:
     """Validate the project and build its app, which any ASGI server can host.
 
     For example: `hypercorn "engine.app:create_app('.')"`. Without `settings`, the ENGINE_* environment variables
@@ -185,7 +206,8 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
     `project`, one that engine.load_project has loaded (its warnings are the caller's to say), is served instead of
     loading PROJECT_DIR (then project_dir, config_file and apis are not used). `targets` are the APIs served
     elsewhere that the project's TrafficSplitters may hand requests to (a distributed engine's, by API name); the
-    app serves each splitter whose APIs it has, here or there.
+    app serves each splitter whose APIs it has, here or there. `job_launcher` starts the workers of BatchAPI jobs
+    (local processes by default; a distributed engine's own, such as engine-ray's actors).
     """
     pm = pm or plugins.make_plugin_manager()
     settings = (settings or ServeSettings.load()).with_plugins(plugins.settings(pm))
@@ -194,7 +216,7 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
         for warning in project.warnings:
             log.warning("%s", warning)
     aliases = len(project.every_api) == 1
-    state = AppState(project, pm, on_fatal or _stop_process, settings, targets)
+    state = AppState(project, pm, on_fatal or _stop_process, settings, targets, job_launcher)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -271,7 +293,13 @@ def _api_paths(api: Api, aliases: bool) -> list[str]:
 
 def _routes(state: AppState) -> list[BaseRoute]:
     return [Route(server_routes.HEALTHZ_PATH, _healthz, methods=["GET"]),
-            Route(server_routes.READYZ_PATH, _readyz, methods=["GET"]), *plugin_routes.starlette_routes(state.pm)]
+            Route(server_routes.READYZ_PATH, _readyz, methods=["GET"]), *plugin_routes.starlette_routes(state.pm),
+            *(route for service in state.jobs for route in JobRoutes(service).routes())]
+
+
+def state_dir(settings: ServeSettings, project_root: Path) -> Path:
+    """Where BatchAPI jobs are kept: --state-dir, or PROJECT_DIR/.engine."""
+    return Path(settings.state_dir).resolve() if settings.state_dir else project_root / ".engine"
 
 
 async def _healthz(request: Request) -> Response:

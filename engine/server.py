@@ -152,5 +152,8 @@ def _announce(app: EngineApp, settings: ServeSettings, port: int, server: str) -
     for splitter in app.state.engine.splitters:
         log.info("TrafficSplitter '%s': POST %s%s to one of %s (SIGHUP re-reads the weights)", splitter.name, base,
                  splitter.endpoint, splitter.config.describe())
+    for jobs in app.state.engine.jobs:
+        log.info("BatchAPI '%s': jobs at %s%s (POST submits, GET ?jobID= is a job's status, DELETE ?jobID= stops "
+                 "it); kept in %s", jobs.api.name, base, jobs.api.endpoint, jobs.store.state_dir)
     for warning in describe(app.guard, settings):
         log.warning("%s", warning)

@@ -164,6 +164,9 @@ class ServeSettings:
                                                "given)", "SIZE")
     isolate: bool = _setting(False, boolean, "run the predictors of APIs with processes_per_replica: 1 in a "
                              "supervised worker process too, so that a crash there cannot end the server")
+    state_dir: str | None = _setting(None, optional_path, "where BatchAPI jobs are kept (a SQLite file, job logs, "
+                                     "dead letters), so that they survive a restart (default: PROJECT_DIR/.engine)",
+                                     "PATH")
     # --- security: docs/security.md
     api_key: tuple[str, ...] = _list("a key clients must send (Authorization: Bearer KEY, or X-Api-Key: KEY) to "
                                      "reach the APIs and /metrics; repeatable", "KEY")

@@ -79,6 +79,14 @@ class Metrics:
         self.shadow_copies = Counter("engine_splitter_shadow_copies", "Copies of requests for a TrafficSplitter's "
                                      "shadow API, by splitter, API and outcome: sent, or dropped because the shadow "
                                      "API had no free slot", ["splitter", "api", "outcome"], registry=registry)
+        # a BatchAPI's jobs, under Cortex v0.28's names and labels
+        self.job_batches_succeeded = Counter("cortex_batch_succeeded", "Batches of a BatchAPI job whose predict "
+                                             "returned", ["api_name", "job_id"], registry=registry)
+        self.job_batches_failed = Counter("cortex_batch_failed", "Attempts at a batch of a BatchAPI job whose predict "
+                                          "raised", ["api_name", "job_id"], registry=registry)
+        self.job_batch_seconds = Histogram("cortex_time_per_batch", "Time predict took for a batch of a BatchAPI "
+                                           "job that succeeded", ["api_name", "job_id"], buckets=_LATENCY_BUCKETS,
+                                           registry=registry)
 
     def render(self) -> bytes:
         """Every sample in Prometheus text format, summed over worker processes when there are any."""
@@ -95,6 +103,14 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def job_batch(self, api: str, job_id: str, ok: bool, seconds: float) -> None:
+        """Count one attempt at a job's batch."""
+        if ok:
+            self.job_batches_succeeded.labels(api, job_id).inc()
+            self.job_batch_seconds.labels(api, job_id).observe(seconds)
+        else:
+            self.job_batches_failed.labels(api, job_id).inc()
 
     def model_loaded(self, api: str, model: str, reload: bool, ok: bool, seconds: float) -> None:
         """Count one model version load."""

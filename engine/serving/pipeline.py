@@ -6,6 +6,7 @@ each worker process runs it for the requests the front hands over.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Coroutine, Mapping
@@ -21,9 +22,8 @@ from starlette.responses import JSONResponse, Response
 from engine import plugins
 from engine.errors import ModelError, PayloadError
 from engine.models import ModelRepository
-from engine.plugin_api import DescribesModels, LoadsUserModels, OperationContext
+from engine.plugin_api import DescribesModels, OperationContext
 from engine.project.config import Api
-from engine.project.predictor_class import load_class
 from engine.serving import parsing
 from engine.serving.backend import ApiRequest
 from engine.serving.batching import (
@@ -34,7 +34,7 @@ from engine.serving.batching import (
 )
 from engine.serving.eventloop import PredictorLoop
 from engine.serving.metrics import Metrics
-from engine.serving.predictor import Predictor
+from engine.serving.predictor import Predictor, attach_models, construct, open_models
 from engine.serving.streams import END, is_stream, stream_response
 from engine.tracebacks import public_text
 
@@ -98,28 +98,19 @@ class Pipeline:
         """Set up the device and models, build the client, run __init__, load the models."""
         api, ptype = self.api, self.ptype
         device = plugins.setup_device(self.pm, api, process_index=self.process_index)
-        if api.predictor.models is not None:
-            self.models = ModelRepository(
-                api.predictor.models, project_root, plugins.model_format(ptype, api, device), ptype.name,
-                poll_interval=self.model_poll_interval,
-                on_load=lambda model, reload, ok, seconds: self.metrics.model_loaded(api.name, model, reload, ok,
-                                                                                     seconds))
-            self.models.scan()
+        self.models = open_models(api, self.pm, device, project_root, self.model_poll_interval,
+                                  on_load=lambda model, reload, ok, seconds: self.metrics.model_loaded(
+                                      api.name, model, reload, ok, seconds))
         batching = self._batching()
         client_batching = batching if batching and ptype.client_batching else None
-        self.client = plugins.create_client(self.pm, api, device, self.models, client_batching)
-        predictor_class, methods = load_class(view, api, ptype)
-        predictor = Predictor.construct(predictor_class, methods, api.predictor.config, ptype.client_arg, self.client)
+        self.client, predictor = construct(api, self.pm, view, device, self.models, client_batching)
         if predictor.is_async:
             self._start_loop()  # now, rather than on the first request
         if self.models is not None:
-            if ptype.user_loads_models:
-                plugins.require(self.pm, ptype, self.client, LoadsUserModels, "user_loads_models")
-                load_model = predictor.instance.load_model
-                self.client.set_load_method((lambda path: self.loop.call(load_model(path)))
-                                            if predictor.async_load_model else load_model)
-            if self.models.cache_size is None:
-                self.models.preload()
+            load_model: Callable[[str], Any] | None = getattr(predictor.instance, "load_model", None)
+            if predictor.async_load_model:
+                load_model = functools.partial(_load_on_loop, self.loop, predictor.instance.load_model)
+            attach_models(api, self.pm, self.client, self.models, load_model)
             self.models.start_polling()
         if batching and not ptype.client_batching:
             run = (lambda items: self._on_loop(predictor.predict_batch_async(items))) if predictor.async_predict \
@@ -324,6 +315,11 @@ class Pipeline:
             log.exception("api '%s': post_predict failed", self.api.name)
         finally:
             _close_uploads(arguments)
+
+
+def _load_on_loop(loop: PredictorLoop, load_model: Callable[[str], Any], path: str) -> Any:
+    """An async load_model, run to its end on the predictor's event loop."""
+    return loop.call(load_model(path))
 
 
 def _predict_announced(arrivals: Arrivals, predictor: Predictor, arguments: dict[str, Any]) -> Any:

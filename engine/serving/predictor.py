@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from engine import plugins
 from engine.errors import PredictorLoadError
-from engine.project.predictor_class import Signature
+from engine.models import ModelRepository
+from engine.plugin_api import LoadsUserModels
+from engine.project.config import Api
+from engine.project.predictor_class import Signature, load_class
+from engine.serving.batching import Batching
+from engine.types import Device
 
 
 class Predictor:
@@ -28,11 +36,12 @@ class Predictor:
 
     @classmethod
     def construct(cls, predictor_class: type, methods: dict[str, Signature], config: dict[str, Any],
-                  client_arg: str, client: Any) -> Predictor:
-        """Run the user's __init__ with the declared arguments (config is a deep copy)."""
+                  client_arg: str, client: Any, job_spec: dict[str, Any] | None = None) -> Predictor:
+        """Run the user's __init__ with the declared arguments (config is a deep copy; job_spec is a BatchAPI
+        job's, None for a RealtimeAPI as in Cortex)."""
         init = methods.get("__init__", Signature((), frozenset()))
         declared = init.args
-        offered = {"config": copy.deepcopy(config), "job_spec": None}
+        offered = {"config": copy.deepcopy(config), "job_spec": job_spec}
         if client is not None:
             offered[client_arg] = client
         elif client_arg in declared and client_arg not in init.with_defaults:
@@ -76,3 +85,40 @@ def batch_results(results: Any, batch: list[Any]) -> list[Any]:
         raise ValueError(f"predict() returned {len(results)} results for a batch of {len(batch)} requests; with "
                          "server side batching it must return one result per request, in the order received")
     return results
+
+
+def open_models(api: Api, pm: plugins.PluginManager, device: Device, project_root: Path, poll_interval: float,
+                on_load: Callable[[str, bool, bool, float], None] | None = None) -> ModelRepository | None:
+    """The API's model repository, its models found (not loaded yet); None when the API has no models."""
+    if api.predictor.models is None:
+        return None
+    ptype = plugins.predictor_type(pm, api.predictor.type)
+    models = ModelRepository(api.predictor.models, project_root, plugins.model_format(ptype, api, device), ptype.name,
+                             poll_interval=poll_interval, on_load=on_load)
+    models.scan()
+    return models
+
+
+def construct(api: Api, pm: plugins.PluginManager, view: Path, device: Device, models: ModelRepository | None,
+              client_batching: Batching | None, job_spec: dict[str, Any] | None = None,
+              config: dict[str, Any] | None = None) -> tuple[Any, Predictor]:
+    """Build the API's client, import its class and run __init__ (with `config`, the API's by default): the client
+    and the predictor."""
+    ptype = plugins.predictor_type(pm, api.predictor.type)
+    client = plugins.create_client(pm, api, device, models, client_batching)
+    predictor_class, methods = load_class(view, api, ptype)
+    predictor = Predictor.construct(predictor_class, methods, api.predictor.config if config is None else config,
+                                    ptype.client_arg, client, job_spec)
+    return client, predictor
+
+
+def attach_models(api: Api, pm: plugins.PluginManager, client: Any, models: ModelRepository,
+                  load_model: Callable[[str], Any] | None) -> None:
+    """Hand the client the user's load_model (types whose predictors load their own models), then load every model
+    unless they are cached on demand."""
+    ptype = plugins.predictor_type(pm, api.predictor.type)
+    if ptype.user_loads_models:
+        plugins.require(pm, ptype, client, LoadsUserModels, "user_loads_models")
+        client.set_load_method(load_model)
+    if models.cache_size is None:
+        models.preload()

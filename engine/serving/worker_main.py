@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api", required=True, help="the API's name, for log lines")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    _die_with(args.parent)
+    die_with(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the front decides
     tracebacks.configure_logging(args.log_level, name=f"%(name)s[{args.api}:{args.index}]")
     if isinstance(sys.stdout, io.TextIOWrapper):  # not when something has replaced it
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_event_loop(_run(args.socket, args.index))
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     """Ask Linux to kill this worker if the front process dies without stopping it (e.g. SIGKILL, OOM)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
