@@ -179,7 +179,7 @@ class AppState:
         if self.job_store is not None:
             self.job_store.close()
         stops = {asyncio.ensure_future(backend.stop()): backend for backend in self.backends}
-        _, busy = await asyncio.wait(stops, timeout=left)
+        _, busy = await asyncio.wait(stops, timeout=left) if stops else (set(), set())
         for task in busy:
             task.cancel()
         if busy:

@@ -13,7 +13,13 @@ from starlette.routing import BaseRoute, Route
 
 from engine.jobs.service import JobService
 from engine.jobs.sources import check_paths, list_files
-from engine.jobs.submission import MAX_SUBMISSION_BYTES, JobError, parse_bool, parse_submission
+from engine.jobs.submission import (
+    MAX_SUBMISSION_BYTES,
+    NOT_CORTEX,
+    JobError,
+    parse_bool,
+    parse_submission,
+)
 
 REQUIRED_JOB_ID = JobError("endpoints.query_param_required", "query param required: jobID")
 
@@ -60,7 +66,12 @@ class JobRoutes:
         if body is None:
             return cortex_error(JobError("error", "http: request body too large"))
         dry_run = parse_bool(request.query_params.get("dryRun"))
-        submission = parse_submission(body)
+        try:
+            submission = parse_submission(body)
+        except JobError as error:
+            if dry_run and error.kind != NOT_CORTEX:  # a failed check (not the decoding): Cortex's dry run said it
+                return PlainTextResponse(f"\n{error.message}\n", status_code=400)
+            raise
         root = self.service.place.project_root if self.service.place else None
         assert root is not None, "the job API is routed once the service has started"
         if dry_run:
