@@ -35,6 +35,9 @@ class JobWorker:
             os.environ.update(start.environment)
             enter_view(start.view, [start.api.predictor.python_path or ""])
             tracebacks.register_view(start.view, start.project_root)
+            # Imports come from the view, but the job's relative input paths name files of the project directory
+            # itself, which may have been added since the view was made.
+            os.chdir(start.project_root)
             pm = plugins.from_portable(start.plugins)
             device = plugins.setup_device(pm, start.api, process_index=start.index)
             models = open_models(start.api, pm, device, start.project_root, poll_interval=0)
