@@ -1,4 +1,4 @@
-"""`engine serve | validate | plugins`."""
+"""`engine serve | validate | plugins | run | jobs`."""
 from __future__ import annotations
 
 import argparse
@@ -129,6 +129,33 @@ def _plugins(args: argparse.Namespace, started: float) -> int:
     return 1 if problems else 0
 
 
+def _run(args: argparse.Namespace, started: float) -> int:
+    from engine.jobs.client import json_object
+    from engine.jobs.foreground import RunOptions, run_job
+
+    config = None if args.job_config is None else json_object(args.job_config, "--config")
+    try:
+        return run_job(RunOptions(args.project_dir, args.config_file, args.api, args.items, args.batch_size,
+                                  args.workers, config, args.timeout, args.max_receive_count, args.state_dir))
+    except KeyboardInterrupt:  # before the job started (once it has, Ctrl+C stops it and run_job says so)
+        return 130
+
+
+def _jobs(args: argparse.Namespace, started: float) -> int:
+    from engine.jobs import client
+
+    jobs = client.JobClient(args.url, args.api_key, args.api)
+    if args.action == "submit":
+        config = None if args.job_config is None else client.json_object(args.job_config, "--config")
+        return client.submit(jobs, args.items, args.submission, args.batch_size, args.workers, config, args.timeout,
+                             args.max_receive_count, args.dry_run)
+    if args.action == "status":
+        return client.status(jobs, args.job_id)
+    if args.action == "stop":
+        return client.stop(jobs, args.job_id)
+    return client.list_jobs(jobs)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors said in one line and exit code 1 like every other start-up error."""
 
@@ -164,7 +191,52 @@ def _parser() -> argparse.ArgumentParser:
                                   parents=[log_level])
     plugins.add_argument("--all", action="store_true", help="list the built-in plugins too")
     plugins.set_defaults(command=_plugins)
+
+    run = commands.add_parser("run", help="run one job of a BatchAPI in the foreground, without a server",
+                              parents=[log_level])
+    run.add_argument("project_dir", nargs="?", default=".", metavar="PROJECT_DIR",
+                     help="the project directory (default: .)")
+    run.add_argument("-f", "--config-file", dest="config_file", metavar="CONFIG",
+                     help="the API configuration file (default: PROJECT_DIR/cortex.yaml)")
+    run.add_argument("--api", required=True, metavar="NAME", help="the BatchAPI")
+    run.add_argument("--items", required=True, metavar="FILE",
+                     help="the job's items: JSON values, one item each (JSON lines), streamed")
+    run.add_argument("--batch-size", type=int, default=1, metavar="N", help="items per batch (default: 1)")
+    _job_args(run, workers_default=1)
+    run.add_argument("--state-dir", metavar="DIR", help="keep the job's state, log and dead letters here (default: a "
+                                                        "temporary directory; the log is kept)")
+    run.set_defaults(command=_run)
+
+    jobs = commands.add_parser("jobs", help="submit, follow and stop the jobs of a running engine serve")
+    actions = jobs.add_subparsers(required=True, dest="action", metavar="ACTION")
+    server = _Parser(add_help=False, parents=[log_level])
+    server.add_argument("--url", help="the server (default: $ENGINE_URL or http://127.0.0.1:8888)")
+    server.add_argument("--api-key", help="sent as Authorization: Bearer KEY (default: $ENGINE_API_KEY)")
+    server.add_argument("api", metavar="API", help="the BatchAPI: its name, or its endpoint path")
+    submit = actions.add_parser("submit", help="submit a job; prints its JobSpec", parents=[server])
+    given = submit.add_mutually_exclusive_group(required=True)
+    given.add_argument("--items", metavar="FILE", help="the items: JSON values, one item each (sent as item_list)")
+    given.add_argument("--submission", metavar="FILE.json", help="a Cortex job submission (JSON) to send")
+    submit.add_argument("--batch-size", type=int, metavar="N", help="items per batch, with --items (default: 1)")
+    _job_args(submit, workers_default=None)
+    submit.add_argument("--dry-run", action="store_true", help="list the files the job would read, run nothing")
+    for action, text in (("status", "print a job's status"), ("stop", "stop a job")):
+        actions.add_parser(action, help=text, parents=[server]).add_argument("job_id", metavar="JOB_ID")
+    actions.add_parser("list", help="list the API's jobs, newest first", parents=[server])
+    jobs.set_defaults(command=_jobs)
     return parser
+
+
+def _job_args(parser: argparse.ArgumentParser, workers_default: int | None) -> None:
+    """A job's options, as a submission's keys."""
+    parser.add_argument("--workers", type=int, default=workers_default, metavar="N",
+                        help="worker processes, each with its own predictor (default: 1)")
+    parser.add_argument("--config", dest="job_config", metavar="JSON",
+                        help="the job's config (a JSON object), merged over predictor.config")
+    parser.add_argument("--timeout", type=int, metavar="SECONDS", help="end the job as status_timed_out after this")
+    parser.add_argument("--max-receive-count", type=int, metavar="N",
+                        help="attempts per batch before it is kept as failed (sqs_dead_letter_queue's; default: "
+                             "a failed batch is not retried)")
 
 
 def _plugin_settings() -> list[Setting]:
