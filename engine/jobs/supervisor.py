@@ -228,10 +228,8 @@ class JobRun:
                 self._end(WORKER_ERROR)
                 return
             elif isinstance(message, messages.Exited):
-                if not self._lost(index, message, start):
+                if not self._lost(index, message, start, completing == index):
                     return
-                if completing == index:
-                    completing = None
 
     def _next_event(self) -> tuple[int, messages.FromWorker] | None:
         """The next thing a worker said; None when the job must end here (halted, or its timeout has passed)."""
@@ -305,15 +303,19 @@ class JobRun:
                 file.write(json.dumps({"batch_id": claimed.batch_id, "attempts": claimed.attempts, "error": error,
                                        "items": json.loads(claimed.body)}) + "\n")
 
-    def _lost(self, index: int, exited: messages.Exited, start: dict[str, Any]) -> bool:
+    def _lost(self, index: int, exited: messages.Exited, start: dict[str, Any], completing: bool) -> bool:
         """A worker has gone: with max_receive_count its batch is retried by a new worker (an engine extension),
-        otherwise the job ends as a worker error, as in Cortex. True when the job goes on."""
+        otherwise the job ends as a worker error, as in Cortex. True when the job goes on.
+
+        A worker lost in __init__ or on_job_complete is a worker error even with max_receive_count: there is no
+        batch to retry, and a new worker would crash there again, forever."""
+        initializing = self.worker_states.get(index) == "initializing"
         self.worker_states[index] = "failed"
         self.workers.pop(index, None)
         how = f"exit_code={exited.code}" if exited.code is not None else exited.reason or "unknown reason"
         self.log(f"at least one worker had status failed and terminated ({how})", logging.ERROR)
         claimed = self.in_flight.pop(index, None)
-        if self.submission.dead_letter is None:
+        if self.submission.dead_letter is None or initializing or completing:
             self._end(WORKER_ERROR)
             return False
         if claimed is not None:
