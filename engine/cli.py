@@ -211,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     actions = jobs.add_subparsers(required=True, dest="action", metavar="ACTION")
     server = _Parser(add_help=False, parents=[log_level])
     server.add_argument("--url", help="the server (default: $ENGINE_URL or http://127.0.0.1:8888)")
-    server.add_argument("--api-key", help="sent as Authorization: Bearer KEY (default: $ENGINE_API_KEY)")
+    server.add_argument("--api-key", metavar="KEY", help="sent as Authorization: Bearer KEY (default: $ENGINE_API_KEY)")
     server.add_argument("api", metavar="API", help="the BatchAPI: its name, or its endpoint path")
     submit = actions.add_parser("submit", help="submit a job; prints its JobSpec", parents=[server])
     given = submit.add_mutually_exclusive_group(required=True)
@@ -230,7 +230,8 @@ def _parser() -> argparse.ArgumentParser:
 def _job_args(parser: argparse.ArgumentParser, workers_default: int | None) -> None:
     """A job's options, as a submission's keys."""
     parser.add_argument("--workers", type=int, default=workers_default, metavar="N",
-                        help="worker processes, each with its own predictor (default: 1)")
+                        help="worker processes, each with its own predictor (default: 1" +
+                             (")" if workers_default else ", or the --submission file's)"))
     parser.add_argument("--config", dest="job_config", metavar="JSON",
                         help="the job's config (a JSON object), merged over predictor.config")
     parser.add_argument("--timeout", type=int, metavar="SECONDS", help="end the job as status_timed_out after this")

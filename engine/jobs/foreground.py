@@ -7,8 +7,9 @@ FILE is a stream of JSON values (JSON lines; each value one item), read as Corte
 one: streamed, so memory stays flat however many items it holds. The job runs as `engine serve` runs one (the same
 supervisor, worker processes, retries and SQLite state); progress goes to stderr (a bar redrawn in place on a
 terminal, a plain line every few seconds otherwise), then the final status, batch_metrics and where the job's log
-is go to stdout. Exit status: 0 when every batch succeeded (status_succeeded), 130 after Ctrl+C (the job is
-stopped: status_stopped), 1 otherwise. On failure the end of the job's log is printed too.
+is go to stdout. Exit status: 0 when every batch succeeded (status_succeeded), 130 after Ctrl+C (143 after SIGTERM:
+the job is stopped, status_stopped, its workers killed), 1 otherwise; when the job did not succeed, the end of its
+log (the predictor's tracebacks) is printed to stderr too. -f names the configuration file (--config is the job's).
 
 Without --state-dir the job's state lives in a temporary directory removed at exit, and its log (and dead letters,
 with --max-receive-count) are first moved to the system's temporary directory as engine-run-<job_id>.log (and
