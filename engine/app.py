@@ -10,7 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,6 +27,7 @@ from engine.jobs.launchers import ProcessLauncher, WorkerLauncher
 from engine.jobs.service import JobService
 from engine.jobs.store import JobStore
 from engine.memory import settle_after_start_up
+from engine.models import ModelRepository
 from engine.project.files import enter_view, remove_view
 from engine.project.loading import LoadedProject, load_project
 from engine.serving.admission import Admission, ClientGone, body_or_refusal
@@ -60,14 +61,16 @@ class AppState:
         self.metrics = Metrics()
         self.on_fatal = on_fatal
         self.settings = settings
-        self.backends: list[Backend] = [self._backend(api, settings) for api in validated.apis]
+        self.backends: list[Backend] = [self.make_backend(api) for api in validated.apis]
         self.admissions = [Admission(backend, self.metrics, settings, self) for backend in self.backends]
+        self.targets = targets
         self.splitters = serve_here(validated.splitters, self.admissions, self.metrics, targets)
         self.job_store = JobStore(state_dir(settings, self.project.root)) if validated.batch_apis else None
         self.jobs = [JobService(api, self.job_store, job_launcher or ProcessLauncher(),
                                 on_batch=self._job_batch_metrics(api.name)) for api in validated.batch_apis
                      if self.job_store is not None]
         self.loaded = validated
+        self.openapi: dict[str, Any] = {}  # the OpenAPI document of what is served (EngineApp.route makes it)
         self.guard = Guard(settings)
         self.services: list[Service] = []
         self.draining = False  # SIGTERM has come
@@ -77,10 +80,13 @@ class AppState:
         self.view: Path | None = None
         self.init_task: asyncio.Task[None] | None = None
 
-    def _backend(self, api: Api, settings: ServeSettings) -> Backend:
+    def make_backend(self, api: Api, models: ModelRepository | None = None) -> Backend:
+        """The backend that serves `api`: its pipeline here, or worker processes (`models`: a pipeline's models to
+        take over, when it replaces one)."""
+        settings = self.settings
         if api.predictor.processes_per_replica == 1 and not settings.isolate:
             return Pipeline(api, self.pm, self.metrics, settings.model_poll_interval,
-                            shows_errors=settings.shows_errors)
+                            shows_errors=settings.shows_errors, models=models)
         return WorkerGroup(api, self.pm, capacity=concurrent_predicts(api), settings=settings,
                            on_fatal=lambda message: self.on_fatal(message))
 
@@ -215,7 +221,6 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
         project = load_project(project_dir, config_file, pm=pm, cpu=settings.cpu, apis=apis)
         for warning in project.warnings:
             log.warning("%s", warning)
-    aliases = len(project.every_api) == 1
     state = AppState(project, pm, on_fatal or _stop_process, settings, targets, job_launcher)
 
     @contextlib.asynccontextmanager
@@ -224,28 +229,35 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
         yield
         await state.stop()
 
-    guard = state.guard
-    paths_of = {api.name: _api_paths(api, aliases) for api in state.apis}
-    spec = openapi.document(state.apis, paths_of, pm, settings, state.project.root, bool(guard.keys),
-                            [splitter.config for splitter in state.splitters])
     routes = _routes(state)
     if not settings.no_docs:
-        routes.append(Route(server_routes.OPENAPI_PATH, lambda request: JSONResponse(spec), methods=["GET"]))
+        routes.append(Route(server_routes.OPENAPI_PATH, lambda request: JSONResponse(state.openapi),
+                            methods=["GET"]))
     starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     starlette.state.engine = state
-    return EngineApp(starlette, state, guard, paths_of)
+    return EngineApp(starlette, state, state.guard)
 
 
 class EngineApp:
     """The ASGI app: every request past the guard (engine.serving.security); API paths then go straight to their
     admission layer, everything else (server and plugin routes, 404s, the lifespan) through Starlette."""
 
-    def __init__(self, starlette: Starlette, state: AppState, guard: Guard, paths_of: dict[str, list[str]]) -> None:
+    def __init__(self, starlette: Starlette, state: AppState, guard: Guard) -> None:
         self.starlette = starlette
         self.state = starlette.state
         self.guard = guard
+        self.route(state)
+
+    def route(self, state: AppState) -> None:
+        """Map the paths of the APIs and splitters served now (again after engine serve --reload changed them), and
+        describe them in the OpenAPI document."""
+        aliases = len(state.loaded.every_api) == 1
+        paths_of = {admission.api.name: _api_paths(admission.api, aliases) for admission in state.admissions}
         self._api_paths = {path: admission for admission in state.admissions for path in paths_of[admission.api.name]}
         self._splitters = {splitter.endpoint: splitter for splitter in state.splitters}
+        state.openapi = openapi.document([admission.api for admission in state.admissions], paths_of, state.pm,
+                                         state.settings, state.project.root, bool(self.guard.keys),
+                                         [splitter.config for splitter in state.splitters])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

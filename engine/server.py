@@ -22,6 +22,7 @@ from engine.settings import ServeSettings
 if TYPE_CHECKING:
     from engine.app import EngineApp
     from engine.plugin_api import HttpServer
+    from engine.reload import Reloader
 
 log = logging.getLogger("engine")
 
@@ -90,13 +91,37 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
         state.drain()
         log.info("stopping: no new connections; requests in flight have %g s to finish", settings.graceful_timeout)
 
-    await server.serve(app, listener, settings, stop_when_asked)
+    reloader = _start_reloader(app, shutdown) if settings.reload else None
+    try:
+        await server.serve(app, listener, settings, stop_when_asked)
+    finally:
+        if reloader is not None:
+            reloader[1].cancel()
+            reloader[0].close()
     code = 1 if failures or not state.stopped_cleanly else 0
     if not state.stopped_cleanly:  # a thread that never returns would keep the interpreter from exiting
         tempdirs.remove_all()
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def _start_reloader(app: EngineApp, stop: asyncio.Event) -> tuple[Reloader, asyncio.Task[None]]:
+    """--reload: watch the project once its predictors have started."""
+    from engine.reload import Reloader
+
+    reloader = Reloader(app)
+    state = app.state.engine
+
+    async def watch() -> None:
+        while state.init_task is None:
+            await asyncio.sleep(0.02)
+        await asyncio.wait([state.init_task])
+        log.info("--reload: watching %s for changes (for development: each change rebuilds what it touches)",
+                 state.project.root)
+        await reloader.run(stop)
+
+    return reloader, asyncio.create_task(watch())
 
 
 def check_features(server: HttpServer, settings: ServeSettings) -> None:

@@ -164,6 +164,8 @@ class ServeSettings:
                                                "given)", "SIZE")
     isolate: bool = _setting(False, boolean, "run the predictors of APIs with processes_per_replica: 1 in a "
                              "supervised worker process too, so that a crash there cannot end the server")
+    reload: bool = _setting(False, boolean, "development: watch the project and rebuild the APIs whose files or "
+                            "configuration change, without dropping a request")
     state_dir: str | None = _setting(None, optional_path, "where BatchAPI jobs are kept (a SQLite file, job logs, "
                                      "dead letters), so that they survive a restart (default: PROJECT_DIR/.engine)",
                                      "PATH")

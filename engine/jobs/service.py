@@ -2,6 +2,7 @@
 jobs a previous engine left in progress resume when the service starts."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -45,6 +46,13 @@ class JobService:
             self.place.on_batch = self.on_batch
         for job in self.store.in_progress(self.api.name):
             self._run(job)
+
+    def update(self, api: BatchApi, view: Path | None) -> None:
+        """Run new jobs with this configuration of the API, and the project's code from `view` (engine serve
+        --reload); jobs under way keep what they started with."""
+        self.api, self.api_spec = api, _api_spec(api)
+        if self.place is not None:
+            self.place = dataclasses.replace(self.place, api=api, view=view or self.place.view)
 
     def close(self) -> None:
         """Kill the workers of the running jobs, leaving the jobs in progress for the next start to resume."""

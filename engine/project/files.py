@@ -105,6 +105,20 @@ class Project:
             elif Path(entry.path) != self.config_file and not self._hidden_file(relative, entry.name):
                 self.files.append(relative)
 
+    def watches(self, path: Path) -> bool:
+        """True when a change at `path` can change what is served: the configuration file, .cortexignore, .env, or a
+        file the project shows (or would show, for a new one)."""
+        if path == self.config_file:
+            return True
+        try:
+            relative = path.relative_to(self.root).as_posix()
+        except ValueError:
+            return False
+        parts = relative.split("/")
+        if any(self._hidden_dir("/".join(parts[:index + 1]), name) for index, name in enumerate(parts[:-1])):
+            return False
+        return relative == IGNORE_FILE or not self._hidden_file(relative, parts[-1])
+
     def has_file(self, relative: str) -> bool:
         """True when `relative` is a visible project file."""
         return _normalise(relative) in self._file_set

@@ -72,6 +72,10 @@ class Admission:
         self.max_body_size = settings.max_body_size
         self.max_in_flight = backend.api.autoscaling.max_replica_concurrency
         self.in_flight = 0
+        # Requests under way by the backend generation they began in: a replaced backend (engine serve --reload)
+        # stops once every request that may have reached it has ended.
+        self._generation = 0
+        self._under_way: dict[int, int] = {0: 0}
         self._gauge = metrics.child(metrics.in_flight, self.api.name)
         self._rejected = metrics.child(metrics.rejected, self.api.name)
         self._timeouts = metrics.child(metrics.timeouts, self.api.name)
@@ -82,23 +86,51 @@ class Admission:
         method = scope["method"]
         request_id = ensure_request_id(scope)
         held = [False]  # set while this request holds a concurrency slot to give back after its response
+        generation = self.begin()
         try:
-            response = await self._answer(method, scope, receive, held)
-        except ClientGone:
-            self._disconnects.inc()
-            routed = scope.get(ROUTED_KEY)
-            access_log.request(self.api.name, method, scope["path"], "client disconnected",
-                               time.perf_counter() - started, request_id, routed.shown if routed else "")
-            return
-        response.headers["x-request-id"] = request_id
-        if self.server.draining:
-            response.headers["connection"] = "close"  # no keep-alive request may arrive as the server goes
-        try:
-            await response(scope, receive, send)  # a stream is sent for as long as it lasts: its slot with it
+            try:
+                response = await self._answer(method, scope, receive, held)
+            except ClientGone:
+                self._disconnects.inc()
+                routed = scope.get(ROUTED_KEY)
+                access_log.request(self.api.name, method, scope["path"], "client disconnected",
+                                   time.perf_counter() - started, request_id, routed.shown if routed else "")
+                return
+            response.headers["x-request-id"] = request_id
+            if self.server.draining:
+                response.headers["connection"] = "close"  # no keep-alive request may arrive as the server goes
+            try:
+                await response(scope, receive, send)  # a stream is sent for as long as it lasts: its slot with it
+            finally:
+                if held[0]:
+                    self._release()
         finally:
-            if held[0]:
-                self._release()
+            self.end(generation)
         self._observe(method, scope["path"], response.status_code, started, request_id, scope.get(ROUTED_KEY))
+
+    def begin(self) -> int:
+        """Count a request (or a WebSocket message) under way in the current backend generation; that generation."""
+        generation = self._generation
+        self._under_way[generation] += 1
+        return generation
+
+    def end(self, generation: int) -> None:
+        """The request counted by begin() is over, its answer sent."""
+        self._under_way[generation] -= 1
+
+    async def replace(self, backend: Backend, poll: float = 0.02) -> Backend:
+        """Send new requests to `backend` (ready), wait until none that began before is under way, and return the
+        backend replaced, for the caller to stop."""
+        old, before = self.backend, self._generation
+        self._generation += 1
+        self._under_way[self._generation] = 0
+        self.backend, self.api = backend, backend.api
+        self.max_in_flight = backend.api.autoscaling.max_replica_concurrency
+        while any(count for generation, count in self._under_way.items() if generation <= before):
+            await asyncio.sleep(poll)
+        for generation in [generation for generation in self._under_way if generation <= before]:
+            del self._under_way[generation]
+        return old
 
     async def _answer(self, method: str, scope: Scope, receive: Receive, held: list[bool]) -> Response:
         if method not in API_METHODS:
@@ -172,6 +204,13 @@ class Admission:
         """A plugin's operation for one request, under the API's readiness, concurrency limit and deadline."""
         started = time.perf_counter()
         request_id = ensure_request_id(request.scope)
+        generation = self.begin()
+        try:
+            return await self._operate(operation, request, started, request_id)
+        finally:
+            self.end(generation)
+
+    async def _operate(self, operation: str, request: ApiRequest, started: float, request_id: str) -> Response:
         if not self.backend.ready:
             response = error_response(503, f"api '{self.api.name}' is not ready", headers={"Retry-After": RETRY_AFTER})
         else:

@@ -59,7 +59,7 @@ class Pipeline:
     """Initialises one API's predictor on its thread pool, then answers its predictions and summaries."""
 
     def __init__(self, api: Api, pm: plugins.PluginManager, metrics: Metrics, model_poll_interval: float,
-                 process_index: int = 0, shows_errors: bool = True) -> None:
+                 process_index: int = 0, shows_errors: bool = True, models: ModelRepository | None = None) -> None:
         self.api = api
         self.shows_errors = shows_errors  # a predictor exception's message in its 500 body (--expose-errors)
         self.pm = pm
@@ -85,7 +85,10 @@ class Pipeline:
         self.predictor: Predictor  # set by _initialise, before `ready`: no request reaches it sooner
         self.ready = False  # True once the predictor's __init__ has returned
         self.client: Any = None  # what the predictor type's create_client returned (None without one)
-        self.models: ModelRepository | None = None
+        # `models`: the loaded models of the pipeline this one replaces (engine serve --reload), still that one's
+        # to stop until the swap hands them over (owns_models)
+        self.models: ModelRepository | None = models
+        self.owns_models = models is None
         self.failure: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------------
@@ -98,9 +101,10 @@ class Pipeline:
         """Set up the device and models, build the client, run __init__, load the models."""
         api, ptype = self.api, self.ptype
         device = plugins.setup_device(self.pm, api, process_index=self.process_index)
-        self.models = open_models(api, self.pm, device, project_root, self.model_poll_interval,
-                                  on_load=lambda model, reload, ok, seconds: self.metrics.model_loaded(
-                                      api.name, model, reload, ok, seconds))
+        if self.models is None:
+            self.models = open_models(api, self.pm, device, project_root, self.model_poll_interval,
+                                      on_load=lambda model, reload, ok, seconds: self.metrics.model_loaded(
+                                          api.name, model, reload, ok, seconds))
         batching = self._batching()
         client_batching = batching if batching and ptype.client_batching else None
         self.client, predictor = construct(api, self.pm, view, device, self.models, client_batching)
@@ -111,7 +115,8 @@ class Pipeline:
             if predictor.async_load_model:
                 load_model = functools.partial(_load_on_loop, self.loop, predictor.instance.load_model)
             attach_models(api, self.pm, self.client, self.models, load_model)
-            self.models.start_polling()
+            if self.owns_models:
+                self.models.start_polling()
         if batching and not ptype.client_batching:
             run = (lambda items: self._on_loop(predictor.predict_batch_async(items))) if predictor.async_predict \
                 else (lambda items: self._on_pool(predictor.predict_batch, items))
@@ -135,7 +140,7 @@ class Pipeline:
 
     def _drain(self) -> None:
         self.pool.shutdown(wait=True)
-        if self.models is not None:
+        if self.models is not None and self.owns_models:
             self.models.stop()
         if self._loop is not None:
             self._loop.stop()

@@ -51,6 +51,14 @@ async def serve_websocket(admission: Admission, scope: Scope, receive: Receive, 
 
 
 async def _answer(admission: Admission, scope: Scope, message: Message, send: Send) -> None:
+    generation = admission.begin()
+    try:
+        await _answer_counted(admission, scope, message, send)
+    finally:
+        admission.end(generation)
+
+
+async def _answer_counted(admission: Admission, scope: Scope, message: Message, send: Send) -> None:
     started = time.perf_counter()
     body, content_type = _payload(message)
     request = {**scope, "type": "http", "method": "POST", "query_string": scope.get("query_string", b""),
