@@ -1,4 +1,4 @@
-"""`engine serve | validate | plugins | run | jobs`."""
+"""`engine serve | validate | predict | plugins | run | jobs`."""
 from __future__ import annotations
 
 import argparse
@@ -110,6 +110,17 @@ def _validate(args: argparse.Namespace, started: float) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace, started: float) -> int:
+    from engine.predict_once import PredictOptions, predict_once
+
+    options = PredictOptions(args.project_dir, args.config_file, args.api, args.data, args.content_type, args.include,
+                             tuple(args.header), tuple(args.query))
+    try:
+        return predict_once(options, settings.ServeSettings.load(vars(args)))
+    except KeyboardInterrupt:
+        return 130
+
+
 def _plugins(args: argparse.Namespace, started: float) -> int:
     from engine import plugins
 
@@ -186,6 +197,24 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--import-timeout", type=float, default=120.0, metavar="SECONDS",
                           help="how long importing each predictor module may take (default: 120)")
     validate.set_defaults(command=_validate)
+
+    predict = commands.add_parser("predict", help="make one prediction in this process, without a server",
+                                  parents=[log_level])
+    _project_args(predict)
+    predict.add_argument("--api", metavar="NAME", help="the RealtimeAPI (needed when there are several)")
+    predict.add_argument("-d", "--data", metavar="DATA",
+                         help="the request body: inline JSON, @FILE or - (standard input) (default: PROJECT_DIR/"
+                              "sample.json)")
+    predict.add_argument("--content-type", metavar="TYPE",
+                         help="the body's Content-Type (default: application/json, or by @FILE's extension)")
+    predict.add_argument("-i", "--include", action="store_true",
+                         help="print the status line and headers before the body, as curl -i")
+    predict.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                         help="a request header (repeatable)")
+    predict.add_argument("--query", action="append", default=[], metavar="NAME=VALUE",
+                         help="a query parameter (repeatable)")
+    settings.add_arguments(predict, ("cpu",))
+    predict.set_defaults(command=_predict)
 
     plugins = commands.add_parser("plugins", help="list installed plugins, their versions and hooks",
                                   parents=[log_level])

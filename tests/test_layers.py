@@ -16,7 +16,8 @@ LAYERS = [
     ("models", {"models"}),
     ("serving", {"serving"}),
     ("jobs", {"jobs"}),
-    ("top", {"app", "server", "cli", "openapi", "testing", "default_plugins", "reload", "__init__", "__main__"}),
+    ("top", {"app", "server", "cli", "openapi", "testing", "default_plugins", "reload", "predict_once", "__init__",
+             "__main__"}),
 ]
 
 
