@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import os
 import time
 from typing import Any
-
-import orjson
 
 from engine import plugins, tracebacks
 from engine.errors import EngineError
@@ -60,7 +59,9 @@ class JobWorker:
         assert self.predictor is not None, "start() comes first"
         started = time.perf_counter()
         try:
-            result = self.predictor.predict({"payload": orjson.loads(batch.body), "batch_id": batch.batch_id})
+            # json, as Cortex's worker: orjson turns integers over 64 bits into floats and refuses lone surrogates
+            payload = json.loads(batch.body)
+            result = self.predictor.predict({"payload": payload, "batch_id": batch.batch_id})
             if inspect.isawaitable(result):
                 self._await(result)
             return messages.BatchDone(batch.batch_id, time.perf_counter() - started)
