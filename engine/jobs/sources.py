@@ -24,7 +24,7 @@ from engine.jobs.submission import (
 )
 from engine.models.stores import s3_client
 
-READ_CHUNK_BYTES = 32 << 20  # how much of a delimited file is read at a time (Cortex's S3 range size)
+READ_CHUNK_BYTES = 1 << 20  # how much of a delimited file is read at a time (Cortex: 32 MiB; less keeps memory flat)
 
 INVALID_S3_PATH = "aws.invalid_s3_path"
 INVALID_LOCAL_PATH = "batchapi.invalid_local_path"  # engine's: Cortex read S3 only

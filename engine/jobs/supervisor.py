@@ -99,7 +99,7 @@ class JobLog:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         with open(self.path, "a", encoding="utf-8") as file:
             file.write(f"{stamp} {logging.getLevelName(level)} {line}\n")
-        log.log(level, "%s: %s", self.prefix, line.splitlines()[0] if line else line)
+        log.log(level, "%s: %s", self.prefix, line)
 
 
 class JobRun:
@@ -196,7 +196,9 @@ class JobRun:
             self._launch(start)
         completing: int | None = None  # the worker running on_job_complete
         while True:
-            if completing is None and not self.in_flight and self._all_settled():
+            # the job's status too: a Stop recorded while the last batch settled must not start on_job_complete
+            if completing is None and not self.in_flight and self._all_settled() and not self._halt.is_set() \
+                    and self._job().in_progress:
                 completing = next((index for index, state in self.worker_states.items() if state == "running"),
                                   None)
                 if completing is not None:
