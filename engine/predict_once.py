@@ -85,6 +85,9 @@ def predict_once(options: PredictOptions, settings: ServeSettings | None = None)
         enter_view(view, [api.predictor.python_path or ""])
         with contextlib.redirect_stdout(sys.stderr), _ErrorsLogged() as errors:
             status = run_event_loop(_predict(pipeline, view, loaded, request, options.include, out, err, errors))
+    except BrokenPipeError:  # the output's reader has left (`| head`): stopped there, as for a client that leaves
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # so that nothing is flushed into it at exit
+        return 1
     finally:
         os.chdir(here)
         remove_view(view)

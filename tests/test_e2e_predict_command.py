@@ -293,6 +293,21 @@ def test_a_stream_is_printed_as_it_comes(tmp_path):
     assert json.loads(out.read_text()) == ["first\n", "second"]
 
 
+def test_a_reader_that_leaves_stops_the_stream(tmp_path):
+    go, out = tmp_path / "go", tmp_path / "items.json"
+    project = write_project(tmp_path / "project", {
+        "cortex.yaml": api_yaml("stream", predictor_extra=f"config:\n  go: {go}\n  out: {out}"),
+        "predictor.py": STREAM})
+    with subprocess.Popen([sys.executable, "-m", "engine", "predict", str(project), "-d", '"text"'],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline() == b"first\n"
+        process.stdout.close()  # as `| head -n 1` does
+        go.touch()
+        assert process.wait(timeout=60) == 1
+        assert b"BrokenPipeError" not in process.stderr.read()
+
+
 def test_a_stream_that_fails_midway_exits_1(tmp_path):
     go, out = tmp_path / "go", tmp_path / "items.json"
     project = write_project(tmp_path / "project", {
