@@ -205,18 +205,18 @@ def job_ids(server: Server, api: str) -> list[str]:
 
 def test_image_classifier_python_predictor_reads_and_writes_s3(server, s3):
     client, _ = s3
-    client.create_bucket(Bucket="inputs")
-    client.create_bucket(Bucket="results")
+    inputs, results = f"inputs-{uuid.uuid4().hex[:8]}", f"results-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=inputs)
+    client.create_bucket(Bucket=results)
     expected = {}
     for index in range(7):
         pixels = rng.integers(0, 100, size=(4, 4, 3), dtype=np.uint8)
         pixels[..., index % 3] += 120  # the dominant channel is the class
-        url = f"s3://inputs/images/img_{index}.rgb"
-        client.put_object(Bucket="inputs", Key=f"images/img_{index}.rgb", Body=pixels.tobytes())
-        expected[url] = ["red", "green", "blue"][index % 3] + "-job"
-    client.put_object(Bucket="inputs", Key="images/img_notes.txt", Body=b"not an image")  # excluded
-    client.put_object(Bucket="inputs", Key="images/other.rgb", Body=b"\0\0\0")  # not under the prefix
-    source = {"s3_paths": ["s3://inputs/images/img"], "excludes": ["**.txt"], "batch_size": 3}
+        client.put_object(Bucket=inputs, Key=f"images/img_{index}.rgb", Body=pixels.tobytes())
+        expected[f"s3://{inputs}/images/img_{index}.rgb"] = ["red", "green", "blue"][index % 3] + "-job"
+    client.put_object(Bucket=inputs, Key="images/img_notes.txt", Body=b"not an image")  # excluded
+    client.put_object(Bucket=inputs, Key="images/other.rgb", Body=b"\0\0\0")  # not under the prefix
+    source = {"s3_paths": [f"s3://{inputs}/images/img"], "excludes": ["**.txt"], "batch_size": 3}
 
     dry = server.client.post("/image-classifier", params={"dryRun": "true"},
                              json={"workers": 2, "file_path_lister": source})
@@ -225,21 +225,21 @@ def test_image_classifier_python_predictor_reads_and_writes_s3(server, s3):
 
     spec = submit(server, "image-classifier", {
         "workers": 2, "file_path_lister": source,
-        "config": {"dest_s3_dir": "s3://results/out", "labels": {"suffix": "-job"}}})
-    assert spec["total_batch_count"] == 0 and spec["config"] == {"dest_s3_dir": "s3://results/out",
+        "config": {"dest_s3_dir": f"s3://{results}/out", "labels": {"suffix": "-job"}}})
+    assert spec["total_batch_count"] == 0 and spec["config"] == {"dest_s3_dir": f"s3://{results}/out",
                                                                  "labels": {"suffix": "-job"}}
     status = wait_final(server, "image-classifier", spec["job_id"])
     assert status["status"] == "status_succeeded", job_log(server, "image-classifier", spec["job_id"])
     assert status["total_batch_count"] == 3 and status["batch_metrics"]["succeeded"] == 3
 
     prefix = f"out/{spec['job_id']}/"
-    keys = [obj["Key"] for obj in client.list_objects_v2(Bucket="results", Prefix=prefix)["Contents"]]
+    keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=results, Prefix=prefix)["Contents"]]
     batch_files = [key for key in keys if not key.endswith("aggregated_results.json")]
     assert len(batch_files) == 3 and prefix + "aggregated_results.json" in keys
     per_batch = [result for key in batch_files
-                 for result in json.loads(client.get_object(Bucket="results", Key=key)["Body"].read())]
+                 for result in json.loads(client.get_object(Bucket=results, Key=key)["Body"].read())]
     assert {result["url"]: result["class"] for result in per_batch} == expected
-    aggregated = json.loads(client.get_object(Bucket="results", Key=prefix + "aggregated_results.json")["Body"].read())
+    aggregated = json.loads(client.get_object(Bucket=results, Key=prefix + "aggregated_results.json")["Body"].read())
     assert sorted(aggregated, key=lambda r: r["url"]) == sorted(per_batch, key=lambda r: r["url"])
 
 
@@ -549,6 +549,13 @@ def test_a_bad_submission_is_refused_in_cortex_words_and_creates_no_job(server, 
     assert response.status_code == 400
     assert response.json() == {"kind": kind, "message": message}
     assert job_ids(server, "probe") == before
+
+
+def test_a_dry_run_that_fails_a_check_answers_text(server):
+    response = server.client.post("/probe?dryRun=true", json={
+        "workers": 1, "file_path_lister": {"s3_paths": ["no-such-dir/"], "batch_size": 1}})
+    assert response.status_code == 400 and response.headers["content-type"].startswith("text/plain")
+    assert response.text == "\nfile_path_lister: no s3 files match search criteria\n"
 
 
 def test_unknown_job_and_missing_job_id(server):

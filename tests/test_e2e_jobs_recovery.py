@@ -145,6 +145,32 @@ def test_with_max_receive_count_a_killed_worker_is_replaced_and_its_batch_retrie
     assert complete["pid"] != killed
 
 
+@pytest.mark.parametrize("dead_letter_queue", [None, DEAD_LETTER_QUEUE], ids=["no-dlq", "dlq"])
+def test_an_idle_worker_killed(server, probe_dir, dead_letter_queue):
+    """Without max_receive_count any lost worker is a worker error (Cortex); with it an idle one is replaced."""
+    job_id = submit(server, {"workers": 2, "config": {"dir": str(probe_dir)},
+                             "item_list": {"items": [{"id": "busy", "do": "block"}, {"id": 1}], "batch_size": 1},
+                             "sqs_dead_letter_queue": dead_letter_queue})
+    busy = blocked_pid(probe_dir, "busy")
+
+    def other_idle() -> bool:  # ready, and its batch recorded as done: it holds nothing
+        status = job_status(server, job_id)
+        return status["worker_counts"]["running"] == 2 and status["batch_metrics"]["succeeded"] == 1
+
+    wait_for(other_idle, "the other worker idle", timeout=60)
+    (idle,) = {init["pid"] for init in markers(probe_dir, "init")} - {busy}
+    os.kill(idle, signal.SIGKILL)
+    if dead_letter_queue is None:
+        assert wait_final(server, job_id, state_of(server))["status"] == "status_worker_error"
+        wait_for(lambda: not alive(busy), "the other worker killed", timeout=60)
+        return
+    wait_for(lambda: "replacing worker" in job_log(state_of(server), job_id), "the idle worker replaced", timeout=60)
+    (probe_dir / "gate-busy").touch()
+    status = wait_final(server, job_id, state_of(server))
+    assert status["status"] == "status_succeeded", job_log(state_of(server), job_id)
+    assert all(len(payloads) == 1 for payloads in attempts_by_batch(probe_dir).values())
+
+
 @pytest.mark.parametrize("crash", ["init_kill", "complete_kill"])
 def test_with_max_receive_count_a_worker_that_crashes_outside_a_batch_is_a_worker_error(server, probe_dir, crash):
     """A crash in __init__ or on_job_complete is not a batch's to retry: replacing the worker would crash again."""
