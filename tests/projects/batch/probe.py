@@ -47,6 +47,7 @@ class PythonPredictor:
             claim(self.dir, "killed-init", {"pid": os.getpid()})
             os.kill(os.getpid(), signal.SIGKILL)
         write(self.dir / f"init-{os.getpid()}.json", {"config": config, "job_spec": job_spec, "pid": os.getpid()})
+        print(f"probe ready in process {os.getpid()}")  # a worker's output goes to the job's log
 
     def predict(self, payload, batch_id):
         attempt = claim(self.dir, f"attempt-{batch_id}", {"payload": payload, "pid": os.getpid()})
