@@ -81,6 +81,22 @@ _LAZY = {
     "forwarded_scope": "engine.serving.splitter",
     # BatchAPIs: their configuration (an Api, whose jobs' workers run its predictor; LoadedProject.batch_apis)
     "BatchApi": "engine.project.batch",
+    # their jobs' workers run elsewhere (create_app(job_launcher=...), as engine-ray's actors): the launcher it takes,
+    # the worker's logic, and the messages a job's supervisor and its workers exchange
+    "WorkerLauncher": "engine.jobs.launchers",
+    "WorkerHandle": "engine.jobs.launchers",
+    "JobWorker": "engine.jobs.worker",
+    "Start": "engine.jobs.messages",
+    "RunBatch": "engine.jobs.messages",
+    "Complete": "engine.jobs.messages",
+    "Stop": "engine.jobs.messages",
+    "Ready": "engine.jobs.messages",
+    "StartFailed": "engine.jobs.messages",
+    "BatchDone": "engine.jobs.messages",
+    "Completed": "engine.jobs.messages",
+    "Exited": "engine.jobs.messages",
+    "ToWorker": "engine.jobs.messages",
+    "FromWorker": "engine.jobs.messages",
     # hardware targets: the cores and devices shared among an API's worker processes
     "usable_cores": "engine.hardware",
     "THREAD_ENV_VARS": "engine.hardware",
@@ -118,6 +134,20 @@ if TYPE_CHECKING:  # the lazy names, for type checkers (`X as X`: re-exported)
     from engine.hardware import VisibleDevices as VisibleDevices
     from engine.hardware import share_cores as share_cores
     from engine.hardware import usable_cores as usable_cores
+    from engine.jobs.launchers import WorkerHandle as WorkerHandle
+    from engine.jobs.launchers import WorkerLauncher as WorkerLauncher
+    from engine.jobs.messages import BatchDone as BatchDone
+    from engine.jobs.messages import Complete as Complete
+    from engine.jobs.messages import Completed as Completed
+    from engine.jobs.messages import Exited as Exited
+    from engine.jobs.messages import FromWorker as FromWorker
+    from engine.jobs.messages import Ready as Ready
+    from engine.jobs.messages import RunBatch as RunBatch
+    from engine.jobs.messages import Start as Start
+    from engine.jobs.messages import StartFailed as StartFailed
+    from engine.jobs.messages import Stop as Stop
+    from engine.jobs.messages import ToWorker as ToWorker
+    from engine.jobs.worker import JobWorker as JobWorker
     from engine.jsoncodec import json_dumps as json_dumps
     from engine.jsoncodec import json_loads as json_loads
     from engine.models import FileEntry as FileEntry
