@@ -15,7 +15,7 @@ from ray import serve
 from ray.serve.schema import ReplicaState
 
 from engine import EngineError, LoadedProject, ServeSettings, load_project
-from engine_ray import cluster, mapping, splitter
+from engine_ray import cluster, jobs, mapping, splitter
 from engine_ray.project import read_keys
 from engine_ray.replica import EngineReplica, ReplicaSpec
 
@@ -25,6 +25,8 @@ FRONT_APP = "engine.server"  # the server routes of a project of several APIs ('
 POLL = 0.5  # seconds between looks at Serve's status while deploying and deleting
 WATCH = 2.0  # seconds between looks while serving
 STOP_MARGIN = 10.0  # seconds allowed beyond --graceful-timeout for the applications to be deleted
+HEAD_NODE = "node:__internal_head__"  # the resource only Ray's head node has
+JOB_API_CONCURRENCY = 100  # requests a BatchAPI's replica takes at once (submissions, status, stop: no predict)
 
 
 def serve_on_ray(project_dir: Path, config_file: Path | None, settings: ServeSettings) -> int:
@@ -36,7 +38,8 @@ def serve_on_ray(project_dir: Path, config_file: Path | None, settings: ServeSet
     keys = read_keys(settings)
     # The warnings of engine serve on this machine (what it leaves unapplied, APIs sharing a process) are Ray's to say.
     for warning in [warning.message for warning in project.warnings if not warning.local] + \
-            [line for api in project.apis for line in mapping.api_warnings(api)] + mapping.settings_warnings(settings):
+            [line for api in [*project.apis, *project.batch_apis] for line in mapping.api_warnings(api)] + \
+            mapping.settings_warnings(settings):
         log.warning("%s", warning)
     started = time.monotonic()
     working_dir = cluster.connect(settings, project.project.root)
@@ -46,6 +49,7 @@ def serve_on_ray(project_dir: Path, config_file: Path | None, settings: ServeSet
     deployment = Deployment(project, settings, keys, local, working_dir)
     try:
         cluster.check_placement(project.apis, settings.cpu, local)
+        jobs.check_workers(list(project.batch_apis), settings.cpu, local)
         deployment.start()
         if deployment.wait_running(stop, settings.worker_init_timeout):
             log.info("ready in %.1f s: every API's replicas have finished __init__", time.monotonic() - started)
@@ -75,6 +79,9 @@ class Deployment:
         if not single:
             self.routes[FRONT_APP] = "/"
         self.routes.update((splitter.name, splitter.endpoint) for splitter in project.splitters)
+        self.routes.update((api.name, api.endpoint) for api in project.batch_apis)
+        # a BatchAPI's jobs (SQLite, logs, dead letters) are kept on the head node, where its replica runs
+        self.state_dir = str(Path(settings.state_dir or project.project.root / ".engine").resolve())
         self.started_serve = False
         self.collector: Any = None
         self.deployed: list[str] = []
@@ -96,7 +103,7 @@ class Deployment:
     def _application(self, name: str) -> Any:
         """One application: EngineReplica with the API's options, or the server routes on no resources."""
         settings = mapping.replica_settings(self.settings, self.keys)
-        apps = {api.name: api.name for api in self.project.apis}
+        apps = {api.name: api.name for api in [*self.project.apis, *self.project.batch_apis]}
         working_dir = self.working_dir
         root = self.project.project.root
         spec = ReplicaSpec(config_name=self.project.config_file.name, settings=settings, api=None, apps=apps,
@@ -110,6 +117,16 @@ class Deployment:
                                       max_ongoing_requests=splitter.max_ongoing(config, self.project.apis),
                                       graceful_shutdown_timeout_s=self.settings.graceful_timeout,
                                       logging_config=logging_config).bind(dataclasses.replace(spec, splitter=name))
+        batch = next((api for api in self.project.batch_apis if api.name == name), None)
+        if batch is not None:  # a BatchAPI: one replica on the head node, supervising its jobs' worker actors
+            actor = {"num_cpus": 0, "runtime_env": {"working_dir": working_dir}, "resources": {HEAD_NODE: 0.001}}
+            logging_config = {"log_level": self.settings.log_level.upper(), "enable_access_log": False}
+            return deployment.options(name=name, num_replicas=1, ray_actor_options=actor,
+                                      max_ongoing_requests=JOB_API_CONCURRENCY,
+                                      graceful_shutdown_timeout_s=self.settings.graceful_timeout,
+                                      logging_config=logging_config).bind(
+                dataclasses.replace(spec, api=name, settings=settings.replace(state_dir=self.state_dir),
+                                    working_dir=working_dir, environment=self.project.environment_for([batch])))
         if name == FRONT_APP:
             actor = {"num_cpus": 0, "runtime_env": {"working_dir": working_dir}}
             logging_config = {"log_level": self.settings.log_level.upper(), "enable_access_log": False}
@@ -156,6 +173,10 @@ class Deployment:
         for config in self.project.splitters:
             log.info("TrafficSplitter '%s': POST %s%s to one of %s, on Ray Serve", config.name, base,
                      config.endpoint, config.describe())
+        for batch in self.project.batch_apis:
+            log.info("BatchAPI '%s': jobs at %s%s (POST submits, GET ?jobID= is a job's status, DELETE ?jobID= stops "
+                     "it) on Ray Serve, each job's workers Ray actors; kept in %s on the head node", batch.name, base,
+                     batch.endpoint, self.state_dir)
         log.info("/healthz, /readyz and /metrics at %s answer for the whole project", base)
 
     def watch(self, stop: threading.Event) -> None:

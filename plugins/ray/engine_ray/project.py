@@ -9,6 +9,7 @@ from engine import ServeSettings, load_keys
 IGNORE_FILE = ".cortexignore"
 # engine serves the files .gitignore lists (models, often); Ray would leave them out of an uploaded working_dir.
 IGNORE_GITIGNORE_ENV = "RAY_RUNTIME_ENV_IGNORE_GITIGNORE"
+STATE_DIR = "/.engine"  # where engine serve keeps BatchAPI jobs unless --state-dir says otherwise
 
 
 def excludes(root: Path) -> list[str]:
@@ -20,9 +21,9 @@ def excludes(root: Path) -> list[str]:
 
 def job_runtime_env(root: Path) -> dict:
     """For a cluster: the project folder, uploaded when the driver joins (Ray uploads folders only then), its ignored
-    files left out."""
+    files and BatchAPI jobs' default state folder (kept on the head node, never read by a predictor) left out."""
     os.environ[IGNORE_GITIGNORE_ENV] = "1"
-    return {"working_dir": str(root), "excludes": excludes(root)}
+    return {"working_dir": str(root), "excludes": [*excludes(root), STATE_DIR]}
 
 
 def read_keys(settings: ServeSettings) -> tuple[str, ...]:

@@ -50,6 +50,7 @@ class ReplicaSpec:
     # (not Ray's env_vars, which would expand a `$` the project's .env kept literal)
     environment: dict[str, str] = field(default_factory=dict, repr=False)
     splitter: str | None = None  # a TrafficSplitter's replica (api is None): the splitter's name
+    working_dir: str | None = None  # a BatchAPI's replica: the runtime_env working_dir of its jobs' worker actors
 
     def auth(self) -> list[tuple[bytes, bytes]]:
         """The header that opens /metrics when keys are required."""
@@ -86,7 +87,16 @@ class EngineReplica:
         project = load_project(project_dir, os.path.join(project_dir, spec.config_name), cpu=settings.cpu,
                                apis=None if spec.api is None else [spec.api])
         project.environment = dict(spec.environment)
-        app = create_app(settings=settings, on_fatal=self._on_fatal, project=project)
+        launcher = None
+        if spec.api is None:  # the BatchAPIs' job routes and state are their own replicas'
+            project = dataclasses.replace(project, batch_apis=[])
+        elif project.batch_apis:  # a BatchAPI: its jobs' workers are Ray actors
+            from engine_ray.jobs import RayLauncher
+
+            assert spec.working_dir is not None, "the driver gives a BatchAPI's replica its workers' working_dir"
+            launcher = RayLauncher(project.batch_apis[0], settings.cpu, spec.working_dir, spec.project_dir,
+                                   spec.config_name, dict(spec.environment), settings.log_level)
+        app = create_app(settings=settings, on_fatal=self._on_fatal, project=project, job_launcher=launcher)
         if spec.api is not None:
             self.lifespan = lifespan = Lifespan(app)
             await lifespan.start()
@@ -100,7 +110,7 @@ class EngineReplica:
         settings = dataclasses.replace(spec.settings, cpu=True)
         project = load_project(project_dir, os.path.join(project_dir, spec.config_name), cpu=True)
         config = next(splitter for splitter in project.splitters if splitter.name == spec.splitter)
-        served = dataclasses.replace(project, apis=[], splitters=[config], environment={})
+        served = dataclasses.replace(project, apis=[], splitters=[config], environment={}, batch_apis=[])
         app = create_app(settings=settings, on_fatal=self._on_fatal, project=served,
                          targets=splitter.targets(config, project.apis, spec.apps))
         self.lifespan = Lifespan(app)
@@ -160,7 +170,11 @@ class ClusterRoutes:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":  # the replica drives the app's own lifespan
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["path"] in (READYZ_PATH, METRICS_PATH):
+            return
+        # Ray's proxy sets root_path to the application's route prefix and keeps the whole path, which engine's
+        # routes match (Starlette's, a BatchAPI's job routes among them, would match the path less the prefix)
+        scope = {**scope, "root_path": ""}
+        if scope["type"] == "http" and scope["path"] in (READYZ_PATH, METRICS_PATH):
             async with play(self.app, scope, receive) as played:
                 status, body = played.status, await played.read()
             headers = [(name, value) for name, value in played.headers if name.lower() != b"content-length"]
