@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     die_with(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the supervisor decides
+    # Ctrl+C's SIGINT, and the SIGTERM of a stop that signals the whole group (systemd, kill -- -PGID), are the
+    # supervisor's to act on: a worker ending first would end its job as a worker error instead of leaving it in
+    # progress to resume. The supervisor ends its workers itself (Stop, SIGKILL), and they die with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tracebacks.configure_logging(args.log_level, name=f"%(name)s[{args.name}]")
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
