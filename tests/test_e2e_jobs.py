@@ -505,7 +505,7 @@ def test_stop_kills_the_workers_and_skips_on_job_complete(server, probe_dir):
     assert not markers(probe_dir, "complete") and not markers(probe_dir, "done")
     assert "request received to stop job; performing cleanup..." in job_log(server, "probe", job_id)
 
-    again = server.client.delete("/probe", params={"jobID": job_id})
+    again = server.client.delete(f"/probe/{job_id}")  # the path form of Cortex's docs and v0.19–v0.20
     assert again.status_code == 400
     assert again.json() == {"kind": "batchapi.job_is_not_in_progress",
                             "message": f"{job_id} (probe api): cannot stop batch job because it is not in progress"}

@@ -145,6 +145,18 @@ def test_with_max_receive_count_a_killed_worker_is_replaced_and_its_batch_retrie
     assert complete["pid"] != killed
 
 
+def test_a_sigterm_reaching_a_worker_is_left_to_its_supervisor(server, probe_dir):
+    """As Ctrl+C's SIGINT: a SIGTERM to the whole process group (systemd's stop, kill -- -PGID) must not end the job
+    as a worker error before engine serve has stopped, leaving it in progress to resume."""
+    job_id = submit(server, {"workers": 1, "config": {"dir": str(probe_dir)},
+                             "item_list": {"items": [{"id": "t", "do": "block"}], "batch_size": 1}})
+    pid = blocked_pid(probe_dir, "t")
+    os.kill(pid, signal.SIGTERM)  # pending from here on: the worker would die before it could see the gate
+    (probe_dir / "gate-t").touch()
+    status = wait_final(server, job_id, state_of(server))
+    assert status["status"] == "status_succeeded", job_log(state_of(server), job_id)
+
+
 @pytest.mark.parametrize("dead_letter_queue", [None, DEAD_LETTER_QUEUE], ids=["no-dlq", "dlq"])
 def test_an_idle_worker_killed(server, probe_dir, dead_letter_queue):
     """Without max_receive_count any lost worker is a worker error (Cortex); with it an idle one is replaced."""
@@ -181,6 +193,13 @@ def test_with_max_receive_count_a_worker_that_crashes_outside_a_batch_is_a_worke
     assert status["status"] == "status_worker_error", job_log(state_of(server), job_id)
     assert len(markers(probe_dir, f"killed-{crash.removesuffix('_kill')}")) == 1  # not replaced
     assert "at least one worker had status failed and terminated (exit_code=-9)" in job_log(state_of(server), job_id)
+
+
+def test_a_second_engine_on_the_same_state_directory_is_refused(server, tmp_path):
+    other = Server(write_probe_project(tmp_path / "project"), "--state-dir", str(state_of(server)))
+    assert other.wait_exit(60) == 1
+    assert f"the state directory {state_of(server)} is in use by another engine (pid {server.process.pid})" in \
+        other.output
 
 
 def state_of(server: Server) -> Path:
