@@ -110,7 +110,7 @@ def project(tmp_path_factory):
 def server(project, s3):
     """One `engine serve` for the module; its state directory is state/ beside the project."""
     server = Server(project, "--state-dir", str(project.parent / "state"), env=s3[1])
-    server.wait_ready()
+    server.wait_ready(60)
     yield server
     server.close()
 

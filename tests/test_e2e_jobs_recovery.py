@@ -41,7 +41,7 @@ def server(tmp_path_factory):
     """One `engine serve` for the tests that kill only workers."""
     root = tmp_path_factory.mktemp("recovery")
     server = Server(write_probe_project(root / "project"), "--state-dir", str(root / "state"))
-    server.wait_ready()
+    server.wait_ready(60)
     yield server
     server.close()
 
@@ -217,7 +217,7 @@ def test_a_job_survives_its_server(tmp_path, probe_dir, signal_number):
     items = [{"id": index, "do": "block"} if index in (4, 5) else {"id": index} for index in range(10)]
     first = Server(project, "--state-dir", str(state))
     try:
-        first.wait_ready()
+        first.wait_ready(60)
         job_id = submit(first, {"workers": 2, "config": {"dir": str(probe_dir)},
                                 "item_list": {"items": items, "batch_size": 1}})
         workers = {blocked_pid(probe_dir, 4), blocked_pid(probe_dir, 5)}  # both workers hold a batch
@@ -234,7 +234,7 @@ def test_a_job_survives_its_server(tmp_path, probe_dir, signal_number):
 
     second = Server(project, "--state-dir", str(state))
     try:
-        second.wait_ready()
+        second.wait_ready(60)
         status = job_status(second, job_id)  # truthful from the first answer on: in progress or done, no less
         assert status["status"] in ("status_running", "status_succeeded")
         assert status["batch_metrics"]["succeeded"] >= len(finished) and status["total_batch_count"] == 10
