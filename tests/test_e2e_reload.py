@@ -132,13 +132,13 @@ def lines(path: Path) -> list[str]:
 
 @pytest.fixture
 def reloading(tmp_path: Path) -> Iterator[Callable[..., tuple[Server, Path]]]:
-    """Start `engine serve --reload` on a project written from files (in tmp_path/project; its log in tmp_path) and
-    wait until it is ready and watching."""
+    """Start `engine serve --reload` (or, given `env`, `engine serve` with that environment) on a project written from
+    files (in tmp_path/project; its log in tmp_path) and wait until it is ready and watching."""
     servers: list[Server] = []
 
-    def start(files: dict[str, str], *args: str) -> tuple[Server, Path]:
+    def start(files: dict[str, str], *args: str, env: dict[str, str] | None = None) -> tuple[Server, Path]:
         project = write_project(tmp_path / "project", files)
-        server = Server(project, "--reload", *args)
+        server = Server(project, *(args if env else ("--reload", *args)), env=env)
         servers.append(server)
         server.wait_ready()
         server.wait_output("--reload: watching")
@@ -164,8 +164,8 @@ class PythonPredictor:
 """
 
 
-def counting(name: str, counter: Path) -> str:
-    """A predictor that appends `name` to `counter` in __init__ and answers config["greeting"]."""
+def counting(name: str, counter: Path, suffix: str = "") -> str:
+    """A predictor that appends `name` to `counter` in __init__ and answers config["greeting"] + `suffix`."""
     return f"""
 class PythonPredictor:
     def __init__(self, config):
@@ -174,7 +174,7 @@ class PythonPredictor:
         self.greeting = config["greeting"]
 
     def predict(self, payload):
-        return {{"answer": self.greeting}}
+        return {{"answer": self.greeting + {suffix!r}}}
 """
 
 
@@ -220,6 +220,28 @@ def test_each_edit_of_the_predictor_is_served_without_a_failed_request(reloading
     server.wait_output("reload: rebuilt api 'api' in")
 
 
+def test_engine_reload_in_the_environment_is_the_flag(reloading):
+    server, project = reloading({"cortex.yaml": api_yaml("api"), "predictor.py": answering("one")},
+                                env={"ENGINE_RELOAD": "1"})
+    with ClientLoop(server, "/api", {"one", "two"}) as loop:
+        loop.wait_for("one")
+        edit(project / "predictor.py", answering("two"))
+        loop.wait_for("two")
+
+
+def test_an_edit_saved_while_a_slow_init_reloads_is_served_next(reloading, tmp_path):
+    started = tmp_path / "started"
+    slow = f'open({str(started)!r}, "a").write("x"); import time; time.sleep(1)'
+    server, project = reloading({"cortex.yaml": api_yaml("api"), "predictor.py": answering("one", init=slow)})
+    with ClientLoop(server, "/api", {"one", "two", "three"}) as loop:
+        loop.wait_for("one")
+        edit(project / "predictor.py", answering("two", init=slow))
+        wait_for(lambda: len(started.read_text()) == 2, "the new predictor's __init__ starting", RELOAD_TIMEOUT)
+        edit(project / "predictor.py", answering("three", init=slow))  # while "two" is still in its __init__
+        loop.wait_for("three")
+    loop.assert_in_order(["one", "two", "three"])
+
+
 def test_an_edit_of_a_module_the_predictor_imports_is_served(reloading):
     server, project = reloading({"cortex.yaml": api_yaml("api"), "predictor.py": IMPORTING,
                                  "helpers.py": "ANSWER = 'one'\n"})
@@ -230,7 +252,7 @@ def test_an_edit_of_a_module_the_predictor_imports_is_served(reloading):
     loop.assert_in_order(["one", "two"])
 
 
-def test_a_config_edit_rebuilds_only_that_api(reloading, tmp_path):
+def test_a_config_or_code_edit_of_one_api_rebuilds_only_that_api(reloading, tmp_path):
     inits = tmp_path / "inits"
 
     def config(greeting_a: str) -> str:
@@ -240,15 +262,19 @@ def test_a_config_edit_rebuilds_only_that_api(reloading, tmp_path):
     server, project = reloading({"cortex.yaml": config("hello"), "a.py": counting("a", inits),
                                  "b.py": counting("b", inits)})
     assert sorted(lines(inits)) == ["a", "b"]
-    with ClientLoop(server, "/a", {"hello", "salut"}) as loop_a, ClientLoop(server, "/b", {"hi from b"}) as loop_b:
+    with ClientLoop(server, "/a", {"hello", "salut", "salut!"}) as loop_a, \
+            ClientLoop(server, "/b", {"hi from b"}) as loop_b:
         loop_a.wait_for("hello")
         loop_b.wait_for("hi from b")
         edit(project / "cortex.yaml", config("salut"))
         loop_a.wait_for("salut")
-        server.wait_output("reload: rebuilt api 'a' in")
-    loop_a.assert_in_order(["hello", "salut"])
-    assert sorted(lines(inits)) == ["a", "a", "b"]  # b's predictor was not initialised again
-    assert "rebuilt api 'a', 'b'" not in server.output
+        wait_reloads(server, 1)
+        edit(project / "a.py", counting("a", inits, suffix="!"))
+        loop_a.wait_for("salut!")
+        wait_reloads(server, 2)
+    loop_a.assert_in_order(["hello", "salut", "salut!"])
+    assert sorted(lines(inits)) == ["a", "a", "a", "b"]  # b's predictor was not initialised again
+    assert server.output.count("reload: rebuilt api 'a' in") == 2
 
 
 def test_an_env_edit_is_seen_by_the_new_predictor(reloading):
