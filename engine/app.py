@@ -70,6 +70,7 @@ class AppState:
                                 on_batch=self._job_batch_metrics(api.name)) for api in validated.batch_apis
                      if self.job_store is not None]
         self.loaded = validated
+        self.base_environment: dict[str, str] = {}
         self.openapi: dict[str, Any] = {}  # the OpenAPI document of what is served (EngineApp.route makes it)
         self.guard = Guard(settings)
         self.services: list[Service] = []
@@ -136,6 +137,7 @@ class AppState:
         services."""
         tempdirs.remove_stale()
         view = self.view = self.project.create_view()
+        self.base_environment = dict(os.environ)  # before the project's variables (engine serve --reload undoes them)
         os.environ.update(self.environment)
         enter_view(view, [api.predictor.python_path or "" for api in self.apis])
         self.init_task = asyncio.create_task(self._initialise(view))

@@ -44,6 +44,7 @@ class Reloader:
         self.state: AppState = app.state.engine
         self.apis = apis  # the APIs engine serve was asked to serve (None: all)
         self.views: list[Path] = []  # views made by reloads, removed when the server stops
+        self.retiring: set[asyncio.Task[None]] = set()  # replaced backends waiting for their requests to end
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply each change until `stop` is set."""
@@ -58,8 +59,10 @@ class Reloader:
             except Exception as error:  # a bug of engine's own: say it, keep serving and watching
                 log.error("reload failed:\n%s", tracebacks.format_exception(error))
 
-    def close(self) -> None:
-        """Remove the views the reloads made."""
+    async def close(self) -> None:
+        """Stop the backends still being retired, and remove the views the reloads made."""
+        if self.retiring:
+            await asyncio.wait(set(self.retiring), timeout=self.state.settings.graceful_timeout)
         for view in self.views:
             remove_view(view)
 
@@ -83,7 +86,7 @@ class Reloader:
             self._update_jobs(loaded, None)
             log.info("reload: nothing served changed")
             return
-        os.environ.update(loaded.environment)
+        undo = self._set_environment(loaded)
         view = loaded.project.create_view()
         previous_view = Path.cwd()
         _forget_project_modules(state.project.root, [state.view, *self.views])
@@ -95,13 +98,14 @@ class Reloader:
             sys.path[:] = [entry for entry in sys.path if entry != str(view) and not entry.startswith(f"{view}/")]
             enter_view(previous_view, [])
             remove_view(view)
+            _put_environment(undo)
             log.error("reload: %s; still serving the previous version\n%s",
                       "; ".join(f"api '{name}' failed to start" for name in failures), "\n".join(failures.values()))
             await asyncio.gather(*(backend.stop() for backend in new.values()))
             return
         self.views.append(view)
         state.project, state.loaded = loaded.project, loaded
-        await self._swap(loaded, new, removed)
+        self._swap(loaded, new, removed)
         self._update_jobs(loaded, view)
         names = ", ".join(f"'{name}'" for name in new) or "none"
         log.info("reload: rebuilt api %s%s in %.2f s", names,
@@ -149,31 +153,45 @@ class Reloader:
                     else tracebacks.format_exception(result)
         return failures
 
-    async def _swap(self, loaded: LoadedProject, new: dict[str, Backend], removed: list[str]) -> None:
-        """Send new requests to the new backends and the new routes, then stop what they replaced once idle."""
+    def _swap(self, loaded: LoadedProject, new: dict[str, Backend], removed: list[str]) -> None:
+        """Send new requests to the new backends and the new routes now; stop what they replaced once the requests
+        that may reach it have ended (in the background: later changes need not wait for a long stream)."""
         state = self.state
         admissions = {admission.api.name: admission for admission in state.admissions}
-        retired: list[Backend] = []
-        replacing = []
+        replaced: list[tuple[Admission, Backend, int]] = []
         for name, backend in new.items():
-            if name in admissions:
-                old_backend = admissions[name].backend
-                if isinstance(old_backend, Pipeline) and isinstance(backend, Pipeline) \
-                        and backend.models is not None and backend.models is old_backend.models:
-                    old_backend.owns_models, backend.owns_models = False, True
-                replacing.append(admissions[name].replace(backend))
-            else:
+            if name not in admissions:
                 admissions[name] = Admission(backend, state.metrics, state.settings, state)
-        gone = [admissions.pop(name) for name in removed]
-        order = [api.name for api in loaded.apis]
-        state.admissions = [admissions[name] for name in order]
+                continue
+            old, generation = admissions[name].swap(backend)
+            if isinstance(old, Pipeline) and isinstance(backend, Pipeline) and backend.models is not None \
+                    and backend.models is old.models:
+                old.owns_models, backend.owns_models = False, True
+            replaced.append((admissions[name], old, generation))
+        for name in removed:
+            admission = admissions.pop(name)
+            replaced.append((admission, admission.backend, admission.swap(admission.backend)[1]))
+        state.admissions = [admissions[api.name] for api in loaded.apis]
         state.backends = [admission.backend for admission in state.admissions]
         state.apis = [admission.api for admission in state.admissions]
         state.splitters[:] = serve_here(loaded.splitters, state.admissions, state.metrics, state.targets)
         self.app.route(state)
-        retired += await asyncio.gather(*replacing)
-        retired += [await admission.replace(admission.backend) for admission in gone]
-        await asyncio.gather(*(backend.stop() for backend in retired))
+        for admission, old, generation in replaced:
+            task = asyncio.create_task(_retire(admission, old, generation))
+            self.retiring.add(task)
+            task.add_done_callback(self.retiring.discard)
+
+    def _set_environment(self, loaded: LoadedProject) -> dict[str, str | None]:
+        """Make the process's environment the new project's: variables it sets changed, those it no longer sets back
+        to what they were before engine set them; what each changed variable was (None: unset), to undo."""
+        before, after = self.state.loaded.environment, loaded.environment
+        undo: dict[str, str | None] = {}
+        for name in set(before) | set(after):
+            value = after.get(name, self.state.base_environment.get(name))
+            if os.environ.get(name) != value:
+                undo[name] = os.environ.get(name)
+                _put_environment({name: value})
+        return undo
 
     def _update_jobs(self, loaded: LoadedProject, view: Path | None) -> None:
         """New jobs of each BatchAPI run its new configuration and code; BatchAPIs added or removed wait for a
@@ -217,3 +235,18 @@ def _forget_project_modules(root: Path, views: list[Path | None]) -> None:
 def _shown(path: Path, root: Path) -> str:
     """A changed path as the user knows it: relative to the project when inside it."""
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+async def _retire(admission: Admission, backend: Backend, generation: int) -> None:
+    """Stop a replaced backend once no request that may reach it is under way."""
+    await admission.drained(generation)
+    await backend.stop()
+
+
+def _put_environment(values: dict[str, str | None]) -> None:
+    """Set each variable (None: unset it)."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

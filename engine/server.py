@@ -97,7 +97,7 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
     finally:
         if reloader is not None:
             reloader[1].cancel()
-            reloader[0].close()
+            await reloader[0].close()
     code = 1 if failures or not state.stopped_cleanly else 0
     if not state.stopped_cleanly:  # a thread that never returns would keep the interpreter from exiting
         tempdirs.remove_all()

@@ -118,19 +118,22 @@ class Admission:
         """The request counted by begin() is over, its answer sent."""
         self._under_way[generation] -= 1
 
-    async def replace(self, backend: Backend, poll: float = 0.02) -> Backend:
-        """Send new requests to `backend` (ready), wait until none that began before is under way, and return the
-        backend replaced, for the caller to stop."""
+    def swap(self, backend: Backend) -> tuple[Backend, int]:
+        """Send new requests to `backend` (ready); the backend replaced, and the generation whose requests may still
+        reach it (drained() waits for them)."""
         old, before = self.backend, self._generation
         self._generation += 1
         self._under_way[self._generation] = 0
         self.backend, self.api = backend, backend.api
         self.max_in_flight = backend.api.autoscaling.max_replica_concurrency
-        while any(count for generation, count in self._under_way.items() if generation <= before):
+        return old, before
+
+    async def drained(self, generation: int, poll: float = 0.02) -> None:
+        """Wait until no request that began in `generation` or before is under way."""
+        while any(count for begun, count in self._under_way.items() if begun <= generation):
             await asyncio.sleep(poll)
-        for generation in [generation for generation in self._under_way if generation <= before]:
-            del self._under_way[generation]
-        return old
+        for begun in [begun for begun in self._under_way if begun <= generation]:
+            del self._under_way[begun]
 
     async def _answer(self, method: str, scope: Scope, receive: Receive, held: list[bool]) -> Response:
         if method not in API_METHODS:
