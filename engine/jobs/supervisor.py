@@ -142,6 +142,8 @@ class JobRun:
 
     def _run(self) -> None:
         try:
+            if self._timed_out():  # its timeout passed while no engine was running it
+                return
             if self.job.status == ENQUEUING:
                 total = self._enqueue()
                 if total is None:
@@ -291,7 +293,7 @@ class JobRun:
         if done.error is None:
             store.succeeded(self.job_id, claimed.seq, done.seconds)
             return
-        self.log(f"failed processing batch {claimed.batch_id}")
+        self.log(f"failed processing batch {claimed.batch_id}", logging.WARNING)
         self._failed(claimed, done.error, counted=True)
 
     def _failed(self, claimed: Claimed, error: str, counted: bool) -> None:
