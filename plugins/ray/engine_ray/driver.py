@@ -26,6 +26,7 @@ POLL = 0.5  # seconds between looks at Serve's status while deploying and deleti
 WATCH = 2.0  # seconds between looks while serving
 STOP_MARGIN = 10.0  # seconds allowed beyond --graceful-timeout for the applications to be deleted
 HEAD_NODE = "node:__internal_head__"  # the resource only Ray's head node has
+RAY_STATE = "ray"  # the state directory's folder of the BatchAPIs' replicas, one folder each
 JOB_API_CONCURRENCY = 100  # requests a BatchAPI's replica takes at once (submissions, status, stop: no predict)
 
 
@@ -81,7 +82,7 @@ class Deployment:
         self.routes.update((splitter.name, splitter.endpoint) for splitter in project.splitters)
         self.routes.update((api.name, api.endpoint) for api in project.batch_apis)
         # a BatchAPI's jobs (SQLite, logs, dead letters) are kept on the head node, where its replica runs
-        self.state_dir = str(Path(settings.state_dir or project.project.root / ".engine").resolve())
+        self.state_dir = Path(settings.state_dir or project.project.root / ".engine").resolve()
         self.started_serve = False
         self.collector: Any = None
         self.deployed: list[str] = []
@@ -125,7 +126,7 @@ class Deployment:
                                       max_ongoing_requests=JOB_API_CONCURRENCY,
                                       graceful_shutdown_timeout_s=self.settings.graceful_timeout,
                                       logging_config=logging_config).bind(
-                dataclasses.replace(spec, api=name, settings=settings.replace(state_dir=self.state_dir),
+                dataclasses.replace(spec, api=name, settings=settings.replace(state_dir=str(self.api_state(name))),
                                     working_dir=working_dir, environment=self.project.environment_for([batch])))
         if name == FRONT_APP:
             actor = {"num_cpus": 0, "runtime_env": {"working_dir": working_dir}}
@@ -138,6 +139,10 @@ class Deployment:
         return deployment.options(**mapping.deployment_options(api, self.settings), ray_actor_options=actor).bind(
             dataclasses.replace(spec, api=api.name, worker_processes=workers,
                                 environment=self.project.environment_for([api])))
+
+    def api_state(self, name: str) -> Path:
+        """A BatchAPI's state directory: one each, as each replica holds its directory's lock (one engine each)."""
+        return self.state_dir / RAY_STATE / name
 
     def wait_running(self, stop: threading.Event, timeout: float) -> bool:
         """Until every application runs (True), SIGTERM (False), or an error: one failed, or `timeout` passed."""
@@ -176,7 +181,7 @@ class Deployment:
         for batch in self.project.batch_apis:
             log.info("BatchAPI '%s': jobs at %s%s (POST submits, GET ?jobID= is a job's status, DELETE ?jobID= stops "
                      "it) on Ray Serve, each job's workers Ray actors; kept in %s on the head node", batch.name, base,
-                     batch.endpoint, self.state_dir)
+                     batch.endpoint, self.api_state(batch.name))
         log.info("/healthz, /readyz and /metrics at %s answer for the whole project", base)
 
     def watch(self, stop: threading.Event) -> None:

@@ -83,9 +83,10 @@ class EngineReplica:
         settings = spec.settings
         if spec.api is None:  # the server routes: every API's documentation, no predictor, no hardware
             settings = dataclasses.replace(settings, cpu=True)
-        # Checked again on this node (its hardware, its copy of the files); the driver has said the warnings.
+        # Checked again on this node (its hardware, its copy of the files); the driver has said the warnings. A
+        # BatchAPI's replica (given its workers' working_dir) runs no predictor: its actors check their own nodes.
         project = load_project(project_dir, os.path.join(project_dir, spec.config_name), cpu=settings.cpu,
-                               apis=None if spec.api is None else [spec.api])
+                               apis=None if spec.api is None else [spec.api], hardware=spec.working_dir is None)
         project.environment = dict(spec.environment)
         launcher = None
         if spec.api is None:  # the BatchAPIs' job routes and state are their own replicas'

@@ -1,7 +1,8 @@
 """BatchAPI jobs on `engine serve --on ray`, joining a one-node Ray cluster started here (`ray start`, in the
 loopback-only namespace) with --address, so that the project is uploaded: the job API at the BatchAPI's endpoint
 beside a RealtimeAPI, each job's workers Ray actors (two workers: two actors), retries and failed batches with
-sqs_dead_letter_queue, an actor killed mid-batch, stop, and a job resumed after the server restarts (its state in the
+sqs_dead_letter_queue, an actor killed mid-batch, stop, a job whose workers no node can hold timing out, and a job
+resumed after the server restarts (its state in the
 project's .engine on this machine, where the BatchAPI's replica runs: the head node).
 
 The predictor records what happened as files in the test's folder: each worker's actor id, pid and where its code
@@ -33,6 +34,10 @@ CONFIG = """
   kind: BatchAPI
   predictor: {{type: python, path: batch.py, config: {{out: '{out}'}}}}
   compute: {{cpu: 100m}}
+- name: too-big
+  kind: BatchAPI
+  predictor: {{type: python, path: batch.py, config: {{out: '{out}'}}}}
+  compute: {{cpu: 100m, mem: 64Gi}}
 """
 
 ECHO = """
@@ -105,20 +110,20 @@ class Served:
         self.server = self.start(self.project, "--address", self.address)
         self.server.wait_ready()
 
-    def submit(self, **submission) -> str:
-        answer = self.server.client.post(ENDPOINT, json=submission)
+    def submit(self, endpoint: str = ENDPOINT, **submission) -> str:
+        answer = self.server.client.post(endpoint, json=submission)
         assert answer.status_code == 200, answer.text + self.server.output[-5000:]
         return answer.json()["job_id"]
 
-    def status(self, job_id: str) -> dict:
-        answer = self.server.client.get(ENDPOINT, params={"jobID": job_id})
+    def status(self, job_id: str, endpoint: str = ENDPOINT) -> dict:
+        answer = self.server.client.get(endpoint, params={"jobID": job_id})
         assert answer.status_code == 200, answer.text
         return answer.json()["job_status"]
 
-    def final(self, job_id: str) -> dict:
+    def final(self, job_id: str, endpoint: str = ENDPOINT) -> dict:
         """The job's status once it is final."""
         def ended() -> dict | None:
-            status = self.status(job_id)
+            status = self.status(job_id, endpoint)
             return status if status["status"] not in IN_PROGRESS else None
         return wait_for(ended, f"job {job_id} ending\n{self.server.output[-5000:]}", FINAL_TIMEOUT)
 
@@ -174,7 +179,7 @@ def test_a_job_runs_every_batch_on_two_actors(served):
     # the actors read the project Ray uploaded, not the folder here
     assert not any(worker["file"].startswith(str(served.project)) for worker in workers.values()), workers
     # the state is kept in the project's .engine on this machine, the workers' output in Ray's logs
-    job_log = (served.project / ".engine" / "jobs" / "recorder" / f"{job_id}.log").read_text()
+    job_log = (served.project / ".engine" / "ray" / "recorder" / "jobs" / "recorder" / f"{job_id}.log").read_text()
     assert "is Ray actor" in job_log and "job ended: status_succeeded" in job_log, job_log
     listed = served.server.client.get(ENDPOINT).json()["job_statuses"]
     assert job_id in [job["job_id"] for job in listed]
@@ -217,6 +222,18 @@ def test_stop_kills_the_jobs_actors(served):
     assert served.status(job_id)["status"] == "status_stopped"
     wait_for(lambda: gone(pid), "the stopped job's actor ending", FINAL_TIMEOUT)
     assert served.final(job_id)["status"] == "status_stopped"
+
+
+def test_a_job_whose_workers_no_node_can_hold_times_out(served):
+    # a cluster may add a larger node later: a warning at start; the job's worker waits, initializing, until its timeout
+    assert "api 'too-big': one job worker asks for CPU 0.1, memory 64.0 GiB; no node of the Ray cluster has that" in \
+        served.server.output
+    job_id = served.submit("/too-big", workers=1, timeout=3, item_list={"items": [1], "batch_size": 1})
+    status = served.status(job_id, "/too-big")
+    if status["status"] == "status_running":
+        assert status["worker_counts"]["initializing"] == 1, status
+    assert served.final(job_id, "/too-big")["status"] == "status_timed_out"
+    assert not (served.out / job_id).exists()  # no worker ever started
 
 
 def test_a_job_resumes_after_the_server_restarts(served):
