@@ -8,7 +8,7 @@ directory, its output in a file beside the copy. Each of --edits edits rewrites 
 answer carries the edit's number; the time runs from the write (after fsync) to the first response carrying that
 number, seen by a client polling as fast as it can on its own thread. A second client sends requests one after
 another throughout; every answer of both must be a 200 (failures are counted). The next edit starts once the server
-has said that the previous reload is over (the old predictor stopped). Goal: the worst edit under 1 s, no failure.
+has said that the previous reload is done. Goal: the worst edit under 1 s, no failure.
 """
 from __future__ import annotations
 
