@@ -241,6 +241,7 @@ async def _retire(admission: Admission, backend: Backend, generation: int) -> No
     """Stop a replaced backend once no request that may reach it is under way."""
     await admission.drained(generation)
     await backend.stop()
+    log.info("reload: api '%s': the predictor it replaced has stopped", backend.api.name)
 
 
 def _put_environment(values: dict[str, str | None]) -> None:
