@@ -1,9 +1,9 @@
 """BatchAPI jobs on `engine serve --on ray`, joining a one-node Ray cluster started here (`ray start`, in the
 loopback-only namespace) with --address, so that the project is uploaded: the job API at the BatchAPI's endpoint
 beside a RealtimeAPI, each job's workers Ray actors (two workers: two actors), retries and failed batches with
-sqs_dead_letter_queue, an actor killed mid-batch, stop, a job whose workers no node can hold timing out, and a job
-resumed after the server restarts (its state in the
-project's .engine on this machine, where the BatchAPI's replica runs: the head node).
+sqs_dead_letter_queue, an actor killed mid-batch, stop, a job whose workers no node can hold waiting until its
+timeout or its stop, and a job resumed after the server restarts (its state in the project's .engine on this
+machine, where the BatchAPI's replica runs: the head node).
 
 The predictor records what happened as files in the test's folder: each worker's actor id, pid and where its code
 was read from, each batch it finished, where it hangs (its pid, for the test to kill), and on_job_complete."""
@@ -224,16 +224,19 @@ def test_stop_kills_the_jobs_actors(served):
     assert served.final(job_id)["status"] == "status_stopped"
 
 
-def test_a_job_whose_workers_no_node_can_hold_times_out(served):
-    # a cluster may add a larger node later: a warning at start; the job's worker waits, initializing, until its timeout
+def test_a_job_whose_workers_no_node_can_hold_waits(served):
+    # a cluster may add a larger node later: a warning at start; a job's workers wait, initializing, until its
+    # timeout, or until it is stopped
     assert "api 'too-big': one job worker asks for CPU 0.1, memory 64.0 GiB; no node of the Ray cluster has that" in \
         served.server.output
-    job_id = served.submit("/too-big", workers=1, timeout=3, item_list={"items": [1], "batch_size": 1})
-    status = served.status(job_id, "/too-big")
-    if status["status"] == "status_running":
-        assert status["worker_counts"]["initializing"] == 1, status
-    assert served.final(job_id, "/too-big")["status"] == "status_timed_out"
-    assert not (served.out / job_id).exists()  # no worker ever started
+    timed = served.submit("/too-big", workers=1, timeout=3, item_list={"items": [1], "batch_size": 1})
+    waiting = served.submit("/too-big", workers=2, item_list={"items": [1], "batch_size": 1})
+    wait_for(lambda: (served.status(waiting, "/too-big")["worker_counts"] or {}).get("initializing") == 2,
+             "two workers initializing", FINAL_TIMEOUT)
+    assert served.final(timed, "/too-big")["status"] == "status_timed_out"
+    served.server.client.delete("/too-big", params={"jobID": waiting})
+    assert served.final(waiting, "/too-big")["status"] == "status_stopped"
+    assert not (served.out / timed).exists() and not (served.out / waiting).exists()  # no worker ever started
 
 
 def test_a_job_resumes_after_the_server_restarts(served):
