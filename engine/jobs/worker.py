@@ -38,7 +38,8 @@ class JobWorker:
             # itself, which may have been added since the view was made.
             os.chdir(start.project_root)
             pm = plugins.from_portable(start.plugins)
-            device = plugins.setup_device(pm, start.api, process_index=start.index)
+            # compute is per worker and a job's worker is its API's only process: each gets the API's first devices
+            device = plugins.setup_device(pm, start.api, process_index=0)
             models = open_models(start.api, pm, device, start.project_root, poll_interval=0)
             self.job_spec = start.job_spec
             client, predictor = construct(start.api, pm, start.view, device, models, None, self.job_spec,

@@ -56,7 +56,7 @@ def load_project(project_dir: str | Path = ".", config_file: str | Path | None =
     check it on their node).
     The environment's $VARIABLES are expanded against os.environ as it is now.
     """
-    validated = validate_project(project_dir, config_file, pm, cpu=cpu, hardware=hardware)
+    validated = validate_project(project_dir, config_file, pm, cpu=cpu, hardware=hardware, served=apis)
     served, batch_served = validated.apis, validated.batch_apis
     if apis is not None:
         unknown = sorted(set(apis) - {api.name for api in [*served, *batch_served]})

@@ -39,12 +39,13 @@ def find_config(project_dir: str | Path = ".", config_file: str | Path | None = 
 
 def validate_project(project_dir: str | Path = ".", config_file: str | Path | None = None,
                      pm: plugins.PluginManager | None = None, cpu: bool = False,
-                     hardware: bool = True) -> ValidatedProject:
+                     hardware: bool = True, served: list[str] | None = None) -> ValidatedProject:
     """Load cortex.yaml and check it against the project files and the installed plugins.
 
     With `cpu`, APIs that ask for GPUs or Inferentia chips are served on the CPU instead (with a warning each).
     Without `hardware`, each API is checked as if it were served on the CPU, its compute left as it is: for a
-    distributed engine whose replicas check their hardware on their own nodes."""
+    distributed engine whose replicas check their hardware on their own nodes. With `served`, only the APIs named
+    are checked against this machine's hardware (the others are served elsewhere)."""
     pm = pm or plugins.make_plugin_manager()
     path = find_config(project_dir, config_file)
     config = read_config(path, hints={"predictor.type": "installed predictor types: "
@@ -55,7 +56,7 @@ def validate_project(project_dir: str | Path = ".", config_file: str | Path | No
     checked_apis = [*apis, *config.batch_apis]  # a BatchAPI's predictor is checked as a RealtimeAPI's
     warnings = [ProjectWarning(line) for line in on_cpu(checked_apis)] if cpu else []
     for api in checked_apis:
-        checked = api if hardware else _on_cpu_copy(api)
+        checked = api if hardware and (served is None or api.name in served) else _on_cpu_copy(api)
         found: list[str] = []
         try:
             check_api(checked, project, pm)
