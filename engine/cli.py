@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from engine.plugin_api import Setting
 
 log = logging.getLogger("engine")
+LOGGING = ("log_level", "log_format")  # the settings every command takes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,20 +26,31 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if isinstance(sys.stdout, io.TextIOWrapper):  # not when replaced (a test's capture, a redirect)
         sys.stdout.reconfigure(line_buffering=True)  # the predictor's print() shows up as it happens, as in Cortex
+    level, log_format = args.log_level, args.log_format
     try:
-        level = args.log_level or settings.ServeSettings.load().log_level
+        if not (level and log_format):
+            environment = settings.ServeSettings.load()
+            level, log_format = level or environment.log_level, log_format or environment.log_format
+        os.environ[settings.env_name("log_format")] = log_format  # worker processes log alike
         from engine.tracebacks import configure_logging
 
-        configure_logging(level)
+        configure_logging(level, log_format=log_format)
         command: Callable[[argparse.Namespace, float], int] = args.command
         return command(args, started)
     except EngineError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if log_format == "json":
+            log.error("%s", error)
+        else:
+            print(f"error: {error}", file=sys.stderr)
         return 1
 
 
 def _serve(args: argparse.Namespace, started: float) -> int:
     serve_settings = settings.ServeSettings.load(vars(args), declared=args.declared)
+    if serve_settings.log_format == "json":  # the predictor's prints become log lines (only when serving)
+        from engine.logformat import capture_output
+
+        capture_output()
     metrics_dir = None
     if not os.environ.get(settings.MULTIPROCESS_ENV) and _has_worker_processes(args):  # before prometheus_client
         metrics_dir = tempdirs.make("metrics")
@@ -177,16 +189,17 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="engine", description="Serve Cortex-style predictors over HTTP.")
     parser.add_argument("--version", action="version", version=f"engine {__version__}")
-    settings.add_arguments(parser, ("log_level",))
+    settings.add_arguments(parser, LOGGING)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    # Every command also takes --log-level after its name; given there, it wins over one given before it.
+    # Every command also takes --log-level and --log-format after its name; given there, they win over those given
+    # before it.
     log_level = _Parser(add_help=False)
-    settings.add_arguments(log_level, ("log_level",), default=argparse.SUPPRESS)
+    settings.add_arguments(log_level, LOGGING, default=argparse.SUPPRESS)
 
     serve = commands.add_parser("serve", help="serve the APIs of a project", parents=[log_level])
     _project_args(serve)
     declared = _plugin_settings()
-    settings.add_arguments(serve, tuple(name for name in settings.setting_names() if name != "log_level"),
+    settings.add_arguments(serve, tuple(name for name in settings.setting_names() if name not in LOGGING),
                            declared=declared)
     serve.set_defaults(command=_serve, declared=declared)
 

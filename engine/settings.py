@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 ENV_PREFIX = "ENGINE_"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where worker processes write their metrics (prometheus_client's)
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 def port_number(text: str) -> int:
@@ -111,6 +112,13 @@ def log_level(text: str) -> str:
     return text.lower()
 
 
+def log_format(text: str) -> str:
+    """text or json."""
+    if text.strip().lower() not in LOG_FORMATS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_FORMATS)}")
+    return text.strip().lower()
+
+
 def _setting(default: Any, parse: Callable[[str], Any], help: str, metavar: str | None = None) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "help": help, "metavar": metavar})
 
@@ -131,6 +139,8 @@ class ServeSettings:
     host: str = _setting("127.0.0.1", str, "address to listen on", "ADDRESS")
     port: int = _setting(8888, port_number, "port to listen on", "PORT")
     log_level: str = _setting("info", log_level, "debug, info, warning (no access log) or error", "LEVEL")
+    log_format: str = _setting("text", log_format, "text, or json: every line one JSON object (the predictor's "
+                               "prints too)", "text|json")
     graceful_timeout: float = _setting(30.0, seconds, "on SIGTERM, how long to wait for in-flight requests",
                                        "SECONDS")
     model_poll_interval: float = _setting(10.0, seconds, "how often model directories are checked for new "

@@ -7,7 +7,9 @@ under that view; here they are shown under the project directory again. The fram
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import sysconfig
 import traceback
 from pathlib import Path
@@ -84,14 +86,29 @@ class Formatter(logging.Formatter):
 
 
 HANDLER_NAME = "engine"
+LOG_FORMAT_ENV = "ENGINE_LOG_FORMAT"  # how worker processes learn the front's --log-format
 LINE_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"  # engine.serving.accesslog writes its lines alike
 
 
-def configure_logging(level: str, name: str = "%(name)s") -> None:
-    """Log to stderr at `level` with the user-facing formatter (`name` shows who logs, e.g. a worker's label)."""
-    handler = logging.StreamHandler()
+def configure_logging(level: str, worker: str = "", log_format: str | None = None, capture: bool = False) -> None:
+    """Log to stderr at `level` with the user-facing formatter (`worker`: a worker process's label, shown after the
+    logger's name). `log_format` text or json (None: $ENGINE_LOG_FORMAT, else text); with json and `capture`, what
+    is printed to sys.stdout and sys.stderr becomes log lines too (engine.logformat)."""
+    from engine import logformat
+
+    if log_format is None:
+        log_format = os.environ.get(LOG_FORMAT_ENV, "").strip().lower() or "text"
+    if log_format not in logformat.LOG_FORMATS:
+        raise ValueError(f"log format {log_format!r} is not one of {', '.join(logformat.LOG_FORMATS)}")
+    handler = logging.StreamHandler(logformat.original_stream(sys.stderr))
     handler.set_name(HANDLER_NAME)
-    handler.setFormatter(Formatter(LINE_FORMAT.replace("%(name)s", name)))
+    if log_format == "json":
+        logformat.json_logging(handler, worker)
+    else:
+        handler.setFormatter(Formatter(LINE_FORMAT.replace("%(name)s", f"%(name)s[{worker}]" if worker else
+                                                           "%(name)s")))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    if log_format == "json" and capture:
+        logformat.capture_output()

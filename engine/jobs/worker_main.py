@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     # progress to resume. The supervisor ends its workers itself (Stop, SIGKILL), and they die with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    tracebacks.configure_logging(args.log_level, name=f"%(name)s[{args.name}]")
+    # its --log-format is the front's, from the environment; in json mode its prints become log lines
+    tracebacks.configure_logging(args.log_level, worker=args.name, capture=True)
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     connection = Connection(args.fd)

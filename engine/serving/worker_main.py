@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     die_with(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the front decides
-    tracebacks.configure_logging(args.log_level, name=f"%(name)s[{args.api}:{args.index}]")
+    # its --log-format is the front's, from the environment; in json mode its prints become log lines
+    tracebacks.configure_logging(args.log_level, worker=f"{args.api}:{args.index}", capture=True)
     if isinstance(sys.stdout, io.TextIOWrapper):  # not when something has replaced it
         sys.stdout.reconfigure(line_buffering=True)
     return run_event_loop(_run(args.socket, args.index))
