@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TextIO, cast
 
+from engine.logformat import JsonFormatter
 from engine.tracebacks import HANDLER_NAME, LINE_FORMAT
 
 log = logging.getLogger("engine.access")
@@ -32,18 +33,27 @@ class AccessLog:
         through, as Routed.shown says it) at INFO on engine.access."""
         if not log.isEnabledFor(logging.INFO):
             return
-        message = f"{api} {method} {path} {outcome} {seconds * 1e3:.1f}ms request_id={request_id}"
-        if via:
-            message += f" {via}"
+        message = f"{api} {method} {path} {outcome} {seconds * 1e3:.1f}ms"
         handler = _engines_handler()
-        if handler is None:
-            log.info("%s", message)
-            return
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self._pending.append(f"{self._stamp},{int((now - second) * 1000):03d} engine.access INFO {message}\n")
+        if handler is not None and not isinstance(handler.formatter, JsonFormatter):
+            now = time.time()
+            second = int(now)
+            if second != self._second:
+                self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._pending.append(f"{self._stamp},{int((now - second) * 1000):03d} engine.access INFO {message} "
+                                 f"request_id={request_id}{' ' if via else ''}{via}\n")
+        else:
+            fields: dict[str, object] = {"request_id": request_id, "api": api, "method": method, "path": path,
+                                         "status" if type(outcome) is int else "outcome": outcome,
+                                         "duration_ms": round(seconds * 1e3, 3)}
+            if via:
+                fields["via"] = via
+            if handler is None:  # through logging, with the fields for whichever handler wants them
+                log.info("%s request_id=%s%s", message, request_id, f" {via}" if via else "", extra=fields)
+                return
+            formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]  # checked above
+            shown = f"{message} {via}" if via else message
+            self._pending.append(formatter.line(time.time(), "INFO", "engine.access", shown, fields) + "\n")
         if len(self._pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self._flush, handler)
@@ -73,6 +83,7 @@ def _engines_handler() -> logging.StreamHandler[TextIO] | None:
     handler = root.handlers[0]
     if handler.name != HANDLER_NAME or handler.filters or handler.level > logging.INFO:
         return None
-    if handler.formatter is None or handler.formatter._fmt != LINE_FORMAT or not log.propagate:
+    if not log.propagate or not (isinstance(handler.formatter, JsonFormatter) or
+                                 (handler.formatter is not None and handler.formatter._fmt == LINE_FORMAT)):
         return None
     return cast("logging.StreamHandler[TextIO]", handler)  # the handler engine.tracebacks names HANDLER_NAME
