@@ -6,6 +6,7 @@ each worker process runs it for the requests the front hands over.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from engine import plugins
 from engine.errors import ModelError, PayloadError
+from engine.logformat import request_context
 from engine.models import ModelRepository
 from engine.plugin_api import DescribesModels, OperationContext
 from engine.project.config import Api
@@ -118,8 +120,10 @@ class Pipeline:
             if self.owns_models:
                 self.models.start_polling()
         if batching and not ptype.client_batching:
-            run = (lambda items: self._on_loop(predictor.predict_batch_async(items))) if predictor.async_predict \
-                else (lambda items: self._on_pool(predictor.predict_batch, items))
+            # a batch is of several requests: its lines carry none's id
+            run = (lambda items: self._on_loop(_unattributed_async(predictor.predict_batch_async(items)))) \
+                if predictor.async_predict else (lambda items: self._on_pool(_unattributed, predictor.predict_batch,
+                                                                              items))
             self.batcher = AsyncBatcher(run, batching)
         self.predictor = predictor
         self.ready = True
@@ -176,6 +180,9 @@ class Pipeline:
 
     async def predict(self, request: ApiRequest) -> Response:
         """Parse what predict declares, run it (alone or in a batch) on the pool, encode its result."""
+        # Log lines carry the request's id from here to the end of its task (every request has a task of its own),
+        # its stream and post_predict included; _on_pool and _on_loop carry it to their threads.
+        request_context.set((request, self.api.name))
         predictor = self.predictor
         arguments: dict[str, Any] = {}
         try:
@@ -268,7 +275,7 @@ class Pipeline:
         """Run function(*arguments) on the API's pool. Cancelled while it waits for a thread, it never runs (and
         `never_ran` is called); cancelled while it runs, it cannot be stopped: this waits for it (its slot stays
         taken) and counts the overrun."""
-        future = self.pool.submit(function, *arguments)
+        future = self.pool.submit(contextvars.copy_context().run, function, *arguments)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -303,7 +310,8 @@ class Pipeline:
             request.after.append(self.loop.submit(self._run_post_predict_async(predictor, result, arguments),
                                                   limited=False))
         else:
-            request.after.append(self.pool.submit(self._run_post_predict, predictor, result, arguments))
+            request.after.append(self.pool.submit(contextvars.copy_context().run, self._run_post_predict, predictor,
+                                                  result, arguments))
 
     def _run_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
         try:
@@ -331,6 +339,18 @@ def _predict_announced(arrivals: Arrivals, predictor: Predictor, arguments: dict
     """predict() for a batching client, its arrival at the batcher counted (see engine.serving.batching.Arrivals)."""
     with arrivals.carried():
         return predictor.predict(arguments)
+
+
+def _unattributed(function: Callable[..., T], *arguments: Any) -> T:
+    """function(*arguments) with no request's id on its log lines (it runs in a copy of the context)."""
+    request_context.set(None)
+    return function(*arguments)
+
+
+async def _unattributed_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The same for a coroutine (its task has a context of its own)."""
+    request_context.set(None)
+    return await coroutine
 
 
 async def _next_async(stream: Any) -> Any:
