@@ -141,7 +141,7 @@ class AppState:
         os.environ.update(self.environment)
         enter_view(view, [api.predictor.python_path or "" for api in self.apis])
         self.init_task = asyncio.create_task(self._initialise(view))
-        portable = plugins.portable(self.pm)
+        portable = plugins.portable(self.pm) if self.jobs else []
         for jobs in self.jobs:
             await asyncio.to_thread(jobs.start, view, self.project.root, self.loaded.environment_for([jobs.api]),
                                     portable)
