@@ -121,8 +121,8 @@ class Pipeline:
                 self.models.start_polling()
         if batching and not ptype.client_batching:
             # a batch is of several requests: its lines carry none's id
-            run = (lambda items: self._on_loop(_unattributed_async(predictor.predict_batch_async(items)))) \
-                if predictor.async_predict else (lambda items: self._on_pool(_unattributed, predictor.predict_batch,
+            run = (lambda items: self._on_loop(_attributed_async(None, predictor.predict_batch_async(items)))) \
+                if predictor.async_predict else (lambda items: self._on_pool(_attributed, None, predictor.predict_batch,
                                                                               items))
             self.batcher = AsyncBatcher(run, batching)
         self.predictor = predictor
@@ -180,8 +180,8 @@ class Pipeline:
 
     async def predict(self, request: ApiRequest) -> Response:
         """Parse what predict declares, run it (alone or in a batch) on the pool, encode its result."""
-        # Log lines carry the request's id from here to the end of its task (every request has a task of its own),
-        # its stream and post_predict included; _on_pool and _on_loop carry it to their threads.
+        # Log lines carry the request's id from here to the end of predict's task (each request has a task of its
+        # own); _on_pool and _on_loop carry it to their threads. Its stream and post_predict are given it (_stream).
         request_context.set((request, self.api.name))
         predictor = self.predictor
         arguments: dict[str, Any] = {}
@@ -239,12 +239,13 @@ class Pipeline:
     async def _stream(self, result: Any, request: ApiRequest, predictor: Predictor,
                       arguments: dict[str, Any]) -> Response:
         """The response that streams what predict's generator yields; post_predict then gets the list of items."""
+        attribution = (request, self.api.name)  # items are pulled by the response, in a task other than predict's
         if inspect.isasyncgen(result):
-            pull = lambda: self._on_loop(_next_async(result))  # noqa: E731
-            close = lambda: self._on_loop(result.aclose())  # noqa: E731
+            pull = lambda: self._on_loop(_attributed_async(attribution, _next_async(result)))  # noqa: E731
+            close = lambda: self._on_loop(_attributed_async(attribution, result.aclose()))  # noqa: E731
         else:
-            pull = lambda: self._on_pool(next, result, END)  # noqa: E731
-            close = lambda: self._on_pool(result.close)  # noqa: E731
+            pull = lambda: self._on_pool(_attributed, attribution, next, result, END)  # noqa: E731
+            close = lambda: self._on_pool(_attributed, attribution, result.close)  # noqa: E731
 
         async def on_end(items: list[Any]) -> None:
             if predictor.post_predict_args is not None:
@@ -306,12 +307,13 @@ class Pipeline:
                                    request: ApiRequest) -> None:
         # Submitted, not awaited: the connection is free for its next request while post_predict runs; stop()
         # waits for it, and so does a worker before it says it is done with the request.
+        attribution = (request, self.api.name)  # its log lines carry the request's id
         if predictor.async_post_predict:
-            request.after.append(self.loop.submit(self._run_post_predict_async(predictor, result, arguments),
-                                                  limited=False))
+            work = _attributed_async(attribution, self._run_post_predict_async(predictor, result, arguments))
+            request.after.append(self.loop.submit(work, limited=False))
         else:
-            request.after.append(self.pool.submit(contextvars.copy_context().run, self._run_post_predict, predictor,
-                                                  result, arguments))
+            request.after.append(self.pool.submit(_attributed, attribution, self._run_post_predict, predictor, result,
+                                                  arguments))
 
     def _run_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
         try:
@@ -341,15 +343,16 @@ def _predict_announced(arrivals: Arrivals, predictor: Predictor, arguments: dict
         return predictor.predict(arguments)
 
 
-def _unattributed(function: Callable[..., T], *arguments: Any) -> T:
-    """function(*arguments) with no request's id on its log lines (it runs in a copy of the context)."""
-    request_context.set(None)
-    return function(*arguments)
+def _attributed(attribution: tuple[ApiRequest, str] | None, function: Callable[..., T], *arguments: Any) -> T:
+    """function(*arguments), its log lines carrying the request of `attribution` (request, API name), or none's."""
+    context = contextvars.copy_context()
+    context.run(request_context.set, attribution)
+    return context.run(function, *arguments)
 
 
-async def _unattributed_async(coroutine: Coroutine[Any, Any, T]) -> T:
-    """The same for a coroutine (its task has a context of its own)."""
-    request_context.set(None)
+async def _attributed_async(attribution: tuple[ApiRequest, str] | None, coroutine: Coroutine[Any, Any, T]) -> T:
+    """The same for a coroutine (set in its task's own context)."""
+    request_context.set(attribution)
     return await coroutine
 
 
