@@ -55,7 +55,41 @@ class PythonPredictor:
                 print("x" * step["size"] + "|end")
             elif kind == "raise":
                 raise ValueError(text)
+        if payload.get("stream"):
+            return self.stream(payload["stream"])
         return {"steps": len(payload["steps"])}
+
+    def stream(self, count):
+        for index in range(count):
+            print(f"streaming {index}")
+            yield {"index": index}
+
+    def post_predict(self, response, payload):
+        if payload.get("post"):
+            print(payload["post"])
+'''
+
+# async predict, stream and post_predict (on the predictor's own event loop)
+ASYNC_PREDICTOR = r'''
+import logging
+
+
+class PythonPredictor:
+    def __init__(self, config):
+        pass
+
+    async def predict(self, payload):
+        print("async predict")
+        logging.getLogger("fuzz").info("async logged")
+        return self.stream(payload["stream"])
+
+    async def stream(self, count):
+        for index in range(count):
+            print(f"async streaming {index}")
+            yield {"index": index}
+
+    async def post_predict(self, response, payload):
+        print("async post_predict")
 '''
 
 BATCH_PREDICTOR = r'''
@@ -123,8 +157,9 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     """One server for the module per processes_per_replica; stopping it, its last lines are JSON too."""
     processes, http_server = request.param
     root = tmp_path_factory.mktemp(f"json-logs-{processes}")
-    files = {"cortex.yaml": api_yaml("fuzz", predictor_extra=f"processes_per_replica: {processes}") + BATCH_API,
-             "predictor.py": PREDICTOR, "batch.py": BATCH_PREDICTOR}
+    files = {"cortex.yaml": api_yaml("fuzz", predictor_extra=f"processes_per_replica: {processes}") + BATCH_API
+             + api_yaml("async", "async.py", predictor_extra=f"processes_per_replica: {processes}"),
+             "predictor.py": PREDICTOR, "async.py": ASYNC_PREDICTOR, "batch.py": BATCH_PREDICTOR}
     running = Server(write_project(root / "project", files), "--log-format", "json", "--server", http_server,
                      "--state-dir", str(root / "state"))
     running.lines = JsonLines(running.log_path)
@@ -142,26 +177,27 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         running.close()
 
 
-def send(server: Server, steps: list[dict[str, Any]], status: int = 200) -> str:
-    """POST the steps with an X-Request-ID of our own; the id, once the request's access line is written."""
+def send(server: Server, steps: list[dict[str, Any]], status: int = 200, api: str = "fuzz", **options: Any) -> str:
+    """POST the steps (and `options`) with an X-Request-ID of our own; the id, once the request's access line is
+    written."""
     request_id = f"fuzz-{uuid.uuid4().hex}"
-    answer = httpx.post(server.url + "/fuzz", json={"steps": steps}, headers={"X-Request-ID": request_id},
+    answer = httpx.post(f"{server.url}/{api}", json={"steps": steps, **options}, headers={"X-Request-ID": request_id},
                         timeout=60)
     assert answer.status_code == status, answer.text
     access = server.lines.wait_for("access line", logger="engine.access", request_id=request_id)
-    assert access["api"] == "fuzz" and access["method"] == "POST" and access["path"] == "/fuzz"
+    assert access["api"] == api and access["method"] == "POST" and access["path"] == f"/{api}"
     assert access["status"] == status and access["level"] == "INFO"
     assert isinstance(access["duration_ms"], float) and access["duration_ms"] >= 0
     return request_id
 
 
-def of_request(server: Server, request_id: str, logger: str, level: str) -> list[str]:
+def of_request(server: Server, request_id: str, logger: str, level: str, api: str = "fuzz") -> list[str]:
     """The messages of one logger at one level that carry the request's id, in order."""
     records = [record for record in server.lines.read() if record.get("request_id") == request_id
                and record["logger"] == logger and record["level"] == level]
-    assert all(record["api"] == "fuzz" for record in records)
+    assert all(record["api"] == api for record in records)
     if server.processes > 1:
-        assert all(record["worker"].startswith("fuzz:") for record in records)
+        assert all(record["worker"].startswith(f"{api}:") for record in records)
     return [record["message"] for record in records]
 
 
@@ -239,6 +275,21 @@ def test_a_traceback_is_one_record(server):
     assert error["traceback"].startswith("Traceback (most recent call last):\n")
     assert "predictor.py" in error["traceback"] and error["traceback"].endswith('ValueError: boom "quoted"\nline')
     assert of_request(server, request_id, "predictor", "INFO") == ["before"]
+
+
+def test_a_stream_and_post_predict_carry_the_request_id(server):
+    request_id = send(server, [{"kind": "print", "text": "predict"}], stream=3, post="post_predict")
+    server.lines.wait_for("post_predict's print", message="post_predict", request_id=request_id)
+    assert of_request(server, request_id, "predictor", "INFO") == [
+        "predict", "streaming 0", "streaming 1", "streaming 2", "post_predict"]
+
+
+def test_async_predict_stream_and_post_predict_carry_the_request_id(server):
+    request_id = send(server, [], api="async", stream=2)
+    server.lines.wait_for("post_predict's print", message="async post_predict", request_id=request_id)
+    assert of_request(server, request_id, "predictor", "INFO", api="async") == [
+        "async predict", "async streaming 0", "async streaming 1", "async post_predict"]
+    assert of_request(server, request_id, "fuzz", "INFO", api="async") == ["async logged"]
 
 
 def test_a_job_workers_output_is_json(server):
