@@ -276,11 +276,36 @@ class EngineApp:
             send = _adding_headers(send, self.guard.cors_headers(origin))
         admission = self._api_paths.get(scope["path"])
         if admission is None:
-            await self._splitters.get(scope["path"], self.starlette)(scope, receive, send)
+            splitter = self._splitters.get(scope["path"])
+            if splitter is not None:
+                await splitter(scope, receive, send)
+            else:
+                await self.starlette(scope, *_closing_unless_read(scope, receive, send))
         elif scope["type"] == "websocket":
             await serve_websocket(admission, scope, receive, send)
         else:
             await admission(scope, receive, send)
+
+
+def _closing_unless_read(scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """`receive` and `send` for a route that may answer without reading the request's body: its response then says
+    that the connection closes (the server cannot read the next request after an unread body)."""
+    if scope["type"] != "http" or not any(name in (b"content-length", b"transfer-encoding") and value != b"0"
+                                          for name, value in scope["headers"]):
+        return receive, send
+    read = [False]
+
+    async def receiving() -> Message:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            read[0] = True
+        return message
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and not read[0]:
+            message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await send(message)
+    return receiving, sending
 
 
 def _adding_headers(send: Send, headers: dict[str, str]) -> Send:

@@ -136,6 +136,22 @@ class Admission:
             del self._under_way[begun]
 
     async def _answer(self, method: str, scope: Scope, receive: Receive, held: list[bool]) -> Response:
+        if method == "POST" and self.backend.ready:
+            try:
+                return await self._predict(scope, receive, held)
+            except TimeoutError:
+                return self._timed_out()
+            except (ClientGone, asyncio.CancelledError):
+                raise
+            except Exception as error:  # the backends answer every predictor error; this is a bug in engine itself
+                return self._engine_error(error, method, scope["path"])
+        # Answered without reading a body the request may carry: the server cannot read the next request of this
+        # connection, so the answer says it closes (a client reusing it would otherwise meet a closed socket).
+        response = await self._answer_unread(method, scope)
+        return _closing(response) if _has_body(scope) else response
+
+    async def _answer_unread(self, method: str, scope: Scope) -> Response:
+        """405, 503 while not ready, or the summary (GET and HEAD)."""
         if method not in API_METHODS:
             return error_response(405, "Method Not Allowed", headers={"Allow": _ALLOW})
         backend = self.backend
@@ -144,10 +160,8 @@ class Admission:
             return error_response(503, f"api '{self.api.name}' is not ready: {reason}",
                                   headers={"Retry-After": RETRY_AFTER})
         try:
-            if method != "POST":
-                async with asyncio.timeout(self.request_timeout):
-                    return await backend.summary(ApiRequest(scope, b""))
-            return await self._predict(scope, receive, held)
+            async with asyncio.timeout(self.request_timeout):
+                return await backend.summary(ApiRequest(scope, b""))
         except TimeoutError:
             return self._timed_out()
         except (ClientGone, asyncio.CancelledError):
@@ -339,6 +353,14 @@ def ensure_request_id(scope: Scope) -> str:
     request_id = "%032x" % random.getrandbits(128)  # noqa: UP031
     scope["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
     return request_id
+
+
+def _has_body(scope: Scope) -> bool:
+    """True when the request announces a body (a non-zero Content-Length, or chunked)."""
+    for name, value in scope["headers"]:
+        if (name == b"content-length" and value not in (b"0", b"")) or name == b"transfer-encoding":
+            return True
+    return False
 
 
 def _closing(response: Response) -> Response:
