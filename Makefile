@@ -47,7 +47,7 @@ lint: $(VENV)/.test  ## ruff and mypy (strict on engine/, normal on the plugins)
 
 test: lint  ## lint, run the whole test suite, then its end-to-end part again on uvicorn (--server uvicorn)
 	$(BIN)/python -m pytest
-	ENGINE_SERVER=uvicorn $(BIN)/python -m pytest -q -m "e2e and not packaging" $(UVICORN_SUITES)
+	ENGINE_SERVER=uvicorn $(BIN)/python -m pytest -q -m "e2e and not packaging and not no_http_server" $(UVICORN_SUITES)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info plugins/*/*.egg-info

@@ -15,7 +15,7 @@ import pytest
 
 from engine.testing import api_yaml, write_project
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.no_http_server]  # engine predict serves no HTTP
 
 REPO = Path(__file__).resolve().parents[1]
 
