@@ -5,7 +5,9 @@ surrogates, a 1 MB line, a traceback, prints in __init__); what a predictor writ
 that request's X-Request-ID, and each line comes back exactly as written. A BatchAPI job's worker logs JSON too."""
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 import time
 import uuid
@@ -17,7 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.logformat import JsonFormatter
+from engine.serving.accesslog import AccessLog, _engines_handler
 from engine.testing import Server, api_yaml, write_project
+from engine.tracebacks import HANDLER_NAME
 
 pytestmark = [pytest.mark.e2e]
 
@@ -311,3 +316,28 @@ def test_a_job_workers_output_is_json(server):
     for item in (1, 2, 3):
         assert {("predictor", "INFO", f"batch [{item}] printed"), ("fuzz", "INFO", f"batch [{item}] logged"),
                 ("predictor", "WARNING", "batch \\xff on stderr")} <= shown
+
+
+def test_the_access_lines_two_ways_give_the_same_json():
+    """Written directly (engine's handler alone) and through logging (another handler beside it), in this process."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.set_name(HANDLER_NAME)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        root.handlers[:], root.level = [handler], logging.INFO
+        assert _engines_handler() is handler  # the direct way
+        AccessLog().request("api", "POST", "/api", 200, 0.0015, "r1", "splitter=s shadow")
+        root.addHandler(logging.NullHandler())
+        AccessLog().request("api", "POST", "/api", 200, 0.0015, "r1", "splitter=s shadow")
+    finally:
+        root.handlers[:], root.level = saved
+    direct, through_logging = (json.loads(line) for line in stream.getvalue().splitlines())
+    for line in (direct, through_logging):
+        del line["time"]
+    assert direct == through_logging == {
+        "level": "INFO", "logger": "engine.access", "message": "api POST /api 200 1.5ms request_id=r1 "
+        "splitter=s shadow", "request_id": "r1", "api": "api", "method": "POST", "path": "/api", "status": 200,
+        "duration_ms": 1.5, "via": "splitter=s shadow"}

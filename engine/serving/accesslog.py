@@ -2,8 +2,9 @@
 
 Through `logging`, a line costs a LogRecord, a look for the caller, a lock and a write of its own: about a sixth of
 a fast server's whole request. So when engine's own handler is the one that would print the line (the usual case),
-the line is formatted here exactly as that handler would, and the lines of one event-loop iteration are written
-together. When logging is configured otherwise (other handlers, filters, levels), lines go through `logging`.
+the line is formatted here exactly as that handler would (text, or JSON with the line's fields: --log-format), and
+the lines of one event-loop iteration are written together. When logging is configured otherwise (other handlers,
+filters, levels), lines go through `logging`, their fields as the record's attributes (logging's `extra`).
 """
 from __future__ import annotations
 
@@ -33,15 +34,16 @@ class AccessLog:
         through, as Routed.shown says it) at INFO on engine.access."""
         if not log.isEnabledFor(logging.INFO):
             return
-        message = f"{api} {method} {path} {outcome} {seconds * 1e3:.1f}ms"
+        message = f"{api} {method} {path} {outcome} {seconds * 1e3:.1f}ms request_id={request_id}"
+        if via:
+            message += f" {via}"
         handler = _engines_handler()
         if handler is not None and not isinstance(handler.formatter, JsonFormatter):
             now = time.time()
             second = int(now)
             if second != self._second:
                 self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            self._pending.append(f"{self._stamp},{int((now - second) * 1000):03d} engine.access INFO {message} "
-                                 f"request_id={request_id}{' ' if via else ''}{via}\n")
+            self._pending.append(f"{self._stamp},{int((now - second) * 1000):03d} engine.access INFO {message}\n")
         else:
             fields: dict[str, object] = {"request_id": request_id, "api": api, "method": method, "path": path,
                                          "status" if type(outcome) is int else "outcome": outcome,
@@ -49,11 +51,10 @@ class AccessLog:
             if via:
                 fields["via"] = via
             if handler is None:  # through logging, with the fields for whichever handler wants them
-                log.info("%s request_id=%s%s", message, request_id, f" {via}" if via else "", extra=fields)
+                log.info("%s", message, extra=fields)
                 return
             formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]  # checked above
-            shown = f"{message} {via}" if via else message
-            self._pending.append(formatter.line(time.time(), "INFO", "engine.access", shown, fields) + "\n")
+            self._pending.append(formatter.line(time.time(), "INFO", "engine.access", message, fields) + "\n")
         if len(self._pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self._flush, handler)
