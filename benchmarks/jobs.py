@@ -30,7 +30,6 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-
 from suite import REPO, free_port, memory_mb
 
 PREDICTOR = """
