@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.testing import Server
+from engine.testing import Server, wait_file
 
 # --- model repositories -------------------------------------------------------------------------------------------
 
@@ -105,3 +105,39 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not key.startswith(("ENGINE_", "CUDA_"))}
     return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
+
+
+# --- the BatchAPI probe (tests/projects/batch/probe.py): the marker files it writes --------------------------------
+
+
+def markers(folder: Path, kind: str) -> list[dict]:
+    """The probe's markers of one kind (attempt, done, init, complete, ...), each with its file name's stem."""
+    found = []
+    for path in sorted(folder.glob(f"{kind}-*.json")):
+        record = json.loads(path.read_text())
+        record["name"] = path.stem
+        found.append(record)
+    return found
+
+
+def attempts_by_batch(folder: Path) -> dict[str, list]:
+    """batch_id → the payload of each attempt the probe saw at it."""
+    batches: dict[str, list] = {}
+    for record in markers(folder, "attempt"):
+        batch_id = record["name"].removeprefix("attempt-").rpartition("-")[0]
+        batches.setdefault(batch_id, []).append(record["payload"])
+    return batches
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def blocked_pid(folder: Path, item_id: str) -> int:
+    """Wait for the probe to block on item `item_id`; the pid of the worker that holds it."""
+    wait_file(folder / f"blocked-{item_id}.json", timeout=60)
+    return json.loads((folder / f"blocked-{item_id}.json").read_text())["pid"]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import samples, value
+from support import alive, attempts_by_batch, blocked_pid, markers, samples, value
 
-from engine.testing import Server, free_port, wait_file, wait_for
+from engine.testing import Server, free_port, wait_for
 
 # found, not imported: importing tensorflow at collection would slow every run that deselects this module
 MISSING = [name for name in ("moto", "onnx", "onnxruntime", "tensorflow", "engine_onnx_predictor",
@@ -158,41 +158,8 @@ def state_dir(server: Server) -> Path:
     return Path(server.process.args[server.process.args.index("--state-dir") + 1])
 
 
-def markers(folder: Path, kind: str) -> list[dict]:
-    """The probe's markers of one kind (attempt, done, init, complete), each with its file name's parts."""
-    found = []
-    for path in sorted(folder.glob(f"{kind}-*.json")):
-        record = json.loads(path.read_text())
-        record["name"] = path.stem
-        found.append(record)
-    return found
-
-
-def attempts_by_batch(folder: Path) -> dict[str, list]:
-    """batch_id → the payload of each attempt the probe saw at it."""
-    batches: dict[str, list] = {}
-    for record in markers(folder, "attempt"):
-        batch_id = record["name"].removeprefix("attempt-").rpartition("-")[0]
-        batches.setdefault(batch_id, []).append(record["payload"])
-    return batches
-
-
 def done_items(folder: Path) -> list:
     return [item for record in markers(folder, "done") for item in record["payload"]]
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def blocked_pid(folder: Path, item_id: str) -> int:
-    """Wait for the probe to block on item `item_id`; the pid of the worker that holds it."""
-    wait_file(folder / f"blocked-{item_id}.json", timeout=60)
-    return json.loads((folder / f"blocked-{item_id}.json").read_text())["pid"]
 
 
 def job_ids(server: Server, api: str) -> list[str]:

@@ -3,7 +3,6 @@ max_receive_count a new worker and the batch retried), and `engine serve` SIGKIL
 the next start resumes the job from its SQLite state: every item processed at least once, no finished batch again)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -12,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support import alive, attempts_by_batch, blocked_pid, markers
 
-from engine.testing import Server, wait_file, wait_for
+from engine.testing import Server, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -77,36 +77,6 @@ def wait_final(server: Server, job_id: str, state: Path, timeout: float = 120) -
 def job_log(state: Path, job_id: str) -> str:
     path = state / "jobs" / "probe" / f"{job_id}.log"
     return path.read_text() if path.exists() else ""
-
-
-def markers(folder: Path, kind: str) -> list[dict]:
-    found = []
-    for path in sorted(folder.glob(f"{kind}-*.json")):
-        record = json.loads(path.read_text())
-        record["name"] = path.stem
-        found.append(record)
-    return found
-
-
-def attempts_by_batch(folder: Path) -> dict[str, list]:
-    """batch_id → the payload of each attempt the probe saw at it."""
-    batches: dict[str, list] = {}
-    for record in markers(folder, "attempt"):
-        batches.setdefault(record["name"].removeprefix("attempt-").rpartition("-")[0], []).append(record["payload"])
-    return batches
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def blocked_pid(folder: Path, item_id: str) -> int:
-    wait_file(folder / f"blocked-{item_id}.json", timeout=60)
-    return json.loads((folder / f"blocked-{item_id}.json").read_text())["pid"]
 
 
 # --- a worker killed mid-batch ----------------------------------------------------------------------------------------
