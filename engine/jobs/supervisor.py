@@ -6,6 +6,7 @@ later), and on_job_complete runs as soon as the last batch has settled (Cortex: 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -193,7 +194,9 @@ class JobRun:
     def _work(self, total: int) -> None:
         """Start the workers and run every batch; then on_job_complete and the final status."""
         spec = {**self.job.spec, "total_batch_count": total}
-        start = {"job_spec": spec, "config": merged(self.place.api.predictor.config, self.submission.config)}
+        place = self.place
+        start = messages.Start(place.api, place.plugins, place.view, place.project_root, spec,
+                               merged(place.api.predictor.config, self.submission.config), place.environment, index=0)
         for _ in range(self.submission.workers):
             self._launch(start)
         completing: int | None = None  # the worker running on_job_complete
@@ -258,7 +261,8 @@ class JobRun:
             self.log(f"terminating job after exceeding the specified timeout of {self.submission.timeout} seconds")
         return True
 
-    def _launch(self, start: dict[str, Any]) -> None:
+    def _launch(self, start: messages.Start) -> None:
+        """Start one more worker and hand it `start` (with its own index)."""
         index = self._next_index
         self._next_index += 1
         place = self.place
@@ -266,8 +270,7 @@ class JobRun:
                                        lambda index, message: self.events.put((index, message)))
         self.workers[index] = handle
         self.worker_states[index] = "initializing"
-        handle.send(messages.Start(place.api, place.plugins, place.view, place.project_root, start["job_spec"],
-                                   start["config"], place.environment, index))
+        handle.send(dataclasses.replace(start, index=index))
 
     def _dispatch(self, index: int) -> None:
         """Give the worker the next queued batch, or let it wait."""
@@ -307,7 +310,7 @@ class JobRun:
                 file.write(json.dumps({"batch_id": claimed.batch_id, "attempts": claimed.attempts, "error": error,
                                        "items": json.loads(claimed.body)}) + "\n")
 
-    def _lost(self, index: int, exited: messages.Exited, start: dict[str, Any], completing: bool) -> bool:
+    def _lost(self, index: int, exited: messages.Exited, start: messages.Start, completing: bool) -> bool:
         """A worker has gone: with max_receive_count its batch is retried by a new worker (an engine extension),
         otherwise the job ends as a worker error, as in Cortex. True when the job goes on.
 
