@@ -30,7 +30,7 @@ from engine.memory import settle_after_start_up
 from engine.models import ModelRepository
 from engine.project.files import enter_view, remove_view
 from engine.project.loading import LoadedProject, load_project
-from engine.serving.admission import Admission, ClientGone, body_or_refusal
+from engine.serving.admission import Admission, ClientGone, body_or_refusal, has_body
 from engine.serving.backend import ApiRequest, Backend
 from engine.serving.batching import concurrent_predicts
 from engine.serving.metrics import Metrics
@@ -290,8 +290,7 @@ class EngineApp:
 def _closing_unless_read(scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
     """`receive` and `send` for a route that may answer without reading the request's body: its response then says
     that the connection closes (the server cannot read the next request after an unread body)."""
-    if scope["type"] != "http" or not any(name in (b"content-length", b"transfer-encoding") and value != b"0"
-                                          for name, value in scope["headers"]):
+    if scope["type"] != "http" or not has_body(scope):
         return receive, send
     read = [False]
 

@@ -148,7 +148,7 @@ class Admission:
         # Answered without reading a body the request may carry: the server cannot read the next request of this
         # connection, so the answer says it closes (a client reusing it would otherwise meet a closed socket).
         response = await self._answer_unread(method, scope)
-        return _closing(response) if _has_body(scope) else response
+        return _closing(response) if has_body(scope) else response
 
     async def _answer_unread(self, method: str, scope: Scope) -> Response:
         """405, 503 while not ready, or the summary (GET and HEAD)."""
@@ -355,7 +355,7 @@ def ensure_request_id(scope: Scope) -> str:
     return request_id
 
 
-def _has_body(scope: Scope) -> bool:
+def has_body(scope: Scope) -> bool:
     """True when the request announces a body (a non-zero Content-Length, or chunked)."""
     for name, value in scope["headers"]:
         if (name == b"content-length" and value not in (b"0", b"")) or name == b"transfer-encoding":
