@@ -102,6 +102,10 @@ _LAZY = {
     "THREAD_ENV_VARS": "engine.hardware",
     "share_cores": "engine.hardware",
     "VisibleDevices": "engine.hardware",
+    # tracing (engine_tracer): the tracer a plugin gives, the server span it starts, a request crossing processes
+    "Tracer": "engine.tracing",
+    "RequestSpan": "engine.tracing",
+    "Carrier": "engine.tracing",
     # ASGI driven in-process: an app's lifespan, a response played into a fake send
     "Lifespan": "engine.asgi",
     "LifespanError": "engine.asgi",
@@ -188,5 +192,8 @@ if TYPE_CHECKING:  # the lazy names, for type checkers (`X as X`: re-exported)
     from engine.serving.splitter import forwarded_scope as forwarded_scope
     from engine.settings import ServeSettings as ServeSettings
     from engine.settings import port_number as port_number
+    from engine.tracing import Carrier as Carrier
+    from engine.tracing import RequestSpan as RequestSpan
+    from engine.tracing import Tracer as Tracer
     from engine.types import Device as Device
     from engine.types import PredictorType as PredictorType

@@ -219,6 +219,7 @@ def create_app(project_dir: str | Path = ".", config_file: str | Path | None = N
     """
     pm = pm or plugins.make_plugin_manager()
     settings = (settings or ServeSettings.load()).with_plugins(plugins.settings(pm))
+    plugins.install_tracer(pm)
     if project is None:
         project = load_project(project_dir, config_file, pm=pm, cpu=settings.cpu, apis=apis)
         for warning in project.warnings:

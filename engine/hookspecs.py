@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from engine.project.config import Api
     from engine.serving.batching import Batching
     from engine.settings import ServeSettings
+    from engine.tracing import Tracer
     from engine.types import Device, PredictorType
 
 hookspec = pluggy.HookspecMarker("engine")
@@ -94,6 +95,11 @@ def engine_services(served: Served, settings: ServeSettings) -> list[Service]:
 @hookspec
 def engine_http_servers() -> list[HttpServer]:
     """Return the HTTP servers this plugin provides (engine serve --server NAME chooses one)."""
+
+
+@hookspec(firstresult=True)
+def engine_tracer() -> Tracer | None:
+    """Return the tracer that records each request's spans in this process (engine.Tracer), or None to decline."""
 
 
 @hookspec

@@ -1,9 +1,9 @@
 """`--log-format json`: every line engine writes, one JSON object (fields in docs/operations.md, "Observability: logs").
 
 A line logged while a request is handled carries the request's id from `request_context`, which the request
-pipeline sets; a tracing plugin may set `trace_context` the same way to add `trace_id` and `span_id`. In json mode
-the predictor's `print` and standard error become log records too (capture_output), so that nothing it writes breaks
-the stream of JSON lines.
+pipeline sets, and, while the request is traced (engine.tracing), the current span's `trace_id` and `span_id`. In
+json mode the predictor's `print` and standard error become log records too (capture_output), so that nothing it
+writes breaks the stream of JSON lines.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any, Protocol, TextIO
 
 import orjson
 
+from engine import tracing
 from engine.tracebacks import Formatter
 
 LOG_FORMATS = ("text", "json")
@@ -39,8 +40,6 @@ class HasRequestId(Protocol):
 
 # (the request, its API's name): set by the pipeline for the rest of a request's task, and so its threads' work
 request_context: ContextVar[tuple[HasRequestId, str] | None] = ContextVar("engine_request", default=None)
-# (trace_id, span_id) as hex strings, for a tracing plugin to set; engine itself never does
-trace_context: ContextVar[tuple[str, str] | None] = ContextVar("engine_trace", default=None)
 
 
 class JsonFormatter(Formatter):
@@ -73,7 +72,7 @@ class JsonFormatter(Formatter):
         """A line as format() writes it, without a LogRecord (the access log's fast path)."""
         entry = self._head(created, level, logger, message)
         entry.update(fields)
-        if request_context.get() is not None or trace_context.get() is not None:
+        if request_context.get() is not None or tracing.carrier() is not None:
             self._context(entry)
         return dumps(entry)
 
@@ -97,9 +96,10 @@ class JsonFormatter(Formatter):
                 entry["request_id"] = request[0].request_id
             if "api" not in entry:
                 entry["api"] = request[1]
-        trace = trace_context.get()
-        if trace is not None and "trace_id" not in entry:
-            entry["trace_id"], entry["span_id"] = trace
+        if "trace_id" not in entry:
+            trace = tracing.ids()
+            if trace is not None:
+                entry["trace_id"], entry["span_id"] = trace
 
 
 # The fallback for what orjson refuses or writes as non-ASCII: separators as orjson's, so that every line looks alike

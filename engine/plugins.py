@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
-from engine import hookspecs
+from engine import hookspecs, tracing
 from engine.errors import MissingPluginError, PluginError
 from engine.install_hints import install_hint, install_requirement
 from engine.plugin_api import HttpServer, Operation, Setting
@@ -326,6 +326,11 @@ def fast_caller(hook: pluggy.HookCaller, pm: PluginManager | None = None) -> Cal
 
 
 # --- the same plugins in worker processes ---------------------------------------------------------------------
+
+
+def install_tracer(pm: PluginManager) -> None:
+    """Make the installed tracing plugin's tracer (engine_tracer) this process's, or none when there is none."""
+    tracing.install(pm.hook.engine_tracer())
 
 
 def portable(pm: PluginManager) -> list[tuple[str, str | bytes]]:

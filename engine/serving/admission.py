@@ -14,6 +14,7 @@ from typing import Protocol
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from engine import tracing
 from engine.serving.accesslog import access_log
 from engine.serving.backend import ApiRequest, Backend
 from engine.serving.metrics import Metrics
@@ -85,8 +86,10 @@ class Admission:
         started = time.perf_counter()
         method = scope["method"]
         request_id = ensure_request_id(scope)
+        traced = tracing.start_request(scope, f"{method} {self.api.endpoint}", self.api.name, request_id)
         held = [False]  # set while this request holds a concurrency slot to give back after its response
         generation = self.begin()
+        status = 499  # what the server span says of a request whose client left first
         try:
             try:
                 response = await self._answer(method, scope, receive, held)
@@ -96,7 +99,10 @@ class Admission:
                 access_log.request(self.api.name, method, scope["path"], "client disconnected",
                                    time.perf_counter() - started, request_id, routed.shown if routed else "")
                 return
+            status = response.status_code
             response.headers["x-request-id"] = request_id
+            if traced is not None:
+                response.headers["traceparent"] = traced.carrier.traceparent
             if self.server.draining:
                 response.headers["connection"] = "close"  # no keep-alive request may arrive as the server goes
             try:
@@ -106,6 +112,8 @@ class Admission:
                     self._release()
         finally:
             self.end(generation)
+            if traced is not None:
+                tracing.end_request(traced, status)
         self._observe(method, scope["path"], response.status_code, started, request_id, scope.get(ROUTED_KEY))
 
     def begin(self) -> int:
@@ -221,11 +229,19 @@ class Admission:
         """A plugin's operation for one request, under the API's readiness, concurrency limit and deadline."""
         started = time.perf_counter()
         request_id = ensure_request_id(request.scope)
+        traced = tracing.start_request(request.scope, operation, self.api.name, request_id)
         generation = self.begin()
+        status = 500
         try:
-            return await self._operate(operation, request, started, request_id)
+            response = await self._operate(operation, request, started, request_id)
+            status = response.status_code
+            if traced is not None:
+                response.headers["traceparent"] = traced.carrier.traceparent
+            return response
         finally:
             self.end(generation)
+            if traced is not None:
+                tracing.end_request(traced, status)
 
     async def _operate(self, operation: str, request: ApiRequest, started: float, request_id: str) -> Response:
         if not self.backend.ready:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine import tracing
+
 if TYPE_CHECKING:
     from engine.project.config import Api
 
@@ -120,7 +122,8 @@ class AsyncBatcher:
     def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], batching: Batching) -> None:
         self.run = run
         self.batching = batching
-        self._waiting: list[tuple[Any, asyncio.Future[Any], float]] = []  # (item, its result, queued since)
+        # (item, its result, queued since, its trace: (tracing.capture(), queued since in time.time_ns()))
+        self._waiting: list[tuple[Any, asyncio.Future[Any], float, tuple[object, int]]] = []
         self._timer: asyncio.TimerHandle | None = None  # "interval": the waiting batch's time runs out
         self._due = False  # "interval": the waiting batch is full or its time is up, and goes once there is room
         self._forming: asyncio.Handle | None = None  # "when_free": the batch forms at the end of this loop pass
@@ -130,7 +133,7 @@ class AsyncBatcher:
         """Wait for the batch holding `item` to run and return its element of the results."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._waiting.append((item, future, time.monotonic()))
+        self._waiting.append((item, future, time.monotonic(), (tracing.capture(), time.time_ns())))
         if self.batching.dispatch == WHEN_FREE:
             self._form_soon()
         elif len(self._waiting) >= self.batching.max_batch_size:
@@ -177,10 +180,11 @@ class AsyncBatcher:
                 self._timer = asyncio.get_running_loop().call_later(self.batching.interval, self._on_due)
         if not batch:
             return
-        _observe(self.batching, [queued for _, _, queued in batch])
-        task = asyncio.ensure_future(self.run([item for item, _, _ in batch]))  # its own: no request cancels it
+        _observe(self.batching, [queued for _, _, queued, _ in batch])
+        items, traces = [item for item, *_ in batch], [trace for *_, trace in batch]
+        task = asyncio.ensure_future(_run_traced(self.run, items, traces))  # its own: no request cancels it
         self._running.add(task)
-        task.add_done_callback(lambda done: self._finished(done, [future for _, future, _ in batch]))
+        task.add_done_callback(lambda done: self._finished(done, [future for _, future, *_ in batch]))
 
     def _finished(self, task: asyncio.Task[list[Any]], futures: list[asyncio.Future[Any]]) -> None:
         self._running.discard(task)
@@ -189,6 +193,13 @@ class AsyncBatcher:
             self._form_soon()
         elif self._due:
             self._start()
+
+
+async def _run_traced(run: Callable[[list[Any]], Awaitable[list[Any]]], items: list[Any],
+                      traces: list[tuple[object, int]]) -> list[Any]:
+    """run(items) as a batch span, when any of its requests is traced."""
+    with tracing.batch(traces):
+        return await run(items)
 
 
 def _observe(batching: Batching, queued_since: list[float]) -> None:
@@ -216,7 +227,7 @@ def _settle(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]])
 class _Slot:
     """One call waiting in a ThreadBatcher."""
 
-    __slots__ = ("item", "woken", "result", "error", "taken", "queued")
+    __slots__ = ("item", "woken", "result", "error", "taken", "queued", "trace")
 
     def __init__(self, item: Any) -> None:
         self.item = item
@@ -225,6 +236,7 @@ class _Slot:
         self.error: BaseException | None = None
         self.taken = False  # in a batch (woken and not taken: its thread leads the next batch of its key)
         self.queued = time.monotonic()
+        self.trace = (tracing.capture(), time.time_ns())  # its request's, for the batch to link to
 
 
 class ThreadBatcher:
@@ -319,7 +331,8 @@ class ThreadBatcher:
     def _run(self, key: Hashable, batch: list[_Slot]) -> None:
         try:
             _observe(self.batching, [slot.queued for slot in batch])
-            results = self.run_batch(key, [slot.item for slot in batch])
+            with tracing.batch([slot.trace for slot in batch]):
+                results = self.run_batch(key, [slot.item for slot in batch])
             for slot, result in zip(batch, results, strict=True):
                 slot.result = result
         except BaseException as error:  # every caller in the batch sees the failure

@@ -20,7 +20,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from engine import plugins
+from engine import plugins, tracing
 from engine.errors import ModelError, PayloadError
 from engine.logformat import request_context
 from engine.models import ModelRepository
@@ -168,7 +168,7 @@ class Pipeline:
             return error_response(404, f"no installed plugin provides the operation {operation!r}")
         context = OperationContext(self.api, self.client, self.predictor.instance, request.headers)
         try:
-            return await self._on_pool(found.run, context, request.body)
+            return await self._on_pool(tracing.within(operation, found.run, True), context, request.body)
         except (ModelError, PayloadError) as error:
             status = getattr(error, "status_code", 400)
             if status >= 500:
@@ -188,18 +188,20 @@ class Pipeline:
         try:
             arguments = await self._arguments(request, predictor)
             if self.batcher is not None:
+                tracing.admitted()
                 result = await self.batcher.submit(arguments)
             elif predictor.async_predict:
-                result = await self._on_loop(predictor.predict(arguments))
+                result = await self._on_loop(tracing.within_async("predict", predictor.predict(arguments), True))
             elif self.arrivals is not None:
                 self.arrivals.announce()
-                result = await self._on_pool(_predict_announced, self.arrivals, predictor, arguments,
-                                             never_ran=self.arrivals.withdraw)
+                result = await self._on_pool(tracing.within("predict", _predict_announced, True), self.arrivals,
+                                             predictor, arguments, never_ran=self.arrivals.withdraw)
             else:
-                result = await self._on_pool(predictor.predict, arguments)
+                result = await self._on_pool(tracing.within("predict", predictor.predict, True), arguments)
             if is_stream(result):
                 return await self._stream(result, request, predictor, arguments)
-            response = self.encode_response(result=result, request_headers=request.headers, api=self.api)
+            with tracing.span("encode"):
+                response = self.encode_response(result=result, request_headers=request.headers, api=self.api)
         except PayloadError as error:
             return error_response(400, str(error))
         except asyncio.CancelledError:
@@ -309,11 +311,14 @@ class Pipeline:
         # waits for it, and so does a worker before it says it is done with the request.
         attribution = (request, self.api.name)  # its log lines carry the request's id
         if predictor.async_post_predict:
-            work = _attributed_async(attribution, self._run_post_predict_async(predictor, result, arguments))
+            work = _attributed_async(attribution, tracing.within_async(
+                "post_predict", self._run_post_predict_async(predictor, result, arguments)))
             request.after.append(self.loop.submit(work, limited=False))
         else:
-            request.after.append(self.pool.submit(_attributed, attribution, self._run_post_predict, predictor, result,
-                                                  arguments))
+            # in this context's copy: a traced request's span is the parent of post_predict's
+            request.after.append(self.pool.submit(contextvars.copy_context().run, _attributed, attribution,
+                                                  tracing.within("post_predict", self._run_post_predict), predictor,
+                                                  result, arguments))
 
     def _run_post_predict(self, predictor: Predictor, result: Any, arguments: dict[str, Any]) -> None:
         try:

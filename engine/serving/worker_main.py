@@ -18,7 +18,7 @@ import sys
 
 from starlette.responses import Response
 
-from engine import plugins, tracebacks
+from engine import plugins, tracebacks, tracing
 from engine.asgi import play
 from engine.errors import EngineError
 from engine.memory import settle_after_start_up
@@ -68,8 +68,10 @@ async def _run(socket: str, index: int) -> int:
     if not isinstance(setup, messages.Setup):
         return 1
     try:
-        pipeline = Pipeline(setup.api, plugins.from_portable(setup.plugins), Metrics(), setup.model_poll_interval,
-                            process_index=index, shows_errors=setup.shows_errors)
+        pm = plugins.from_portable(setup.plugins)
+        plugins.install_tracer(pm)
+        pipeline = Pipeline(setup.api, pm, Metrics(), setup.model_poll_interval, process_index=index,
+                            shows_errors=setup.shows_errors)
         enter_view(setup.view, [setup.api.predictor.python_path or ""])
         tracebacks.register_view(setup.view, setup.project_root)
         await pipeline.start(setup.view, setup.project_root)
@@ -140,13 +142,14 @@ async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[i
                   call: messages.Call) -> None:
     request = ApiRequest(call.scope, call.body)
     try:
-        if call.kind == "predict":
-            response = await pipeline.predict(request)
-        elif call.kind.startswith("operate:"):
-            response = await pipeline.operate(call.kind.removeprefix("operate:"), request)
-        else:
-            response = await pipeline.summary(request)
-        await _reply(call, response, writer, sent)
+        with tracing.resumed(call.scope.get(tracing.TRACE_KEY)):  # the front's server span, when it traces it
+            if call.kind == "predict":
+                response = await pipeline.predict(request)
+            elif call.kind.startswith("operate:"):
+                response = await pipeline.operate(call.kind.removeprefix("operate:"), request)
+            else:
+                response = await pipeline.summary(request)
+            await _reply(call, response, writer, sent)
         for work in request.after:  # post_predict: the worker is busy until it ends
             await asyncio.wrap_future(work)
     except asyncio.CancelledError:

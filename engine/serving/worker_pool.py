@@ -19,7 +19,7 @@ from pathlib import Path
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from engine import plugins, tempdirs
+from engine import plugins, tempdirs, tracing
 from engine.errors import EngineError
 from engine.project.config import Api
 from engine.serving import messages
@@ -32,7 +32,7 @@ log = logging.getLogger("engine")
 
 # The parts of an ASGI scope a worker needs to rebuild the request (the rest does not cross processes).
 _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "root_path", "query_string", "headers",
-               "client", "server")
+               "client", "server", tracing.TRACE_KEY)
 MEMORY_CHECK_INTERVAL = 1.0  # seconds between looks at the workers' memory, when --worker-memory-limit is set
 
 Chunks = asyncio.Queue[messages.Chunk | None]  # a streamed reply's chunks; None: the worker died
