@@ -17,7 +17,7 @@ from ray.serve.schema import ReplicaState
 from engine import EngineError, LoadedProject, ServeSettings, load_project
 from engine_ray import cluster, jobs, mapping, splitter
 from engine_ray.project import read_keys
-from engine_ray.replica import EngineReplica, ReplicaSpec
+from engine_ray.replica import EngineReplica, ReplicaSpec, telemetry_environment
 
 log = logging.getLogger("engine")
 
@@ -108,7 +108,8 @@ class Deployment:
         working_dir = self.working_dir
         root = self.project.project.root
         spec = ReplicaSpec(config_name=self.project.config_file.name, settings=settings, api=None, apps=apps,
-                           keys=self.keys, project_dir=str(root) if self.local else None)
+                           keys=self.keys, project_dir=str(root) if self.local else None,
+                           telemetry=telemetry_environment())
         deployment = serve.deployment()(EngineReplica)  # serve.deployment(cls) is annotated as the decorator
         config = next((splitter for splitter in self.project.splitters if splitter.name == name), None)
         if config is not None:  # a TrafficSplitter: a small replica handing requests to the APIs' applications

@@ -51,6 +51,9 @@ class ReplicaSpec:
     environment: dict[str, str] = field(default_factory=dict, repr=False)
     splitter: str | None = None  # a TrafficSplitter's replica (api is None): the splitter's name
     working_dir: str | None = None  # a BatchAPI's replica: the runtime_env working_dir of its jobs' worker actors
+    # the OpenTelemetry configuration (OTEL_*) engine serve --on ray was started with: a tracing plugin in the replica
+    # reads it as engine serve's would (a cluster's nodes do not share the driver's environment)
+    telemetry: dict[str, str] = field(default_factory=dict, repr=False)
 
     def auth(self) -> list[tuple[bytes, bytes]]:
         """The header that opens /metrics when keys are required."""
@@ -76,6 +79,7 @@ class EngineReplica:
     async def _build(self) -> ClusterRoutes:
         spec = self.spec
         configure_logging(spec.settings.log_level)
+        os.environ.update(spec.telemetry)
         project_dir = spec.project_dir or os.getcwd()
         self.metrics_dir = metrics_directory(spec)
         if spec.splitter is not None:
@@ -282,6 +286,11 @@ class Reporter:
             await collector.report.remote(self.replica, self.spec.api or self.spec.splitter, body.decode(), final)
         except Exception as error:  # noqa: BLE001 - the collector may be gone (the driver stopping); serving goes on
             log.debug("metrics report failed: %s", error)
+
+
+def telemetry_environment() -> dict[str, str]:
+    """The OTEL_* variables of this process (the driver's), for the replicas."""
+    return {name: value for name, value in os.environ.items() if name.startswith("OTEL_")}
 
 
 def metrics_directory(spec: ReplicaSpec) -> str | None:
