@@ -7,7 +7,7 @@ in Ray replicas alike; a predictor's own spans nest under `predict`. docs/operat
 from __future__ import annotations
 
 from engine import Tracer, hookimpl
-from engine_otel.provider import configured_provider
+from engine_otel.provider import configured_tracer
 from engine_otel.tracer import OtelTracer
 
 _made: list[OtelTracer | None] = []  # this process's tracer, made once (every app of the process shares it)
@@ -17,6 +17,5 @@ _made: list[OtelTracer | None] = []  # this process's tracer, made once (every a
 def engine_tracer() -> Tracer | None:
     """This process's tracer, or None when OTEL_SDK_DISABLED=true."""
     if not _made:
-        made = configured_provider()
-        _made.append(OtelTracer(*made) if made is not None else None)
+        _made.append(configured_tracer())
     return _made[0]

@@ -1,75 +1,111 @@
-"""engine's Tracer on the OpenTelemetry SDK: the server span of a request and the spans of its phases."""
+"""engine's Tracer on the OpenTelemetry SDK: the server span of a request and the spans of its phases.
+
+engine's own spans are handed to the span processors whole, as the SDK's ReadableSpan, when they end: the SDK's live
+span objects (locks, bounded attributes, a sampler call and the processors' start hooks for each) cost five times as
+much, and a request has four or more. The sampler decides once per request, at its server span; the phases follow
+that decision. While a phase runs, a NonRecordingSpan with its ids is the current span in OpenTelemetry's context,
+so that spans a predictor makes itself (with the SDK, through the global provider) are its children.
+"""
 from __future__ import annotations
 
+import random
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from time import time_ns
 from typing import Any
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from engine import Carrier
-from engine_otel.provider import ChosenIds, instrumentation_version
 
 TRACEPARENT = b"traceparent"
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+UNSET = Status(StatusCode.UNSET)
+ERROR = Status(StatusCode.ERROR)
+
+
+class Spans:
+    """Where engine's finished spans go: the span processors of engine-otel's provider."""
+
+    def __init__(self, processors: Sequence[SpanProcessor], resource: Resource, scope: InstrumentationScope) -> None:
+        self.processors = list(processors)
+        self.resource = resource
+        self.scope = scope
+
+    def finish(self, name: str, span: SpanContext, parent: SpanContext | None, start_ns: int, end_ns: int,
+               kind: SpanKind = SpanKind.INTERNAL, attributes: dict[str, Any] | None = None,
+               links: Sequence[Link] = (), status: Status = UNSET, events: Sequence[Event] = ()) -> None:
+        """Hand a span that has ended to every processor (which export it)."""
+        finished = ReadableSpan(name=name, context=span, parent=parent, resource=self.resource, attributes=attributes,
+                                events=events, links=links, kind=kind, status=status, start_time=start_ns,
+                                end_time=end_ns, instrumentation_scope=self.scope)
+        for processor in self.processors:
+            processor.on_end(finished)
 
 
 class ServerSpan:
     """A traced request's server span, current in its task until end()."""
 
-    __slots__ = ("span", "token", "carrier")
+    __slots__ = ("spans", "name", "span", "parent", "attributes", "token", "carrier")
 
-    def __init__(self, span: trace.Span, token: object, carrier: Carrier) -> None:
+    def __init__(self, spans: Spans, name: str, span: SpanContext, parent: SpanContext | None,
+                 attributes: dict[str, Any], token: object, carrier: Carrier) -> None:
+        self.spans = spans
+        self.name = name
         self.span = span
+        self.parent = parent
+        self.attributes = attributes
         self.token = token
         self.carrier = carrier
 
     def end(self, status: int) -> None:
         """Say the response's status, end the span, and restore the task's context."""
-        self.span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            self.span.set_status(Status(StatusCode.ERROR))
-        self.span.end()
+        self.attributes["http.response.status_code"] = status
+        self.spans.finish(self.name, self.span, self.parent, self.carrier.arrived_ns, time_ns(), SpanKind.SERVER,
+                          self.attributes, status=ERROR if status >= 500 else UNSET)
         context.detach(self.token)  # type: ignore[arg-type]  # (attach's token)
 
 
 class OtelTracer:
-    """engine.Tracer on an SDK tracer provider."""
+    """engine.Tracer: spans decided by `sampler`, handed whole to `spans`."""
 
-    def __init__(self, provider: TracerProvider, ids: ChosenIds | None) -> None:
-        self.tracer = provider.get_tracer("engine", instrumentation_version())
-        self.sampler = provider.sampler
-        self.chosen = ids  # engine's own provider: the sampler is asked before any span is made
+    def __init__(self, sampler: Sampler, spans: Spans) -> None:
+        self.sampler = sampler
+        self.spans = spans
+        # Samplers that say no before they are asked (always_off; parentbased_always_off without a caller's trace):
+        # the request costs no more than this check
+        description = sampler.get_description()
+        self.drops_all = description == "AlwaysOffSampler"
+        self.drops_roots = self.drops_all or description.startswith("ParentBased{root:AlwaysOffSampler,")
 
     def start_request(self, headers: list[tuple[bytes, bytes]], name: str, attributes: dict[str, Any],
                       arrived_ns: int) -> ServerSpan | None:
         """The server span of a request, continuing its traceparent; None when the sampler leaves it out."""
-        parent = None
+        if self.drops_all:
+            return None
+        incoming = None
         for header, _ in headers:
             if header == TRACEPARENT:
-                parent = propagate.extract({key.decode("latin-1"): value.decode("latin-1") for key, value in headers})
+                incoming = propagate.extract({key.decode("latin-1"): value.decode("latin-1") for key, value in headers})
                 break
-        if self.chosen is not None and not self._sampled(parent, name, attributes):
-            return None  # no span made: an unsampled request costs a sampler call
-        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
-                                      start_time=arrived_ns)
-        if not span.is_recording():
+        if incoming is None and self.drops_roots:
             return None
-        token = context.attach(trace.set_span_in_context(span, parent))
-        return ServerSpan(span, token, _carrier(span.get_span_context(), arrived_ns))
-
-    def _sampled(self, parent: context.Context | None, name: str, attributes: dict[str, Any]) -> bool:
-        """Ask the sampler about a request; a root span's trace id is chosen here, and its span gets it."""
-        assert self.chosen is not None
-        remote = trace.get_current_span(parent).get_span_context() if parent is not None else None
-        root = remote is None or not remote.is_valid
-        trace_id = self.chosen.choose() if root or remote is None else remote.trace_id
-        decision = self.sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, attributes).decision
-        if not decision.is_recording() and root:
-            self.chosen.generate_trace_id()  # the choice is not used: forget it
-        return decision.is_recording()
+        remote = trace.get_current_span(incoming).get_span_context() if incoming is not None else None
+        parent = remote if remote is not None and remote.is_valid else None
+        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
+        sampling = self.sampler.should_sample(incoming, trace_id, name, SpanKind.SERVER, attributes)
+        if not sampling.decision.is_sampled():  # recorded but not sampled would be exported by no processor
+            return None
+        span = SpanContext(trace_id, _span_id(), False, SAMPLED, sampling.trace_state)
+        token = context.attach(trace.set_span_in_context(NonRecordingSpan(span), incoming))
+        return ServerSpan(self.spans, name, span, parent, {**attributes, **dict(sampling.attributes or {})}, token,
+                          _carrier(span, arrived_ns))
 
     @contextmanager
     def resume(self, carrier: Carrier) -> Iterator[None]:
@@ -84,12 +120,25 @@ class OtelTracer:
     @contextmanager
     def span(self, name: str) -> Iterator[None]:
         """A child span of the current one, current inside; an exception leaving it is recorded on it."""
-        with self.tracer.start_as_current_span(name):
+        parent = trace.get_current_span().get_span_context()
+        span = SpanContext(parent.trace_id, _span_id(), False, parent.trace_flags, parent.trace_state)
+        token = context.attach(trace.set_span_in_context(NonRecordingSpan(span)))
+        started = time_ns()
+        try:
             yield
+        except BaseException as error:
+            self.spans.finish(name, span, parent, started, time_ns(), status=Status(
+                StatusCode.ERROR, f"{type(error).__name__}: {error}"), events=[_exception_event(error)])
+            raise
+        finally:
+            context.detach(token)
+        self.spans.finish(name, span, parent, started, time_ns())
 
     def record(self, name: str, start_ns: int, end_ns: int) -> None:
         """A child span of the current one that began and ended at these times."""
-        self.tracer.start_span(name, start_time=start_ns).end(end_time=end_ns)
+        parent = trace.get_current_span().get_span_context()
+        span = SpanContext(parent.trace_id, _span_id(), False, parent.trace_flags, parent.trace_state)
+        self.spans.finish(name, span, parent, start_ns, end_ns)
 
     def capture(self) -> object:
         """The current span's context."""
@@ -99,18 +148,25 @@ class OtelTracer:
     def batch(self, waits: Sequence[tuple[object, int]]) -> Iterator[None]:
         """The `batch` span (in the trace of the request that opened the batch, linked to every request), current
         inside; each request's `batch wait`, from when it began waiting until now, linked to it."""
-        requests = [request for request, _ in waits if isinstance(request, SpanContext)]
-        opener = trace.set_span_in_context(NonRecordingSpan(requests[0]))
-        span = self.tracer.start_span("batch", context=opener, links=[Link(request) for request in requests],
-                                      attributes={"engine.batch_size": len(waits)})
-        joined = [Link(span.get_span_context())]
+        requests = [(request, since) for request, since in waits if isinstance(request, SpanContext)]
+        opener = requests[0][0]
+        span = SpanContext(opener.trace_id, _span_id(), False, opener.trace_flags, opener.trace_state)
+        joined = [Link(span)]
         now = time_ns()
-        for request, since in waits:
-            if isinstance(request, SpanContext):
-                self.tracer.start_span("batch wait", context=trace.set_span_in_context(NonRecordingSpan(request)),
-                                       links=joined, start_time=since).end(end_time=now)
-        with trace.use_span(span, end_on_exit=True):
+        for request, since in requests:
+            wait = SpanContext(request.trace_id, _span_id(), False, request.trace_flags, request.trace_state)
+            self.spans.finish("batch wait", wait, request, since, now, links=joined)
+        token = context.attach(trace.set_span_in_context(NonRecordingSpan(span)))
+        status = UNSET
+        try:
             yield
+        except BaseException as error:
+            status = Status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            context.detach(token)
+            self.spans.finish("batch", span, opener, now, time_ns(), links=[Link(request) for request, _ in requests],
+                              attributes={"engine.batch_size": len(waits)}, status=status)
 
     def ids(self) -> tuple[str, str] | None:
         """The current span's trace and span ids, in hex."""
@@ -118,6 +174,16 @@ class OtelTracer:
         if not current.is_valid:
             return None
         return f"{current.trace_id:032x}", f"{current.span_id:016x}"
+
+
+def _span_id() -> int:
+    return random.getrandbits(64) or 1
+
+
+def _exception_event(error: BaseException) -> Event:
+    """The `exception` event OpenTelemetry's semantic conventions describe."""
+    return Event("exception", {"exception.type": type(error).__qualname__, "exception.message": str(error),
+                               "exception.stacktrace": "".join(traceback.format_exception(error))})
 
 
 def _carrier(span: SpanContext, arrived_ns: int) -> Carrier:
