@@ -163,6 +163,9 @@ class GrpcService:
         if version:
             headers.append((VERSION_HEADER, version.encode()))
         response = await self.served.operate(api, operation, body, headers)
+        traceparent = response.headers.get("traceparent")
+        if traceparent:  # a traced call: its server span, as REST's response header names it
+            await context.send_initial_metadata((("traceparent", traceparent),))
         if response.status_code != 200:
             try:
                 message = str(orjson.loads(response.body)["error"])
