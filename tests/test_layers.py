@@ -9,8 +9,8 @@ ENGINE = Path(__file__).resolve().parents[1] / "engine"
 # Lowest first. A module not named here belongs to the layer of its package (serving, project, models), or to the
 # top when it sits in engine/ itself.
 LAYERS = [
-    ("support", {"errors", "types", "units", "tracebacks", "logformat", "tracing", "tempdirs", "jsoncodec", "memory", "asgi",
-                 "hardware", "routes", "install_hints"}),
+    ("support", {"errors", "types", "units", "tracebacks", "logformat", "tracing", "tempdirs", "jsoncodec", "memory",
+                 "asgi", "hardware", "routes", "install_hints"}),
     ("plugin face", {"settings", "plugin_api", "hookspecs", "plugins", "plugin_routes"}),
     ("project", {"project"}),
     ("models", {"models"}),
