@@ -27,7 +27,7 @@ from engine.jobs.launchers import ProcessLauncher, WorkerLauncher
 from engine.jobs.service import JobService
 from engine.jobs.store import JobStore
 from engine.memory import settle_after_start_up
-from engine.models import ModelRepository
+from engine.models import ModelRepository, budget
 from engine.project.files import enter_view, remove_view
 from engine.project.loading import LoadedProject, load_project
 from engine.serving.admission import Admission, ClientGone, body_or_refusal, has_body
@@ -61,6 +61,7 @@ class AppState:
         self.metrics = Metrics()
         self.on_fatal = on_fatal
         self.settings = settings
+        budget.configure(settings.model_memory, settings.model_disk)  # before any API's models are opened
         self.backends: list[Backend] = [self.make_backend(api) for api in validated.apis]
         self.admissions = [Admission(backend, self.metrics, settings, self) for backend in self.backends]
         self.targets = targets

@@ -145,6 +145,11 @@ class ServeSettings:
                                        "SECONDS")
     model_poll_interval: float = _setting(10.0, seconds, "how often model directories are checked for new "
                                           "versions", "SECONDS")
+    model_memory: int | None = _setting(None, optional_size, "bound the memory loaded models hold in each process, "
+                                        "across all its APIs; least recently used models not in use are evicted "
+                                        "(a size such as 2GiB; off unless given)", "SIZE")
+    model_disk: int | None = _setting(None, optional_size, "bound the disk the downloaded copies of S3 models take "
+                                      "in each process, the same way (off unless given)", "SIZE")
     worker_init_timeout: float = _setting(600.0, seconds, "with processes_per_replica > 1, how long a worker may "
                                           "take to finish __init__", "SECONDS")
     cpu: bool = _setting(False, boolean, "serve APIs that ask for compute.gpu or compute.inf on the CPU instead, "

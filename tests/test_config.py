@@ -922,7 +922,7 @@ def test_monitoring_model_type(tmp_path):
      "config, env, image, log_level, model_path, models, multi_model_reloading, path, processes_per_replica, "
      "python_path, server_side_batching, signature_key, tensorflow_serving_image, threads_per_process, type"),
     (api(predictor={"models": {"dir": "m", "cache": 1}}), "predictor.models.cache",
-     "cache_size, dir, disk_cache_size, path, paths, signature_key"),
+     "cache_size, dir, disk_budget, disk_cache_size, memory_budget, path, paths, signature_key"),
     (api(predictor={"multi_model_reloading": {"paths": [{"name": "a", "path": "p", "version": 1}]}}),
      "predictor.multi_model_reloading.paths[0].version", "model_path, name, path, signature_key"),
     (api(predictor={"server_side_batching": {"max_batch_size": 2, "batch_interval": "1s", "timeout": "1s"}}),

@@ -1,18 +1,22 @@
 """Every model of one API: its versions, loaded on demand under per-version locks (engine.models.cache holds the
-LRU limits, engine.models.reloading watches for new versions)."""
+LRU limits, engine.models.budget the byte budgets, engine.models.reloading watches for new versions)."""
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import engine.models.budget as budget
+import engine.models.events as events
 from engine import tempdirs
 from engine.errors import ModelError
-from engine.models.cache import Key, Limits
+from engine.models.budget import BudgetError, Charge, Ledger
+from engine.models.cache import Copy, Key, Limits, Loaded
 from engine.models.layout import ModelFormat, Signature, VersionInfo, check_layout, group_versions
 from engine.models.reloading import Reloader
 from engine.models.stores import Store, store_for
@@ -27,12 +31,28 @@ class ModelRepository:
 
     def __init__(self, models: Models, project_root: Path, fmt: ModelFormat, type_name: str, *,
                  poll_interval: float = ServeSettings.model_poll_interval, cache_root: Path | None = None,
-                 on_load: Callable[[str, bool, bool, float], None] | None = None) -> None:
+                 on_load: Callable[[str, bool, bool, float], None] | None = None, api_name: str = "",
+                 ledgers: tuple[Ledger, Ledger] | None = None) -> None:
         self.fmt = fmt
         self.on_load = on_load  # (model name, reload, ok, seconds) after every load attempt, for metrics
         self._ever_loaded: set[Key] = set()
         self.type_name = type_name
+        self.api_name = api_name
         self.cache_size = models.cache_size
+        # the byte budgets a version counts in: the API's own (models.memory_budget, disk_budget), then the
+        # process's (--model-memory, --model-disk; `ledgers` replaces those, for tests)
+        memory, disk = ledgers or (budget.process_ledger("memory"), budget.process_ledger("disk"))
+        where = f"api '{api_name}': models" if api_name else "models"
+        self.memory_ledgers = (Ledger(models.memory_budget, f"{where}.memory_budget", "memory"), memory) \
+            if models.memory_budget is not None else (memory,)
+        self.disk_ledgers = (Ledger(models.disk_budget, f"{where}.disk_budget", "disk"), disk) \
+            if models.disk_budget is not None else (disk,)
+        # loaded when asked for (and evicted) rather than all before the API is ready: with a cache or a budget
+        self.on_demand = models.cache_size is not None or any(
+            ledger.limit is not None for ledger in self.memory_ledgers + self.disk_ledgers)
+        self._sizes: dict[Key, tuple[Signature, int]] = {}  # each version's measured size, for its content
+        if any(ledger.limit is not None for ledger in self.memory_ledgers):
+            budget.return_freed_memory()
         self.single = models.path is not None
         self._owns_cache_root = cache_root is None
         self.cache_root = cache_root or tempdirs.make("models")
@@ -125,10 +145,10 @@ class ModelRepository:
         self.reloader.stop()
         with self.lock:
             loaded, copies = self.limits.clear()
-        for entry in loaded:
-            self._unload(entry.model)
+        self._drop_loaded(loaded)
         for copy in copies:
-            self._store(copy.location).discard(copy)
+            self._forget_copy(copy)
+            self._store(copy.info.location).discard(copy.info)
         if self._owns_cache_root:
             tempdirs.remove(self.cache_root)
 
@@ -154,9 +174,17 @@ class ModelRepository:
         for candidate in candidates:  # "latest" falls back to the newest version that loads
             try:
                 return self._get_version(name, candidate)
+            except BudgetError:
+                raise  # it loads, but not now or not here: never an older version in its place
             except ModelError as error:
                 first_error = first_error or error
         raise first_error or ModelError(f"model {name} has no versions available", 404)
+
+    @contextmanager
+    def use(self, model_name: str | None = None, model_version: str | int | None = "latest") -> Iterator[Any]:
+        """`get`, the model held loaded (never evicted by a byte budget) until the block ends."""
+        with budget.holding():
+            yield self.get(model_name, model_version)
 
     def model_names(self) -> list[str]:
         """The names of the models currently available."""
@@ -190,70 +218,173 @@ class ModelRepository:
         with self.lock:
             return len(self.limits.loaded), len(self.limits.on_disk)
 
+    def bytes_usage(self) -> tuple[int, int]:
+        """(bytes the loaded models hold, bytes of their downloaded copies), as the byte budgets count them."""
+        with self.lock:
+            return (sum(entry.charge.size for entry in self.limits.loaded.values()),
+                    sum(copy.charge.size for copy in self.limits.on_disk.values()))
+
     # --- loading and eviction --------------------------------------------------------------------------
 
     def _get_version(self, name: str, version: int) -> Any:
         key = (name, version)
         with self.lock:
             info = self._current(key)
-            fresh = self.limits.fresh(key, info)
+            fresh = self.limits.fresh(key, info.signature)
             if fresh is not None:
+                events.report(self.api_name, name, "hit")
                 return fresh
             lock = self._load_locks.setdefault(key, threading.Lock())
+        events.report(self.api_name, name, "miss")
         with lock:  # one load per version; concurrent callers wait here and then find it loaded
             with self.lock:
                 info = self._current(key)
-                fresh = self.limits.fresh(key, info)
+                fresh = self.limits.fresh(key, info.signature)
                 if fresh is not None:
                     return fresh
                 failed = self._errors.get(key)
                 if failed and failed[0] == info.signature:  # known broken until its files change
-                    if key in self.limits.loaded:  # rewritten in place and broken: keep serving the old copy
-                        return self.limits.loaded[key].model
+                    previous = self.limits.fresh(key)  # rewritten in place and broken: keep serving the old copy
+                    if previous is not None:
+                        return previous
                     raise ModelError(failed[1])
             try:
                 return self._load(key, info)
             except ModelError:
                 with self.lock:
-                    if key in self.limits.loaded:
+                    previous = self.limits.fresh(key)
+                    if previous is not None:
                         log.warning("model %s of version %s: keeping the previously loaded copy", *key)
-                        return self.limits.loaded[key].model
+                        return previous
                 raise
 
     def _load(self, key: Key, info: VersionInfo) -> Any:
-        """Load one version into a reserved memory slot (call holding the version's load lock)."""
+        """Load one version into a reserved memory slot and budget (call holding the version's load lock)."""
         name, version = key
         with self.lock:
             evicted = self.limits.reserve_memory(key)
-        for model in evicted:
-            self._unload(model)
+        self._drop_loaded(evicted, "eviction")
+        try:
+            charge, victims = budget.admit(self, key, self._label(key), self._estimate(key, info), self.memory_ledgers)
+        except BudgetError as error:
+            with self.lock:
+                self.limits.release_memory(key)
+            self._refused(name, error)
+            raise
+        self._evict(victims)
         started = time.monotonic()
         step = "download"
         try:
-            path = self._materialise(key, info)
+            path = self._materialise(key, info, charge)
             step = "load"
+            before = budget.resident_bytes()
             model = self.fmt.load(path)
+            size = self._measure(key, model, before, info)
+        except BudgetError as error:  # no room on disk for its copy: the version itself is fine
+            self._abandon(key, charge)
+            self._refused(name, error)
+            raise
         except Exception as error:
             message = f"model {name} of version {version} failed to {step}: {type(error).__name__}: {error}"
             log.exception("%s", message)
             self._report_load(key, False, started)
+            self._abandon(key, charge)
             with self.lock:
-                self.limits.release_memory(key)
                 # a load failure sticks until the files change; a failed download is tried again next time
                 self._errors[key] = (info.signature if step == "load" else None, message)
             raise ModelError(message) from None
         except BaseException:  # KeyboardInterrupt, SystemExit: give the slot back all the same
-            with self.lock:
-                self.limits.release_memory(key)
+            self._abandon(key, charge)
+            raise
+        self._sizes[key] = (info.signature, size)
+        try:
+            self._evict(budget.resize(charge, size))
+        except BudgetError as error:  # measured only once loaded, and larger than a whole budget
+            self._abandon(key, charge)
+            self._unload(model)
+            self._refused(name, error)
             raise
         with self.lock:
-            replaced = self.limits.keep(key, model, info.signature)
+            replaced = self.limits.keep(key, Loaded(model, info.signature, charge))
+            budget.keep(charge, held=True)
             self._errors.pop(key, None)
+        events.report(self.api_name, name, "memory_bytes", size)
         if replaced is not None:
-            self._unload(replaced.model)
-        log.info("model %s of version %s loaded in %.2f s", name, version, time.monotonic() - started)
+            self._drop_loaded([replaced])
+        log.info("model %s of version %s loaded in %.2f s (%s)", name, version, time.monotonic() - started,
+                 budget.shown(size))
         self._report_load(key, True, started)
         return model
+
+    def _abandon(self, key: Key, charge: Charge) -> None:
+        """Give back the slot and the bytes of a load that did not keep its model."""
+        budget.discharge(charge)
+        with self.lock:
+            self.limits.release_memory(key)
+
+    def _estimate(self, key: Key, info: VersionInfo) -> int:
+        """The bytes to reserve before loading: the size measured at its last load, else its files' size."""
+        known = self._sizes.get(key)
+        return known[1] if known and known[0] == info.signature else sum(entry.size for entry in info.files)
+
+    def _measure(self, key: Key, model: Any, before: int | None, info: VersionInfo) -> int:
+        """A loaded version's size: as its format reports it, else the growth of resident memory while it loaded."""
+        reported = getattr(self.fmt, "size", None)
+        if callable(reported):
+            try:
+                size = reported(model)
+            except Exception:
+                log.exception("%s: its format could not tell its size; counting its load's memory instead",
+                              self._label(key))
+                size = None
+            if size is not None:
+                return int(size)
+        after = budget.resident_bytes()
+        if before is None or after is None:
+            return sum(entry.size for entry in info.files)
+        return max(0, after - before)
+
+    def _label(self, key: Key) -> str:
+        name = "the model" if self.single else f"model {key[0]}"
+        where = f" of api '{self.api_name}'" if self.api_name else ""
+        return f"{name} of version {key[1]}{where}"
+
+    def _refused(self, name: str, error: BudgetError) -> None:
+        log.warning("%s", error)
+        events.report(self.api_name, name, "too_large" if error.status_code == 507 else "no_room")
+
+    # --- the byte budgets' evictions (engine.models.budget.Owner) ------------------------------------------------
+
+    def evicted(self, charge: Charge) -> None:
+        """Drop a loaded version or a downloaded copy that a byte budget evicted."""
+        events.report(self.api_name, charge.key[0], "eviction" if charge.what == "memory" else "disk_eviction")
+        log.info("%s evicted from %s to make room within the model %s budget", charge.label, charge.what, charge.what)
+        with self.lock:
+            if charge.what == "memory":
+                loaded, copy = self.limits.evict_loaded(charge), None
+            else:
+                loaded, copy = None, self.limits.evict_copy(charge)
+        if loaded is not None:
+            self._drop_loaded([loaded])
+        if copy is not None:
+            self._delete_copies([(charge.key, copy)])
+
+    def _evict(self, victims: list[Charge]) -> None:
+        for victim in victims:
+            victim.owner.evicted(victim)
+
+    def _drop_loaded(self, entries: list[Loaded], event: str | None = None) -> None:
+        """Free loaded versions taken out of `limits.loaded` (`event`: what to count for each, e.g. an eviction)."""
+        for entry in entries:
+            budget.discharge(entry.charge)
+            events.report(self.api_name, entry.charge.key[0], "memory_bytes", -entry.charge.size)
+            if event:
+                events.report(self.api_name, entry.charge.key[0], event)
+            self._unload(entry.model)
+
+    def _forget_copy(self, copy: Copy) -> None:
+        budget.discharge(copy.charge)
+        events.report(self.api_name, copy.charge.key[0], "disk_bytes", -copy.charge.size)
 
     def _report_load(self, key: Key, ok: bool, started: float) -> None:
         reload = key in self._ever_loaded  # after an eviction or a change in place
@@ -268,27 +399,48 @@ class ModelRepository:
             raise ModelError(f"model {key[0]} of version {key[1]} wasn't found (it was removed)", 404)
         return info
 
-    def _materialise(self, key: Key, info: VersionInfo) -> Path:
-        """A local path of the version; a download holds a disk slot from before it starts (disk_cache_size)."""
+    def _materialise(self, key: Key, info: VersionInfo, user: Charge) -> Path:
+        """A local path of the version; a download holds a disk slot (disk_cache_size) and its bytes in the disk
+        budgets from before it starts. The copy is pinned by `user`, the load's memory charge."""
         store = self._store(info.location)
         if not store.keeps_copies:
             return store.materialise(info)
         with self.lock:
-            reserved, doomed = self.limits.reserve_disk(key, info)
+            reserved, doomed = self.limits.reserve_disk(key, info, user)
+        for doomed_key, _ in doomed:
+            if doomed_key != key:  # evicted by disk_cache_size (key's own: an outdated copy)
+                events.report(self.api_name, doomed_key[0], "disk_eviction")
         self._delete_copies(doomed)
+        if not reserved:
+            return store.materialise(info)
+        size = sum(entry.size for entry in info.files)
+        try:
+            charge, victims = budget.admit(self, key, self._label(key), size, self.disk_ledgers)
+        except BudgetError:
+            with self.lock:
+                self.limits.downloaded(key, None, reserved)
+            raise
+        self._evict(victims)
         path = None
         try:
             path = store.materialise(info)
         finally:
             with self.lock:
-                self.limits.downloaded(key, info, reserved, ok=path is not None)
+                self.limits.downloaded(key, Copy(info, charge) if path is not None else None, reserved)
+                if path is not None:  # pinned before it is kept: never evictable in between
+                    budget.pin(charge, user)
+                    budget.keep(charge, held=False)
+            if path is None:
+                budget.discharge(charge)
+        events.report(self.api_name, key[0], "disk_bytes", size)
         return path
 
-    def _delete_copies(self, copies: list[tuple[Key, VersionInfo]]) -> None:
+    def _delete_copies(self, copies: list[tuple[Key, Copy]]) -> None:
         """Delete copies marked as being deleted (outside the lock: it may take a while)."""
-        for key, info in copies:
+        for key, copy in copies:
+            self._forget_copy(copy)
             try:
-                self._store(info.location).discard(info)
+                self._store(copy.info.location).discard(copy.info)
             finally:
                 with self.lock:
                     self.limits.deleted(key)
@@ -379,7 +531,7 @@ class ModelRepository:
             is_new = info.version not in self._versions.get(name, {})
             lock = self._load_locks.setdefault(key, threading.Lock())
         with lock:
-            if self.cache_size is None:  # without caching, a version is published only once it has loaded
+            if not self.on_demand:  # without caching, a version is published only once it has loaded
                 try:
                     self._load(key, info)
                 except ModelError:
@@ -399,8 +551,9 @@ class ModelRepository:
                 self._versions.pop(key[0], None)
             loaded, copy = self.limits.drop(key)
             self._errors.pop(key, None)
+            self._sizes.pop(key, None)
         if loaded is not None:
-            self._unload(loaded.model)
+            self._drop_loaded([loaded])
         if copy is not None:
             self._delete_copies([(key, copy)])
         if info is not None:

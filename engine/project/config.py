@@ -5,10 +5,10 @@ import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import ConfigError
 from engine.project.config_errors import Rules, format_validation_error
@@ -23,6 +23,7 @@ from engine.project.sections import (
     UpdateStrategy,
 )
 from engine.routes import reserved, reserved_shown
+from engine.settings import byte_size
 
 if TYPE_CHECKING:
     from engine.project.batch import BatchApi
@@ -68,8 +69,24 @@ class ModelPath(Section):
         return self
 
 
+def _bytes(value: Any) -> Any:
+    """A size in bytes: a whole number, or a string with a unit (512MiB, 2GB); anything else is left to the check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, str):
+        return value
+    try:
+        return byte_size(value)
+    except ValueError:
+        raise ValueError("must be a size: a number of bytes, or one with a unit such as 512MiB or 2GB") from None
+
+
+ByteSize = Annotated[int, BeforeValidator(_bytes)]
+
+
 class Models(Section):
-    """Where an API's models are: one `path`, named `paths`, or a `dir` of models; optional LRU cache sizes."""
+    """Where an API's models are: one `path`, named `paths`, or a `dir` of models; optional LRU cache sizes, and
+    engine's byte budgets (per process, on top of --model-memory and --model-disk)."""
 
     path: str | None = None
     paths: list[ModelPath] | None = None
@@ -77,6 +94,8 @@ class Models(Section):
     signature_key: str | None = None
     cache_size: Integer | None = Field(default=None, gt=0)
     disk_cache_size: Integer | None = Field(default=None, gt=0)
+    memory_budget: ByteSize | None = Field(default=None, gt=0)  # engine only: bytes of loaded models
+    disk_budget: ByteSize | None = Field(default=None, gt=0)  # engine only: bytes of downloaded (S3) copies
 
     @model_validator(mode="after")
     def _check(self) -> Models:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from engine import plugins
 from engine.errors import PredictorLoadError
 from engine.models import ModelRepository
+from engine.models.budget import holding
 from engine.plugin_api import LoadsUserModels
 from engine.project.config import Api
 from engine.project.predictor_class import Signature, load_class
@@ -57,16 +58,22 @@ class Predictor:
         return self.async_predict or self.async_stream or self.async_post_predict or self.async_load_model
 
     def predict(self, arguments: dict[str, Any]) -> Any:
-        """Call predict() with the arguments it declared (a coroutine, for an async predict)."""
-        return self.instance.predict(**{name: arguments.get(name) for name in self.predict_args})
+        """Call predict() with the arguments it declared (a coroutine, for an async predict); the models it gets stay
+        loaded until it returns (engine.models.budget.holding)."""
+        if self.async_predict:
+            return _holding_async(self.instance.predict(**{name: arguments.get(name) for name in self.predict_args}))
+        with holding():
+            return self.instance.predict(**{name: arguments.get(name) for name in self.predict_args})
 
     def predict_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
         """Call a sync predict() once for a batch: every declared argument is a list, in arrival order."""
-        return batch_results(self.instance.predict(**self._batched(batch)), batch)
+        with holding():
+            return batch_results(self.instance.predict(**self._batched(batch)), batch)
 
     async def predict_batch_async(self, batch: list[dict[str, Any]]) -> list[Any]:
         """Await an async predict() once for a batch."""
-        return batch_results(await self.instance.predict(**self._batched(batch)), batch)
+        with holding():
+            return batch_results(await self.instance.predict(**self._batched(batch)), batch)
 
     def _batched(self, batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
         return {name: [arguments.get(name) for arguments in batch] for name in self.predict_args}
@@ -75,6 +82,12 @@ class Predictor:
         """Call post_predict() with the arguments it declared (a coroutine, for an async one)."""
         offered = {**arguments, "response": response}
         return self.instance.post_predict(**{name: offered.get(name) for name in self.post_predict_args or ()})
+
+
+async def _holding_async(call: Awaitable[Any]) -> Any:
+    """An async predict's result, the models it gets held until it returns."""
+    with holding():
+        return await call
 
 
 def batch_results(results: Any, batch: list[Any]) -> list[Any]:
@@ -94,7 +107,7 @@ def open_models(api: Api, pm: plugins.PluginManager, device: Device, project_roo
         return None
     ptype = plugins.predictor_type(pm, api.predictor.type)
     models = ModelRepository(api.predictor.models, project_root, plugins.model_format(ptype, api, device), ptype.name,
-                             poll_interval=poll_interval, on_load=on_load)
+                             poll_interval=poll_interval, on_load=on_load, api_name=api.name)
     models.scan()
     return models
 
@@ -120,5 +133,5 @@ def attach_models(api: Api, pm: plugins.PluginManager, client: Any, models: Mode
     if ptype.user_loads_models:
         plugins.require(pm, ptype, client, LoadsUserModels, "user_loads_models")
         client.set_load_method(load_model)
-    if models.cache_size is None:
+    if not models.on_demand:
         models.preload()
