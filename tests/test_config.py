@@ -920,7 +920,8 @@ def test_monitoring_model_type(tmp_path):
      "autoscaling, compute, kind, monitoring, name, networking, predictor, update_strategy"),
     (api(predictor={"model": "m"}), "predictor.model",
      "config, env, image, log_level, model_path, models, multi_model_reloading, path, processes_per_replica, "
-     "python_path, server_side_batching, signature_key, tensorflow_serving_image, threads_per_process, type"),
+     "python_path, server_side_batching, signature_key, tensorflow_serving_image, threads_per_process, type, "
+     "warmup_file"),
     (api(predictor={"models": {"dir": "m", "cache": 1}}), "predictor.models.cache",
      "cache_size, dir, disk_budget, disk_cache_size, memory_budget, path, paths, signature_key"),
     (api(predictor={"multi_model_reloading": {"paths": [{"name": "a", "path": "p", "version": 1}]}}),
@@ -947,7 +948,7 @@ def test_unknown_key_suggests_a_close_match(tmp_path):
         ("api 'my-api': predictor.proceses_per_replica: is not a supported field; did you mean processes_per_replica? "
          "allowed here: config, env, image, log_level, model_path, models, multi_model_reloading, path, "
          "processes_per_replica, python_path, server_side_batching, signature_key, tensorflow_serving_image, "
-         "threads_per_process, type")
+         "threads_per_process, type, warmup_file")
 
 
 # --- error reporting ----------------------------------------------------------------------------------------------

@@ -175,6 +175,8 @@ class Predictor(Section):
     tensorflow_serving_image: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # engine only: JSON lines of requests replayed through the API before it is ready (engine.serving.warmup)
+    warmup_file: str | None = None
 
     @field_validator("config", "env", mode="before")
     @classmethod
@@ -187,6 +189,14 @@ class Predictor(Section):
         relative = _relative_path(path)
         if relative in ("", "."):
             raise ValueError("must name the predictor file, e.g. predictor.py")
+        return relative
+
+    @field_validator("warmup_file")
+    @classmethod
+    def _check_warmup_file(cls, path: str | None) -> str | None:
+        relative = None if path is None else _relative_path(path)
+        if relative in ("", "."):
+            raise ValueError("must name a file of warm-up requests, e.g. warmup.jsonl")
         return relative
 
     @field_validator("python_path")

@@ -26,7 +26,7 @@ from engine.logformat import request_context
 from engine.models import ModelRepository
 from engine.plugin_api import DescribesModels, OperationContext
 from engine.project.config import Api
-from engine.serving import parsing
+from engine.serving import parsing, warmup
 from engine.serving.backend import ApiRequest
 from engine.serving.batching import (
     Arrivals,
@@ -85,7 +85,7 @@ class Pipeline:
         self.batcher: AsyncBatcher | None = None
         self._loop: PredictorLoop | None = None  # the event loop of the predictor's async methods, once needed
         self.predictor: Predictor  # set by _initialise, before `ready`: no request reaches it sooner
-        self.ready = False  # True once the predictor's __init__ has returned
+        self.ready = False  # True once the predictor's __init__ has returned and its warm-up requests have run
         self.client: Any = None  # what the predictor type's create_client returned (None without one)
         # `models`: the loaded models of the pipeline this one replaces (engine serve --reload), still that one's
         # to stop until the swap hands them over (owns_models)
@@ -96,8 +96,11 @@ class Pipeline:
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     async def start(self, view: Path, project_root: Path) -> None:
-        """Initialise on the API's own pool (so __init__ runs on a request thread, as in Cortex)."""
+        """Initialise on the API's own pool (so __init__ runs on a request thread, as in Cortex), then replay the
+        warm-up file's requests through this pipeline (on its pool, which _initialise no longer holds)."""
         await asyncio.get_running_loop().run_in_executor(self.pool, self._initialise, view, project_root)
+        await warmup.replay(self, project_root)
+        self.ready = True
 
     def _initialise(self, view: Path, project_root: Path) -> None:
         """Set up the device and models, build the client, run __init__, load the models."""
@@ -126,7 +129,6 @@ class Pipeline:
                                                                               items))
             self.batcher = AsyncBatcher(run, batching)
         self.predictor = predictor
-        self.ready = True
 
     def _batching(self) -> Batching | None:
         """The API's server_side_batching, with the metrics it feeds."""
