@@ -37,11 +37,11 @@ class ONNXClient:
         return tensors.signature(self._repository.get(model_name, version or "latest").session)
 
     def infer(self, model_name: str, version: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
-        """Run a version on named arrays of its inputs' dtypes; its outputs by name."""
-        model: OnnxModel = self._repository.get(model_name, version or "latest")
-        label = self._label(model, model_name, version)
-        outputs = self._run(model, tensors.feed(inputs, model.inputs, label), label)
-        return {node.name: output for node, output in zip(model.session.get_outputs(), outputs, strict=True)}
+        """Run a version on named arrays of its inputs' dtypes; its outputs by name (the version held loaded)."""
+        with self._repository.use(model_name, version or "latest") as model:
+            label = self._label(model, model_name, version)
+            outputs = self._run(model, tensors.feed(inputs, model.inputs, label), label)
+            return {node.name: output for node, output in zip(model.session.get_outputs(), outputs, strict=True)}
 
     def _run(self, model: OnnxModel, feed: dict[str, Any], label: str) -> list[Any]:
         key = batch_key(model, feed) if self.batcher is not None else None

@@ -83,6 +83,11 @@ class OnnxModelFormat:
         session = ort.InferenceSession(str(file), sess_options=self.session_options(), providers=self.providers)
         return OnnxModel(session, file, [InputSpec.of(node) for node in session.get_inputs()])
 
+    def size(self, model: OnnxModel) -> int:
+        """The bytes the memory budget counts: the .onnx file's, its initializers nearly all of it (a session holds a
+        copy of them: measured, a session's memory grows by the file's size)."""
+        return model.path.stat().st_size
+
     def unload(self, model: OnnxModel) -> None:
         """Nothing to do: onnxruntime frees the session when the last reference goes."""
 

@@ -58,20 +58,23 @@ class TensorFlowClient:
         return [_spec(spec) for spec in signature.inputs.values()], [_spec(spec) for spec in signature.outputs.values()]
 
     def infer(self, model_name: str, version: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
-        """Run the version's serving signature on named arrays (converted as predict converts its inputs)."""
-        signature, where = self._signature(model_name, version)
-        unknown = sorted(set(inputs) - set(signature.inputs))
-        if unknown:
-            raise ModelError(f"{where} has no input {', '.join(unknown)}; its inputs: {sorted(signature.inputs)}", 400)
-        arrays = convert_inputs(inputs, signature.inputs, f"{where} (signature '{signature.key}')")
-        try:
-            return self._batcher.run(signature, arrays) if self._batcher else signature.run(arrays)
-        except Exception as error:
-            message = getattr(error, "message", None) or str(error)
-            raise ModelError(f"inference failed for {where}: {type(error).__name__}: {message}") from error
+        """Run the version's serving signature on named arrays (converted as predict converts its inputs), the version
+        held loaded meanwhile."""
+        with self._repository.use(model_name, version or "latest") as model:
+            signature, where = self._signature(model_name, version, model)
+            unknown = sorted(set(inputs) - set(signature.inputs))
+            if unknown:
+                raise ModelError(f"{where} has no input {', '.join(unknown)}; its inputs: {sorted(signature.inputs)}",
+                                 400)
+            arrays = convert_inputs(inputs, signature.inputs, f"{where} (signature '{signature.key}')")
+            try:
+                return self._batcher.run(signature, arrays) if self._batcher else signature.run(arrays)
+            except Exception as error:
+                message = getattr(error, "message", None) or str(error)
+                raise ModelError(f"inference failed for {where}: {type(error).__name__}: {message}") from error
 
-    def _signature(self, model_name: str, version: str | None) -> tuple[Any, str]:
-        model: SavedModel = self._repository.get(model_name, version or "latest")
+    def _signature(self, model_name: str, version: str | None, model: SavedModel | None = None) -> tuple[Any, str]:
+        model = model or self._repository.get(model_name, version or "latest")
         name = DEFAULT_MODEL_NAME if self._repository.single else model_name
         where = f"model '{name}' of version '{version or 'latest'}'"
         try:

@@ -90,6 +90,14 @@ class TensorFlowModelFormat:
             model.signature(self.keys.shared)
         return model
 
+    def size(self, model: SavedModel) -> int | None:
+        """The bytes the memory budget counts: its variables' (their checkpoint data files) and its graph's
+        (saved_model.pb); None without variables (Neuron), to measure its load's memory instead."""
+        data = list((model.path / "variables").glob("variables.data-*"))
+        if not data:
+            return None
+        return sum(file.stat().st_size for file in [*data, model.path / "saved_model.pb"])
+
     def unload(self, model: SavedModel) -> None:
         """Collect it soon after the repository drops it (its graphs hold cycles); running requests still finish."""
         _collector.request()
