@@ -20,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from engine.models import events
 from engine.settings import MULTIPROCESS_ENV
 
 # prometheus_client leaves disable_created_metrics, MultiProcessCollector and mark_process_dead unannotated
@@ -70,6 +71,23 @@ class Metrics:
                                    registry=registry)
         self.model_load_seconds = Histogram("engine_model_load_duration_seconds", "Time to load a model version",
                                             ["api", "model"], buckets=_LATENCY_BUCKETS, registry=registry)
+        # the model cache and byte budgets (engine.models.events), summed over worker processes
+        self.model_bytes = Gauge("engine_model_bytes", "Bytes the loaded versions of a model hold in memory, as the "
+                                 "memory budget counts them, by API and model", ["api", "model"],
+                                 multiprocess_mode="livesum", registry=registry)
+        self.model_disk_bytes = Gauge("engine_model_disk_bytes", "Bytes of the downloaded copies of a model's "
+                                      "versions on disk, by API and model", ["api", "model"],
+                                      multiprocess_mode="livesum", registry=registry)
+        self.model_hits = Counter("engine_model_hits", "Model lookups that found the version loaded, by API and model",
+                                  ["api", "model"], registry=registry)
+        self.model_misses = Counter("engine_model_misses", "Model lookups that had to load the version (or wait for "
+                                    "its load), by API and model", ["api", "model"], registry=registry)
+        self.model_evictions = Counter("engine_model_evictions", "Versions evicted to make room, by API, model and "
+                                       "cache (memory, or disk for downloaded copies)", ["api", "model", "cache"],
+                                       registry=registry)
+        self.model_refusals = Counter("engine_model_refusals", "Loads refused by a byte budget, by API, model and "
+                                      "reason: too_large (507) or no_room (503, every model in the way in use)",
+                                      ["api", "model", "reason"], registry=registry)
         self.split_requests = Counter("engine_splitter_requests", "Requests a TrafficSplitter handed to one of its "
                                       "APIs, by splitter, API chosen, method and status code",
                                       ["splitter", "api", "method", "status_code"], registry=registry)
@@ -87,6 +105,20 @@ class Metrics:
         self.job_batch_seconds = Histogram("cortex_time_per_batch", "Time predict took for a batch of a BatchAPI "
                                            "job that succeeded", ["api_name", "job_id"], buckets=_LATENCY_BUCKETS,
                                            registry=registry)
+        events.observe(self)
+
+    def model_event(self, api: str, model: str, event: str, amount: int) -> None:
+        """Count one of engine.models.events.EVENTS."""
+        if event == "hit":
+            self.child(self.model_hits, api, model).inc()
+        elif event == "miss":
+            self.child(self.model_misses, api, model).inc()
+        elif event in ("eviction", "disk_eviction"):
+            self.child(self.model_evictions, api, model, "memory" if event == "eviction" else "disk").inc()
+        elif event in ("too_large", "no_room"):
+            self.child(self.model_refusals, api, model, event).inc()
+        elif event in ("memory_bytes", "disk_bytes"):
+            self.child(self.model_bytes if event == "memory_bytes" else self.model_disk_bytes, api, model).inc(amount)
 
     def render(self) -> bytes:
         """Every sample in Prometheus text format, summed over worker processes when there are any."""
