@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from engine import Device
-from engine_tensorflow_predictor import runtime
+from engine_tensorflow_predictor import runtime, warmup
 from engine_tensorflow_predictor.inputs import TensorSpec
 from engine_tensorflow_predictor.signatures import SignatureKeys, select_signature
 
@@ -81,13 +81,19 @@ class TensorFlowModelFormat:
         return None
 
     def load(self, path: Path) -> SavedModel:
-        """tf.saved_model.load, then check that the configured signature_key (or Cortex's default) exists."""
+        """tf.saved_model.load, then check that the configured signature_key (or Cortex's default) exists, then
+        replay its assets.extra/tf_serving_warmup_requests (a failure fails the load: the version is not served)."""
         tf = runtime.tensorflow()
         loaded = tf.saved_model.load(str(path))
         signatures = {key: _signature(tf, key, function) for key, function in loaded.signatures.items()}
         model = SavedModel(path, loaded, signatures)
         if self.keys.uniform:  # with per-model keys the key is known only for a request (see TensorFlowClient)
             model.signature(self.keys.shared)
+        try:
+            warmup.replay(model, self.keys.shared if self.keys.uniform else None)
+        except warmup.WarmupError:
+            _collector.request()  # the loaded graphs hold cycles
+            raise
         return model
 
     def size(self, model: SavedModel) -> int | None:

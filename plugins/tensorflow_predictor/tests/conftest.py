@@ -171,6 +171,60 @@ BUILDERS: dict[str, Callable] = {
 }
 
 
+def build_counted(tf, path: Path, factor: float = 1.0) -> None:
+    """x float32 [None] → y = x * factor, and "calls": how many times the signature has run in this process."""
+    class Counted(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = tf.Variable(0, dtype=tf.int32)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def count(self, x):
+            return {"y": x * factor, "calls": self.calls.assign_add(1)}
+
+    module = Counted()
+    _save(tf, path, module, {"serving_default": module.count.get_concrete_function()})
+
+
+def write_warmup_requests(tf, model: Path, *inputs: dict[str, Any], other: int = 0, signature: str = "") -> Path:
+    """A TensorFlow Serving warm-up file in the SavedModel: one PredictionLog (predict_log) per dict of inputs
+    (float32 arrays), for `signature` (none: the serving one), then `other` classify_log records; its path."""
+    from engine_tensorflow_predictor.warmup import WARMUP_FILE, message_class
+
+    path = model / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for named in inputs:
+            record = message_class("PredictionLog")()
+            record.predict_log.request.model_spec.name = "counted"
+            record.predict_log.request.model_spec.signature_name = signature
+            for name, value in named.items():
+                record.predict_log.request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=tf.float32))
+            writer.write(record.SerializeToString())
+        for _ in range(other):
+            record = message_class("PredictionLog")()
+            record.classify_log.SetInParent()
+            writer.write(record.SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="session")
+def warmup_requests(tf) -> Callable[..., Path]:
+    """warmup_requests(model, *inputs, other=0, signature=""): write_warmup_requests with TensorFlow passed in."""
+    return lambda model, *inputs, **options: write_warmup_requests(tf, model, *inputs, **options)
+
+
+@pytest.fixture(scope="session")
+def warmed(tf) -> Callable[..., Path]:
+    """warmed(path, factor, *inputs, other=0): a counted SavedModel (build_counted) with a warm-up file."""
+    def build(path: Path, factor: float, *inputs: dict[str, Any], other: int = 0) -> Path:
+        build_counted(tf, path, factor)
+        write_warmup_requests(tf, path, *inputs, other=other)
+        return path
+
+    return build
+
+
 def _copy_model(source: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, target)
