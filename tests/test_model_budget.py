@@ -3,6 +3,7 @@ in use never evicted, 507 for a model larger than a budget, 503 when no room fre
 and the settings and configuration fields that set them."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -284,6 +285,26 @@ def test_a_predict_holds_the_models_it_gets_until_it_returns(tmp_path, repos, sh
     assert predictor.predict({"payload": "a"}) == "a"
     assert predictor.predict({"payload": "b"}) == "b"  # a was released when the first predict returned
     assert repository.fmt.unloaded == ["a"]
+
+
+def test_an_async_predict_holds_its_models_too_and_keeps_its_name(tmp_path, repos, short_wait):
+    for name in "ab":
+        write_model(tmp_path / "models", name, 300)
+    repository = repos(ledgers(memory=500), dir="models")
+
+    class AsyncPredictor:
+        async def predict(self, payload):
+            model = repository.get(payload)
+            with pytest.raises(ModelError, match="is taken by 1 model"):
+                repository.get("b")  # a is held by this very predict
+            return model.value
+
+    predictor = Predictor(AsyncPredictor(), {"predict": Signature(("payload",), frozenset())})
+    call = predictor.predict({"payload": "a"})
+    assert call.__qualname__ == "test_an_async_predict_holds_its_models_too_and_keeps_its_name.<locals>." \
+                                "AsyncPredictor.predict"  # the event loop's slow-step warnings name it
+    assert asyncio.run(call) == "a"
+    assert repository.get("b").value == "b" and repository.fmt.unloaded == ["a"]
 
 
 def test_cache_size_still_counts_models_whatever_their_size(tmp_path, repos):

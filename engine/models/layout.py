@@ -48,7 +48,9 @@ class VersionInfo:
 
 
 class ModelFormat(Protocol):
-    """What a predictor type tells the repository: how to check, load and free one version."""
+    """What a predictor type tells the repository: how to check, load and free one version. A format may also have
+    `size(model) -> int | None`, the bytes a loaded version holds, for the memory budget (engine.models.budget);
+    without it, the growth of resident memory during `load` counts."""
 
     expected_tree: str  # shown in layout errors, e.g. "model.onnx" or "saved_model.pb\nvariables/..."
 

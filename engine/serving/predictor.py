@@ -61,7 +61,10 @@ class Predictor:
         """Call predict() with the arguments it declared (a coroutine, for an async predict); the models it gets stay
         loaded until it returns (engine.models.budget.holding)."""
         if self.async_predict:
-            return _holding_async(self.instance.predict(**{name: arguments.get(name) for name in self.predict_args}))
+            call = self.instance.predict(**{name: arguments.get(name) for name in self.predict_args})
+            held: Any = _holding_async(call)
+            held.__qualname__ = call.__qualname__  # what the event loop's reports name (engine.serving.eventloop)
+            return held
         with holding():
             return self.instance.predict(**{name: arguments.get(name) for name in self.predict_args})
 
