@@ -187,12 +187,12 @@ def test_a_failed_warmup_keeps_the_api_unready_with_its_reason(tmp_path, monkeyp
 def test_each_line_is_a_request_with_a_body_its_type_a_query_and_headers(tmp_path):
     path = tmp_path / "warmup.jsonl"
     path.write_text('{"payload": [1, "é"]}\n\n{"body": "hi", "query": "a=1&a=2", "headers": {"X-Mode": "w"}}\n'
-                    '{"body_base64": "AAE=", "content_type": "image/png", "query": {"a": ["1", "2"]}, "repeat": 3}\n'
+                    '{"body_base64": "AAE=", "content_type": "image/png", "query": {"a": ["1", "é"]}, "repeat": 3}\n'
                     '{"headers": {"content-type": "text/csv"}}\n')
     assert read_requests(path, "warmup.jsonl") == [
         WarmupRequest(1, b'[1, "\\u00e9"]', (("content-type", "application/json"),), ""),
         WarmupRequest(3, b"hi", (("X-Mode", "w"), ("content-type", "text/plain; charset=utf-8")), "a=1&a=2"),
-        WarmupRequest(4, b"\x00\x01", (("content-type", "image/png"),), "a=1&a=2", 3),
+        WarmupRequest(4, b"\x00\x01", (("content-type", "image/png"),), "a=1&a=%C3%A9", 3),
         WarmupRequest(5, b"", (("content-type", "text/csv"),), ""),
     ]
     request = read_requests(path, "warmup.jsonl")[1].to_api_request("/warm")
@@ -209,6 +209,8 @@ def test_each_line_is_a_request_with_a_body_its_type_a_query_and_headers(tmp_pat
     ('{"body": 1}', "body must be a string (given: int)"),
     ('{"body_base64": "%%"}', "body_base64 must be base64 text"),
     ('{"headers": {"a": 1}}', 'headers must be an object of strings, e.g. {"x-mode": "fast"}'),
+    ('{"headers": {"a": "é"}}', "headers must be ASCII text, as HTTP headers are"),
+    ('{"query": "a=é"}', "a query string must be ASCII (percent-encode other characters, or give an object)"),
     ('{"query": 3}', 'query must be a query string or an object of strings (or lists of strings), e.g. {"k": "v"}'),
     ('{"repeat": true}', "repeat must be a whole number from 1 to 1000 (given: True)"),
     ('{"payload": ', "Expecting value: line 1 column 13 (char 12)"),

@@ -55,11 +55,11 @@ class WarmupRequest:
 
     def to_api_request(self, endpoint: str) -> ApiRequest:
         """The request as the admission layer would hand it to the pipeline."""
-        headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in self.headers]
+        headers = [(name.lower().encode(), value.encode()) for name, value in self.headers]
         if not any(name == b"x-request-id" for name, _ in headers):
             headers.append((b"x-request-id", f"warmup-{self.line}".encode()))
         scope = http_scope(endpoint, "POST", headers)
-        scope["query_string"] = self.query.encode("latin-1")
+        scope["query_string"] = self.query.encode()
         return ApiRequest(scope, self.body)
 
 
@@ -106,7 +106,7 @@ def _parse(line: int, entry: Any) -> WarmupRequest:
     content_type = entry.get("content_type", DEFAULT_TYPES.get(kind or ""))
     if content_type is not None:
         headers = [(name, value) for name, value in headers if name.lower() != "content-type"]
-        headers.append(("content-type", _text(content_type, "content_type")))
+        headers += _strings({"content-type": _text(content_type, "content_type")}, "content_type")
     repeat = entry.get("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= MAX_REPEAT:
         raise ValueError(f"repeat must be a whole number from 1 to {MAX_REPEAT} (given: {repeat!r})")
@@ -122,11 +122,15 @@ def _text(value: Any, key: str) -> str:
 def _strings(mapping: Any, key: str) -> list[tuple[str, str]]:
     if not isinstance(mapping, dict) or not all(isinstance(value, str) for value in mapping.values()):
         raise ValueError(f"{key} must be an object of strings, e.g. {{\"x-mode\": \"fast\"}}")
+    if not all(text.isascii() for item in mapping.items() for text in item):
+        raise ValueError(f"{key} must be ASCII text, as HTTP headers are")
     return list(mapping.items())
 
 
 def _query(query: Any) -> str:
     if isinstance(query, str):
+        if not query.isascii():
+            raise ValueError("a query string must be ASCII (percent-encode other characters, or give an object)")
         return query.removeprefix("?")
     if isinstance(query, dict) and all(isinstance(value, str) or (isinstance(value, list) and all(
             isinstance(item, str) for item in value)) for value in query.values()):
