@@ -45,6 +45,7 @@ CONNECTIONS = [1, 32]
 MODES = ("not installed", "sampling off", "traced")
 ACCESS_LINE = " engine.access INFO echo POST /echo "  # a request's line, answered or its client gone
 BLOCK = 127  # requests timed at a time in process, traced: 508 spans, under the exporter's batch of 512
+CPU = time.process_time  # the in-process timer: this process's CPU time, which other processes' load moves little
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 
 
@@ -182,7 +183,7 @@ def request_path() -> Callable[[], None]:
 
 
 def costs_here(mode: str) -> dict[str, float]:
-    """Microseconds per request of tracing's points in this process, its tracer installed as engine serve installs
+    """CPU microseconds per request of tracing's points in this process, its tracer installed as engine serve installs
     it (from this process's environment: see tracing_costs); traced, also the OTLP export of the spans."""
     from engine import plugins, tracing
 
@@ -190,7 +191,7 @@ def costs_here(mode: str) -> dict[str, float]:
     assert (tracing.active is None) == (mode == "not installed"), (mode, tracing.active)
     one_request = request_path()
     if mode != "traced":
-        return {"points": min(timeit.timeit(one_request, number=20_000) for _ in range(5)) / 20_000 * 1e6}
+        return {"points": min(timeit.timeit(one_request, number=20_000, timer=CPU) for _ in range(5)) / 20_000 * 1e6}
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http import trace_exporter
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -205,19 +206,19 @@ def costs_here(mode: str) -> dict[str, float]:
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)
     # Blocks of BLOCK requests fill a batch of 4 x BLOCK spans (under the exporter's 512: its thread sleeps); each
-    # block is timed, then force_flush exports its batch on this thread, timed in this process's CPU time.
+    # block is timed, then force_flush exports its batch on this thread.
     runs: list[tuple[float, float]] = []
     for _ in range(5):
         spans_s = export_s = 0.0
         for _ in range(40):
-            spans_s += timeit.timeit(one_request, number=BLOCK)
-            started = time.process_time()
+            spans_s += timeit.timeit(one_request, number=BLOCK, timer=CPU)
+            started = CPU()
             provider.force_flush()
-            export_s += time.process_time() - started
+            export_s += CPU() - started
         runs.append((spans_s, export_s))
     requests = 40 * BLOCK
     batch = batches[-1]
-    encode_s = min(timeit.timeit(lambda: encode_spans(batch).SerializePartialToString(), number=50)
+    encode_s = min(timeit.timeit(lambda: encode_spans(batch).SerializePartialToString(), number=50, timer=CPU)
                    for _ in range(5)) / 50
     return {"points": min(run[0] for run in runs) / requests * 1e6,
             "export": min(run[1] for run in runs) / requests * 1e6,
@@ -292,10 +293,10 @@ def main() -> None:
                       f"{got.get('exports', 0)} exports")
         costs = tracing_costs(receiver_url)
         traced = costs["traced"]
-        print(f"\nin process, tracing's points of one echo request, its tracer installed as engine serve does (best "
-              f"of 5): not installed {costs['not installed']['points']:.2f} us, sampling off "
+        print(f"\nin process, CPU time of tracing's points in one echo request, its tracer installed as engine serve "
+              f"does (best of 5): not installed {costs['not installed']['points']:.2f} us, sampling off "
               f"{costs['sampling off']['points']:.2f} us, traced {traced['points']:.2f} us (its server, admission, "
-              f"predict and encode spans made and queued); their OTLP export {traced['export']:.2f} us of CPU (in "
+              f"predict and encode spans made and queued); their OTLP export {traced['export']:.2f} us (in "
               f"batches of {traced['batch']:.0f} spans, to the receiver), of which encode_spans "
               f"{traced['encode']:.2f} us")
     finally:
