@@ -10,7 +10,7 @@ The phases run wherever the predictor runs: the request crosses to a worker proc
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, MutableMapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -158,14 +158,22 @@ def within(name: str, function: Callable[..., T], admission: bool = False) -> Ca
     return traced
 
 
-async def within_async(name: str, awaitable: Awaitable[T], admission: bool = False) -> T:
-    """The same for a coroutine (run on the predictor's event loop, in the context it was made in)."""
+def within_async(name: str, coroutine: Coroutine[Any, Any, T], admission: bool = False) -> Coroutine[Any, Any, T]:
+    """The same for a coroutine (run on the predictor's event loop, in the context it was made in): `coroutine` itself
+    when the request is not traced; otherwise one that awaits it in a span, under its name (the event loop's warnings
+    about a blocking step name it)."""
     if active is None or _traced.get() is None:
-        return await awaitable
+        return coroutine
+    traced = _within_async(active, name, coroutine, admission)
+    traced.__qualname__ = coroutine.__qualname__  # type: ignore[attr-defined]  # (coroutine objects have it)
+    return traced
+
+
+async def _within_async(tracer: Tracer, name: str, coroutine: Coroutine[Any, Any, T], admission: bool) -> T:
     if admission:
         admitted()
-    with active.span(name):
-        return await awaitable
+    with tracer.span(name):
+        return await coroutine
 
 
 def batch(waits: Sequence[tuple[object, int]]) -> AbstractContextManager[None]:

@@ -110,11 +110,12 @@ class Admission:
             finally:
                 if held[0]:
                     self._release()
+            # while the request's trace is current: the access line names its server span
+            self._observe(method, scope["path"], response.status_code, started, request_id, scope.get(ROUTED_KEY))
         finally:
             self.end(generation)
             if traced is not None:
                 tracing.end_request(traced, status)
-        self._observe(method, scope["path"], response.status_code, started, request_id, scope.get(ROUTED_KEY))
 
     def begin(self) -> int:
         """Count a request (or a WebSocket message) under way in the current backend generation; that generation."""
