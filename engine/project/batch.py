@@ -75,7 +75,7 @@ class BatchApi(Api):
             rules.add(("predictor", "multi_model_reloading"), f"{_refused('multi_model_reloading')} (give "
                       "predictor.models or predictor.model_path, as Cortex v0.22–v0.24 did)")
         source = "multi_model_reloading" if predictor.multi_model_reloading is not None else "models"
-        for name in ("cache_size", "disk_cache_size"):
+        for name in ("cache_size", "disk_cache_size", "memory_budget", "disk_budget"):
             if predictor.models is not None and getattr(predictor.models, name) is not None:
                 rules.add(("predictor", source, name), f"{_refused(name)} (a worker loads its models once, "
                                                        "before its first batch)")

@@ -24,7 +24,8 @@ PROXY_SETTINGS = {"host", "port", "keep_alive_timeout", "certfile", "keyfile"}  
 REPLICA_SETTINGS = {"log_level", "graceful_timeout", "model_poll_interval", "worker_init_timeout", "cpu",
                     "request_timeout", "max_body_size", "body_timeout", "worker_kill_after",
                     "max_requests_per_worker", "worker_memory_limit", "isolate", "api_key", "api_key_file",
-                    "metrics_public", "allowed_hosts", "cors_origins", "no_docs", "expose_errors", "state_dir"}
+                    "metrics_public", "allowed_hosts", "cors_origins", "no_docs", "expose_errors", "state_dir",
+                    "model_memory", "model_disk"}
 DRIVER_SETTINGS = {"on", "address"}
 
 
