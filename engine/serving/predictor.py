@@ -34,6 +34,7 @@ class Predictor:
         self.wants_payload = "payload" in wanted
         self.wants_query_params = "query_params" in wanted
         self.wants_headers = "headers" in wanted
+        self.holds_models = True  # False for an API without models: nothing for its predicts to hold
 
     @classmethod
     def construct(cls, predictor_class: type, methods: dict[str, Signature], config: dict[str, Any],
@@ -60,6 +61,8 @@ class Predictor:
     def predict(self, arguments: dict[str, Any]) -> Any:
         """Call predict() with the arguments it declared (a coroutine, for an async predict); the models it gets stay
         loaded until it returns (engine.models.budget.holding)."""
+        if not self.holds_models:
+            return self.instance.predict(**{name: arguments.get(name) for name in self.predict_args})
         if self.async_predict:
             call = self.instance.predict(**{name: arguments.get(name) for name in self.predict_args})
             held: Any = _holding_async(call)
@@ -125,6 +128,7 @@ def construct(api: Api, pm: plugins.PluginManager, view: Path, device: Device, m
     predictor_class, methods = load_class(view, api, ptype)
     predictor = Predictor.construct(predictor_class, methods, api.predictor.config if config is None else config,
                                     ptype.client_arg, client, job_spec)
+    predictor.holds_models = models is not None
     return client, predictor
 
 
