@@ -9,7 +9,8 @@ what it stood for (`Owner.evicted`), so that one API's load may evict another AP
 problem.
 
 A charge is evictable once its load (or download) has ended and nothing uses it: a memory charge is used by the
-requests that hold it (`holding`), a disk copy by the loaded versions read from it (`pin`).
+requests that hold it (`holding`), a disk copy by the loaded versions read from it (`pin`). A version unloaded by
+request (ModelRepository.unload) is freed as soon as nothing uses it (`free_when_unused`), and never evicted meanwhile.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Charge:
     state: str = "reserved"  # reserved (its load or download runs), kept (in the books), gone (evicted or dropped)
     users: int = 0  # requests holding a loaded version; loaded versions pinning a disk copy
     pins: list[Charge] = field(default_factory=list)  # the disk copies this loaded version pins
+    on_unused: Callable[[], None] | None = None  # frees an unloaded version once its last request ends
 
     @property
     def what(self) -> str:
@@ -69,8 +71,8 @@ class Charge:
 
     @property
     def evictable(self) -> bool:
-        """True when evicting it frees what it counts: kept, and used by nothing."""
-        return self.state == "kept" and self.users == 0
+        """True when evicting it frees what it counts: kept, used by nothing, and not already on its way out."""
+        return self.state == "kept" and self.users == 0 and self.on_unused is None
 
 
 class Ledger:
@@ -233,6 +235,17 @@ def pin(copy: Charge, by: Charge) -> bool:
         return True
 
 
+def free_when_unused(charge: Charge, free: Callable[[], None]) -> None:
+    """Call `free` (which drops what the charge stands for) once no request holds the charge: now, or as the last
+    `holding` block that uses it ends. Until then it stays counted (its memory is in use) and is never evicted."""
+    with room:
+        if charge.users > 0:
+            charge.on_unused = free
+            return
+        _remove(charge)
+    free()
+
+
 def discharge(charge: Charge) -> None:
     """Take a charge out of its ledgers (a load failed, a version was removed, replaced, or evicted by count)."""
     with room:
@@ -294,10 +307,17 @@ def holding() -> Iterator[None]:
     finally:
         _held.reset(token)
         if held:
+            unused = []
             with room:
                 for charge in held:
                     charge.users -= 1
+                    if charge.users == 0 and charge.on_unused is not None:  # unloaded while this block used it
+                        unused.append(charge.on_unused)
+                        charge.on_unused = None
+                        _remove(charge)
                 room.notify_all()
+            for free in unused:
+                free()
 
 
 def _hold(charge: Charge) -> None:

@@ -165,6 +165,13 @@ class Limits:
             self.deleting(key)
         return self.loaded.pop(key, None), copy
 
+    def unload(self, key: Key) -> Loaded | None:
+        """Take a version out of memory for an unload request (its slot is free at once; the caller frees it)."""
+        loaded = self.loaded.pop(key, None)
+        if loaded is not None:
+            self._freed.notify_all()
+        return loaded
+
     def clear(self) -> tuple[list[Loaded], list[Copy]]:
         """Forget everything, at shutdown: the loaded models and the copies on disk, to free."""
         loaded, self.loaded = list(self.loaded.values()), OrderedDict()

@@ -1,7 +1,9 @@
 """Every model of one API: its versions, loaded on demand under per-version locks (engine.models.cache holds the
-LRU limits, engine.models.budget the byte budgets, engine.models.reloading watches for new versions)."""
+LRU limits, engine.models.budget the byte budgets, engine.models.reloading watches for new versions), and loaded or
+unloaded by request (`load`, `unload`: the model repository API of engine-oip and `engine models`)."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -72,6 +74,8 @@ class ModelRepository:
         self._load_locks: dict[Key, threading.Lock] = {}
         # failed version → (signature that failed, or None when worth retrying (a failed download), why)
         self._errors: dict[Key, tuple[Signature | None, str]] = {}
+        self._unloaded: set[str] = set()  # models unloaded by request: unavailable until loaded again
+        self._managing = threading.Lock()  # one load or unload request, or one new version, at a time
 
     @property
     def settle(self) -> float:
@@ -121,20 +125,25 @@ class ModelRepository:
 
         As for versions found later, one that fails is not published (not in `versions`, not served by "latest")
         and is reported under `errors` until its files change."""
-        for name, versions in list(self._versions.items()):
-            failed = []
-            for version in sorted(versions, reverse=True):
-                try:
-                    self._get_version(name, version)
-                except ModelError:
-                    failed.append(version)  # logged by _load
-            if versions and len(failed) == len(versions):
-                reasons = [message for (model, _), (_, message) in self._errors.items() if model == name]
-                raise ModelError(f"model '{name}': no version could be loaded: {'; '.join(reasons)}")
-            with self.lock:
-                for version in failed:
-                    if (name, version) not in self.limits.loaded:
-                        self._versions.get(name, {}).pop(version, None)
+        for name in list(self._versions):
+            self._preload_model(name)
+
+    def _preload_model(self, name: str) -> None:
+        with self.lock:
+            versions = sorted(self._versions.get(name, {}), reverse=True)
+        failed = []
+        for version in versions:
+            try:
+                self._get_version(name, version)
+            except ModelError:
+                failed.append(version)  # logged by _load
+        if versions and len(failed) == len(versions):
+            reasons = [message for (model, _), (_, message) in self._errors.items() if model == name]
+            raise ModelError(f"model '{name}': no version could be loaded: {'; '.join(reasons)}")
+        with self.lock:
+            for version in failed:
+                if (name, version) not in self.limits.loaded:
+                    self._versions.get(name, {}).pop(version, None)
 
     def start_polling(self) -> None:
         """Watch the model locations for new, changed and removed versions."""
@@ -163,6 +172,8 @@ class ModelRepository:
             if versions is None:
                 raise ModelError(f"model '{name}' wasn't found in the list of available models: "
                                  f"{sorted(self._versions)}", 404)
+            if name in self._unloaded:
+                raise self._unavailable(name)
             if version is not None and version not in versions:
                 failed = self._errors.get((name, version))
                 if failed is not None:  # on disk, but it never loaded
@@ -191,6 +202,78 @@ class ModelRepository:
         with self.lock:
             return sorted(self._versions)
 
+    # --- load and unload by request -----------------------------------------------------------------------------
+
+    def load(self, name: str) -> None:
+        """Make a model available again and load it now, so that its next request does not wait: its latest version
+        (the newest that loads), or, when models are not loaded on demand (no cache, no byte budget), every version
+        as at start-up. ModelError: 404 for an unknown model; the load's own error otherwise, and then a model that
+        was unloaded stays unloaded."""
+        with self._managing:
+            name = self._known(name)
+            with self.lock:
+                was_unloaded = name in self._unloaded
+                self._unloaded.discard(name)  # requests that come meanwhile wait for the load rather than fail
+            try:
+                if self.on_demand:
+                    self.get(name, "latest")
+                else:
+                    self._preload_model(name)
+            except ModelError:
+                if was_unloaded:
+                    self._take_out(name)
+                raise
+        log.info("%s is loaded%s", self._model_label(name), " again" if was_unloaded else "")
+
+    def unload(self, name: str) -> None:
+        """Make a model unavailable (its requests get 503 until `load`) and free its loaded versions: at once those
+        no request holds, each of the others as soon as the last request holding it ends (engine.models.budget).
+        A load of it in progress ends first. New versions of it found meanwhile are published, not loaded.
+        ModelError 404 for an unknown model."""
+        with self._managing:
+            name = self._known(name)
+            self._take_out(name)
+        log.info("%s is unloaded", self._model_label(name))
+
+    def unloaded(self) -> list[str]:
+        """The models unloaded by request, which answer 503 until loaded again."""
+        with self.lock:
+            return sorted(self._unloaded)
+
+    def _take_out(self, name: str) -> None:
+        """Mark a model unloaded and free its loaded versions (each after any load of it in progress)."""
+        with self.lock:
+            self._unloaded.add(name)
+            versions = set(self._versions.get(name, {})) | {v for (model, v) in self.limits.loaded if model == name}
+            locks = [(version, self._load_locks.setdefault((name, version), threading.Lock()))
+                     for version in sorted(versions)]
+        for version, lock in locks:
+            with lock, self.lock:
+                loaded = self.limits.unload((name, version))
+            if loaded is not None:
+                budget.free_when_unused(loaded.charge, functools.partial(self._drop_loaded, [loaded]))
+
+    def _known(self, name: str) -> str:
+        """The model `name` names (any name, for the single model); ModelError 404 when there is none."""
+        if self.single:
+            return DEFAULT_MODEL_NAME
+        with self.lock:
+            if name not in self._versions:
+                raise ModelError(f"model '{name}' wasn't found in the list of available models: "
+                                 f"{sorted(self._versions)}", 404)
+        return name
+
+    def _unavailable(self, name: str) -> ModelError:
+        """The 503 of a request for an unloaded model, saying how to load it again."""
+        api = self.api_name or "<api>"
+        public = api if self.single else f"{api}.{name}"  # what `engine models` and the OIP call it
+        return ModelError(f"{self._model_label(name)} is unloaded; load it again with `engine models load {public}` "
+                          f"(or POST /v2/repository/models/{public}/load)", 503)
+
+    def _model_label(self, name: str) -> str:
+        where = f" of api '{self.api_name}'" if self.api_name else ""
+        return f"the model{where}" if self.single else f"model {name}{where}"
+
     def metadata(self) -> dict[str, Any]:
         """Per model: versions (newest first), their timestamps, which are loaded, load errors, format details."""
         with self.lock:
@@ -203,6 +286,8 @@ class ModelRepository:
                     "timestamps": [int(versions[v].timestamp) for v in newest_first],
                     "loaded": [str(v) for v in newest_first if (name, v) in self.limits.loaded],
                 }
+                if name in self._unloaded:
+                    entry["unloaded"] = True
                 errors = {str(v): message for (model, v), (_, message) in self._errors.items() if model == name}
                 if errors:
                     entry["errors"] = errors
@@ -238,6 +323,8 @@ class ModelRepository:
         events.report(self.api_name, name, "miss")
         with lock:  # one load per version; concurrent callers wait here and then find it loaded
             with self.lock:
+                if name in self._unloaded:  # unloaded since get() looked: never loaded back behind unload's back
+                    raise self._unavailable(name)
                 info = self._current(key)
                 fresh = self.limits.fresh(key, info.signature)
                 if fresh is not None:
@@ -530,8 +617,10 @@ class ModelRepository:
         with self.lock:
             is_new = info.version not in self._versions.get(name, {})
             lock = self._load_locks.setdefault(key, threading.Lock())
-        with lock:
-            if not self.on_demand:  # without caching, a version is published only once it has loaded
+        with self._managing, lock:
+            with self.lock:
+                unloaded = name in self._unloaded  # published unloaded: loaded with the model, by `load`
+            if not self.on_demand and not unloaded:  # without caching, a version is published once it has loaded
                 try:
                     self._load(key, info)
                 except ModelError:
@@ -549,6 +638,7 @@ class ModelRepository:
             info = versions.pop(key[1], None)
             if not versions:
                 self._versions.pop(key[0], None)
+                self._unloaded.discard(key[0])  # gone: if it comes back, it comes back available
             loaded, copy = self.limits.drop(key)
             self._errors.pop(key, None)
             self._sizes.pop(key, None)
