@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
     from starlette.types import ASGIApp
 
+    from engine.models import ModelRepository
     from engine.project.config import Api
     from engine.settings import ServeSettings
 
@@ -70,12 +71,13 @@ class ServesTensors(Protocol):
 
 @dataclass(frozen=True)
 class OperationContext:
-    """What an operation works with: the API, its model client, and the user's predictor object."""
+    """What an operation works with: the API, its model client, the user's predictor object, and its models."""
 
     api: Api
     client: object  # what the type's create_client returned (None without one): isinstance it against the Protocols
     predictor: object  # the user's predictor object, reached by getattr
     headers: Headers  # the request's headers
+    models: ModelRepository | None = None  # the API's models (load, unload, unloaded); None when it has none
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,17 @@ class Operation:
     """Work a plugin does for a request inside an API's pipeline — in the front process or in a worker process,
     wherever the API's predictor is — with the API's client and predictor at hand. `run(context, body)` runs on the
     API's thread pool and returns a starlette Response; raising engine.ModelError or engine.PayloadError answers
-    with that status. A plugin calls it through Served.operate, under the API's concurrency limit and deadline."""
+    with that status. A plugin calls it through Served.operate, under the API's concurrency limit and deadline.
+
+    `everywhere`: run it in every worker process of the API (processes_per_replica > 1), for work that changes what
+    each process holds (loading or unloading a model); the answer is the first failure, else the first process's.
+    A worker process started later (a replacement) runs the latest call of each distinct (operation, body) first,
+    in the order they last ran, before it takes requests: such an operation sets a state, with all it needs to know
+    in its body."""
 
     name: str
     run: Callable[[OperationContext, bytes], Response]
+    everywhere: bool = False
 
 
 # --- what plugins contribute, one object per capability -----------------------------------------------------------

@@ -168,7 +168,7 @@ class Pipeline:
         found = self.operations.get(operation)
         if found is None:
             return error_response(404, f"no installed plugin provides the operation {operation!r}")
-        context = OperationContext(self.api, self.client, self.predictor.instance, request.headers)
+        context = OperationContext(self.api, self.client, self.predictor.instance, request.headers, self.models)
         try:
             return await self._on_pool(tracing.within(operation, found.run, True), context, request.body)
         except (ModelError, PayloadError) as error:

@@ -167,6 +167,11 @@ class WorkerGroup:
         self._server: asyncio.AbstractServer | None = None
         self._started_once: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # the event loop keeps only weak references to tasks
+        # operations run by every worker (Operation.everywhere), one at a time; the latest call of each distinct
+        # (operation, body) that succeeded, oldest first, is replayed by a worker that starts later
+        self._everywhere = {name for name, found in plugins.operations(pm).items() if found.everywhere}
+        self._everywhere_lock = asyncio.Lock()
+        self._replayed: dict[tuple[str, bytes], messages.Call] = {}
 
     @property
     def ready(self) -> bool:
@@ -206,12 +211,29 @@ class WorkerGroup:
             reason = verdict.details if isinstance(verdict, messages.Failed) \
                 else f"the process exited with code {await process.wait()}"
             raise EngineError(f"api '{self.api.name}': worker {index} failed to start:\n{reason}")
-        worker.ready = True
-        self.workers[index] = worker
-        self._started_once.add(index)
         self._keep(self._read(worker))
+        async with self._everywhere_lock:  # serving from the end of its replay, before any other such call
+            await self._replay(worker)
+            worker.ready = True
+            self.workers[index] = worker
+        self._started_once.add(index)
         self._hand_out()
         return worker
+
+    async def _replay(self, worker: Worker) -> None:
+        """Run in a new worker the calls of `everywhere` operations the others have run (see Operation)."""
+        for recorded in list(self._replayed.values()):
+            worker.load += 1
+            call = messages.Call(next(self._calls), recorded.kind, recorded.scope, recorded.body)
+            try:
+                reply = await worker.call(call)
+            except WorkerDied:
+                raise EngineError(f"api '{self.api.name}': worker {worker.index} exited while it caught up with "
+                                  f"the others ({recorded.kind})") from None
+            if isinstance(reply, messages.Reply) and reply.status >= 400:
+                log.warning("api '%s': worker %d could not catch up with the others: %s answered %d: %s",
+                            self.api.name, worker.index, recorded.kind, reply.status,
+                            reply.body[:500].decode("utf-8", "replace"))
 
     def _keep(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -357,11 +379,35 @@ class WorkerGroup:
         return await self._forward("summary", request)
 
     async def operate(self, operation: str, request: ApiRequest) -> Response:
-        """A plugin's operation, run by one of its workers."""
+        """A plugin's operation, run by one of its workers (by every one, for an `everywhere` operation)."""
+        if operation in self._everywhere:
+            return await self._everywhere_call(operation, request)
         return await self._forward(f"operate:{operation}", request)
 
+    async def _everywhere_call(self, operation: str, request: ApiRequest) -> Response:
+        """Run an operation in every serving worker: the first failure, else the first answer."""
+        async with self._everywhere_lock:
+            workers = [worker for worker in self.workers.values() if worker.ready]
+            if not workers:
+                return error_response(503, f"api '{self.api.name}' has no worker process serving right now",
+                                      headers={"Retry-After": "1"})
+            for worker in workers:
+                worker.load += 1  # beyond its threads if need be: it queues behind its requests
+            answers = await asyncio.gather(*(self._send(worker, f"operate:{operation}", request)
+                                             for worker in workers))
+            if any(answer.status_code < 400 for answer in answers):
+                key = (operation, request.body)
+                self._replayed.pop(key, None)
+                scope = {name: request.scope[name] for name in _SCOPE_KEYS
+                         if name in request.scope and name != tracing.TRACE_KEY}
+                self._replayed[key] = messages.Call(0, f"operate:{operation}", scope, request.body)
+        return next((answer for answer in answers if answer.status_code >= 400), answers[0])
+
     async def _forward(self, kind: str, request: ApiRequest) -> Response:
-        worker = await self._acquire()
+        return await self._send(await self._acquire(), kind, request)
+
+    async def _send(self, worker: Worker, kind: str, request: ApiRequest) -> Response:
+        """Hand a request to a worker whose load already counts it, and forward its reply."""
         call = messages.Call(next(self._calls), kind, {key: request.scope[key] for key in _SCOPE_KEYS
                                                        if key in request.scope}, request.body)
         try:
