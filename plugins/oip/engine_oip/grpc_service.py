@@ -4,6 +4,9 @@ as REST (engine.Served.operate: the API's readiness, concurrency limit, deadline
 every call needs the API key when the server requires one (the `authorization: Bearer KEY` or `x-api-key`
 metadata).
 
+The model repository extension's RPCs (Triton's RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload) run
+the same operations as their REST routes.
+
 ModelInfer's messages are passed as bytes: the front process reads only the model's name and version, and the
 operation parses the request and writes the response where the model runs.
 """
@@ -20,7 +23,8 @@ from grpc import aio
 from engine import EngineError
 from engine_oip.models import locate, unknown_model
 from engine_oip.protocol import open_inference_pb2 as pb
-from engine_oip.rest import MODEL_HEADER, VERSION_HEADER, server_metadata
+from engine_oip.repository import refused_parameters
+from engine_oip.rest import MODEL_HEADER, VERSION_HEADER, repository_call, repository_index, server_metadata
 
 log = logging.getLogger("engine.oip")
 
@@ -95,6 +99,11 @@ class GrpcService:
             "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
             "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelInfer": unary(self.model_infer, None, None),  # bytes in and out: see the module's docstring
+            "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+            "RepositoryModelLoad": unary(self.repository_model_load, pb.RepositoryModelLoadRequest,
+                                         pb.RepositoryModelLoadResponse),
+            "RepositoryModelUnload": unary(self.repository_model_unload, pb.RepositoryModelUnloadRequest,
+                                           pb.RepositoryModelUnloadResponse),
         })
 
     # --- the RPCs ------------------------------------------------------------------------------------------------
@@ -116,8 +125,8 @@ class GrpcService:
         api = await self._api(request.name, context)
         if not self.served.is_ready(api):
             return pb.ModelReadyResponse(ready=False)
-        await self._operate(api, "oip.ready", b"", headers, request.name, request.version, context)
-        return pb.ModelReadyResponse(ready=True)
+        body = await self._operate(api, "oip.ready", b"", headers, request.name, request.version, context, (200, 400))
+        return pb.ModelReadyResponse(ready=orjson.loads(body).get("ready") is True)  # 400: {"ready": false}
 
     async def model_metadata(self, request: Any, context: aio.ServicerContext) -> Any:
         headers = await self._authorize(context)
@@ -139,7 +148,27 @@ class GrpcService:
         return await self._operate(api, "oip.infer_grpc", request, headers, route.model_name, route.model_version,
                                    context)
 
+    async def repository_index(self, request: Any, context: aio.ServicerContext) -> Any:
+        headers = await self._authorize(context)
+        rows = await repository_index(self.served, headers, request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    async def repository_model_load(self, request: Any, context: aio.ServicerContext) -> Any:
+        await self._repository_call("oip.load", request, context)
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request: Any, context: aio.ServicerContext) -> Any:
+        await self._repository_call("oip.unload", request, context)
+        return pb.RepositoryModelUnloadResponse()
+
     # --- helpers ---------------------------------------------------------------------------------------------------
+
+    async def _repository_call(self, operation: str, request: Any, context: aio.ServicerContext) -> None:
+        headers = await self._authorize(context)
+        refused = refused_parameters(request.parameters)
+        if refused:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused)
+        await self._check(await repository_call(self.served, operation, request.model_name, headers), context)
 
     async def _authorize(self, context: aio.ServicerContext) -> list[tuple[bytes, bytes]]:
         headers = [(key.lower().encode(), value if isinstance(value, bytes) else value.encode())
@@ -158,15 +187,18 @@ class GrpcService:
         return api  # type: ignore[return-value]  # abort raises: NoReturn in grpc, which ships no py.typed
 
     async def _operate(self, api: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]], name: str,
-                       version: str, context: aio.ServicerContext) -> bytes:
+                       version: str, context: aio.ServicerContext, answers: tuple[int, ...] = (200,)) -> bytes:
+        """The operation's answer (of a status among `answers`); any other aborts the call with the error."""
         headers = [*headers, (MODEL_HEADER, name.encode())]
         if version:
             headers.append((VERSION_HEADER, version.encode()))
-        response = await self.served.operate(api, operation, body, headers)
+        return await self._check(await self.served.operate(api, operation, body, headers), context, answers)
+
+    async def _check(self, response: Any, context: aio.ServicerContext, answers: tuple[int, ...] = (200,)) -> bytes:
         traceparent = response.headers.get("traceparent")
         if traceparent:  # a traced call: its server span, as REST's response header names it
             await context.send_initial_metadata((("traceparent", traceparent),))
-        if response.status_code != 200:
+        if response.status_code not in answers:
             try:
                 message = str(orjson.loads(response.body)["error"])
             except (orjson.JSONDecodeError, KeyError, TypeError):

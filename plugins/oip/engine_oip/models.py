@@ -139,9 +139,13 @@ class Model:
         return {"name": self.name, "versions": versions, "platform": self.platform, **signature.describe()}
 
     def ready(self) -> bool:
-        """It exists (with that version): its API is ready, or the operation would not run."""
+        """It exists (with that version) and is not unloaded (its API is ready, or the operation would not run)."""
         self.versions()
-        return True
+        models = self.context.models
+        if models is None:
+            return True
+        model = self.model if self.tensors else DEFAULT_MODEL_NAME if models.single else None  # None: the predictor
+        return model not in models.unloaded()
 
     # --- inference -----------------------------------------------------------------------------------------------
 
@@ -222,13 +226,3 @@ def _check(model: str, signature: Signature, request: InferRequest) -> None:
         if unknown:
             raise ModelError(f"model '{model}' has no output {', '.join(map(repr, unknown))}; its outputs: "
                              f"{', '.join(outputs)}", 400)
-
-
-def list_models(context: Any) -> list[dict[str, Any]]:
-    """Every OIP model of the API an operation runs for: name, versions (newest first) and platform."""
-    api = context.api
-    platform = PLATFORMS.get(api.predictor.type, api.predictor.type)
-    if not isinstance(context.client, ServesTensors):
-        return [{"name": api.name, "versions": [], "platform": platform}]
-    return [{"name": oip_name(api.name, model), "versions": versions, "platform": platform}
-            for model, versions in sorted(context.client.tensor_models().items())]

@@ -29,6 +29,9 @@ INFER_RESPONSE = {"type": "object", "required": ["model_name", "outputs"], "prop
     "outputs": {"type": "array", "items": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
         "name": {"type": "string"}, "shape": SHAPE, "datatype": {"type": "string"}, "parameters": PARAMETERS,
         "data": DATA}}}}}
+INDEX_ROW = {"type": "object", "required": ["name", "state"], "properties": {
+    "name": {"type": "string"}, "version": {"type": "string"},
+    "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]}, "reason": {"type": "string"}}}
 MODEL = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"},
          "description": "`<api>` for an api of one model (or a python api), `<api>.<model>` for a named model"}
 VERSION = {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string"},
@@ -43,8 +46,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: str) -> dict[str, Any]:
     meaning = {"400": "a request the model cannot take", "401": "a valid API key is required",
                "404": "no such model or version", "408": "the body came too slowly", "413": "the body is too large",
-               "500": "the model failed", "503": "the api is not ready, or at its concurrency limit",
-               "504": "the request timed out"}
+               "500": "the model failed", "504": "the request timed out",
+               "503": "the api is not ready, at its concurrency limit, or the model is unloaded"}
     return {status: _json(ERROR, meaning[status]) for status in statuses}
 
 
@@ -70,15 +73,28 @@ def paths() -> dict[str, Any]:
                                          "400": _json({"type": "object", "properties": {"ready": {"const": False}}},
                                                       "not every model is ready yet"), **_errors("401")}}},
         "/v2/repository/index": {"post": {
-            "summary": "every model with its versions (Triton's repository index, read-only)",
+            "summary": "every model version and its state (the model repository extension)",
             "operationId": "oip_repository_index", "tags": [TAG],
-            "responses": {"200": _json({"type": "array", "items": {"type": "object", "required": ["name", "state"],
-                                                                    "properties": {"name": {"type": "string"},
-                                                                                   "version": {"type": "string"},
-                                                                                   "state": {"type": "string"},
-                                                                                   "reason": {"type": "string"}}}},
-                                       "the models"), **_errors("401")}}},
+            "description": "READY, or UNAVAILABLE with a reason: `unloaded` for a model unloaded through "
+                           "/v2/repository/models/{model_name}/unload, or why its api is not ready.",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"ready": {
+                    "type": "boolean", "description": "true: only the READY ones"}}}}}},
+            "responses": {"200": _json({"type": "array", "items": INDEX_ROW}, "the model versions"),
+                          **_errors("400", "401")}}},
     }
+    for action, what in (("load", "make a model available and load it now (its latest version; every version "
+                                  "when the api loads models before serving), in every process of its api"),
+                         ("unload", "make a model unavailable (503 until loaded again) and free its memory, in "
+                                    "every process of its api")):
+        described[f"/v2/repository/models/{{model_name}}/{action}"] = {"post": {
+            "summary": f"{action} a model (the model repository extension)", "operationId": f"oip_repository_{action}",
+            "tags": [TAG], "description": what, "parameters": [MODEL],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"parameters": {
+                    **PARAMETERS, "description": "Triton's; its model overrides (config, file:...) are refused"}}}}}},
+            "responses": {"200": _json(INDEX_ROW, f"{action}ed"),
+                          **_errors("400", "401", "404", "500", "503", "504")}}}
     for prefix, parameters, suffix in (("/v2/models/{model_name}", [MODEL], ""),
                                        ("/v2/models/{model_name}/versions/{model_version}", [MODEL, VERSION],
                                         "_version")):
@@ -93,7 +109,7 @@ def paths() -> dict[str, Any]:
                                                                         "ready": {"const": True}}}, "ready"),
                           "400": _json({"type": "object", "properties": {"name": {"type": "string"},
                                                                         "ready": {"const": False}}},
-                                       "its api is not ready yet"),
+                                       "its api is not ready yet, or it is unloaded"),
                           **model_errors}}}
         described[prefix + "/infer"] = {"post": {
             "summary": "inference", "operationId": f"oip_model_infer{suffix}", "tags": [TAG],

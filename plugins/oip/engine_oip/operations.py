@@ -7,12 +7,12 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from engine_oip import grpc_messages, rest
-from engine_oip.models import Model, list_models
+from engine_oip import grpc_messages, repository, rest
+from engine_oip.models import Model
 
 
-def _json(value: Any) -> Response:
-    return Response(orjson.dumps(value), media_type="application/json")
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(value), status_code=status, media_type="application/json")
 
 
 def _model(context: Any) -> Model:
@@ -26,14 +26,26 @@ def metadata(context: Any, body: bytes) -> Response:
 
 
 def ready(context: Any, body: bytes) -> Response:
-    """The model's readiness: it exists with that version."""
+    """The model's readiness (400 when not ready, as the protocol's health calls answer): it exists with that
+    version, and is not unloaded."""
     model = _model(context)
-    return _json({"name": model.name, "ready": model.ready()})
+    ready = model.ready()
+    return _json({"name": model.name, "ready": ready}, 200 if ready else 400)
 
 
-def models(context: Any, body: bytes) -> Response:
-    """Every OIP model of the API, for the repository index."""
-    return _json(list_models(context))
+def index(context: Any, body: bytes) -> Response:
+    """Every model version of the API and its state, for the repository index."""
+    return _json(repository.index(context))
+
+
+def load(context: Any, body: bytes) -> Response:
+    """Load a model (in every process of the API): body {"name": OIP name}."""
+    return _json(repository.load(context, body))
+
+
+def unload(context: Any, body: bytes) -> Response:
+    """Unload a model (in every process of the API): body {"name": OIP name}."""
+    return _json(repository.unload(context, body))
 
 
 def infer(context: Any, body: bytes) -> Response:

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 import engine
 from engine import ModelError
 from engine_oip.models import InferRequest, locate, unknown_model
+from engine_oip.repository import refused_parameters
 from engine_oip.tensors import (
     check_header,
     datatype_of,
@@ -23,7 +24,7 @@ from engine_oip.tensors import (
 )
 
 SERVER_NAME = "engine"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 HEADER_LENGTH = "inference-header-content-length"
 # What a route tells its operation, as headers of the call (any such header a client sends is dropped).
 MODEL_HEADER, VERSION_HEADER = b"oip-model", b"oip-version"
@@ -77,25 +78,71 @@ async def infer_route(request: Request) -> Response:
 
 
 async def repository_index_route(request: Request) -> Response:
-    """Every model of every API with its versions and state (Triton's repository index, read-only)."""
+    """Every model version of every API and its state (Triton's repository index); the optional body
+    {"ready": true} keeps the READY ones."""
     served = engine.served(request)
-    index: list[dict[str, Any]] = []
+    body = await served.read_body(request)
+    if isinstance(body, Response):
+        return body
+    try:
+        document = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as problem:
+        return error(400, f"the repository index request is not JSON: {problem}")
+    if not isinstance(document, dict) or not isinstance(document.get("ready", False), bool):
+        return error(400, 'the repository index request is a JSON object, {"ready": true} or {"ready": false}')
+    return JSONResponse(await repository_index(served, request.headers.raw, document.get("ready") is True))
 
+
+async def repository_index(served: Any, headers: list[tuple[bytes, bytes]], ready_only: bool) -> list[dict[str, Any]]:
+    """The index rows of every API (an API not ready: one UNAVAILABLE row saying why), for REST and gRPC."""
     async def one(api_name: str) -> list[dict[str, Any]]:
         if not served.is_ready(api_name):
             return [{"name": api_name, "state": "UNAVAILABLE", "reason": "the api is not ready"}]
-        answer = await served.operate(api_name, "oip.models", b"", request.headers.raw)
+        answer = await served.operate(api_name, "oip.index", b"", headers)
         if answer.status_code != 200:
             return [{"name": api_name, "state": "UNAVAILABLE", "reason": orjson.loads(answer.body).get("error", "")}]
-        rows = []
-        for model in orjson.loads(answer.body):
-            rows += [{"name": model["name"], "version": version, "state": "READY"} for version in model["versions"]] \
-                or [{"name": model["name"], "state": "READY"}]
+        rows: list[dict[str, Any]] = orjson.loads(answer.body)
         return rows
 
-    for rows in await asyncio.gather(*(one(api.name) for api in served.apis)):
-        index += rows
-    return JSONResponse(index)
+    index = [row for rows in await asyncio.gather(*(one(api.name) for api in served.apis)) for row in rows]
+    return [row for row in index if row["state"] == "READY"] if ready_only else index
+
+
+async def repository_load_route(request: Request) -> Response:
+    return await _repository_call(request, "oip.load")
+
+
+async def repository_unload_route(request: Request) -> Response:
+    return await _repository_call(request, "oip.unload")
+
+
+async def _repository_call(request: Request, operation: str) -> Response:
+    """Load or unload a model; the optional body is Triton's {"parameters": {...}} (overrides refused)."""
+    served = engine.served(request)
+    body = await served.read_body(request)
+    if isinstance(body, Response):
+        return body
+    try:
+        document = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as problem:
+        return error(400, f"the request is not JSON: {problem}")
+    parameters = document.get("parameters", {}) if isinstance(document, dict) else None
+    if not isinstance(parameters, dict):
+        return error(400, 'the request is a JSON object, with optional "parameters": {...}')
+    refused = refused_parameters(parameters)
+    if refused:
+        return error(400, refused)
+    return await repository_call(served, operation, request.path_params["model_name"], request.headers.raw)
+
+
+async def repository_call(served: Any, operation: str, name: str, headers: list[tuple[bytes, bytes]]) -> Response:
+    """Run oip.load or oip.unload for the OIP model `name` in its API, for REST and gRPC."""
+    api_names = [api.name for api in served.apis]
+    api = locate(api_names, name)
+    if api is None:
+        return error(404, unknown_model(name, api_names))
+    headers = [(key, value) for key, value in headers if not key.startswith(b"oip-")]
+    return await served.operate(api, operation, orjson.dumps({"name": name}), headers)
 
 
 async def _model_call(request: Request, operation: str, body: bytes) -> Response:

@@ -10,8 +10,9 @@ from starlette.responses import Response
 
 from engine import HttpRoute, Operation
 
-OPERATIONS = {"oip.metadata": "metadata", "oip.ready": "ready", "oip.models": "models", "oip.infer": "infer",
-              "oip.infer_grpc": "infer_grpc"}  # operation name → its function in operations.py
+OPERATIONS = {"oip.metadata": "metadata", "oip.ready": "ready", "oip.index": "index", "oip.infer": "infer",
+              "oip.infer_grpc": "infer_grpc", "oip.load": "load", "oip.unload": "unload"}  # name → its function
+EVERYWHERE = {"oip.load", "oip.unload"}  # run in every worker process of the API (Operation.everywhere)
 
 
 def routes() -> list[HttpRoute]:
@@ -21,7 +22,9 @@ def routes() -> list[HttpRoute]:
     model = "/v2/models/{model_name}"
     versioned = model + "/versions/{model_version}"
     table = [("/v2", "GET", "metadata_route"), ("/v2/health/live", "GET", "live_route"),
-             ("/v2/health/ready", "GET", "ready_route"), ("/v2/repository/index", "POST", "repository_index_route")]
+             ("/v2/health/ready", "GET", "ready_route"), ("/v2/repository/index", "POST", "repository_index_route"),
+             ("/v2/repository/models/{model_name}/load", "POST", "repository_load_route"),
+             ("/v2/repository/models/{model_name}/unload", "POST", "repository_unload_route")]
     for path in (model, versioned):
         table += [(path, "GET", "model_metadata_route"), (path + "/ready", "GET", "model_ready_route"),
                   (path + "/infer", "POST", "infer_route")]
@@ -31,7 +34,8 @@ def routes() -> list[HttpRoute]:
 
 def operations() -> list[Operation]:
     """The plugin's operations (their functions are in operations.py)."""
-    return [Operation(name, _operation(function)) for name, function in OPERATIONS.items()]
+    return [Operation(name, _operation(function), everywhere=name in EVERYWHERE)
+            for name, function in OPERATIONS.items()]
 
 
 def _handler(name: str) -> Callable[[Request], Any]:

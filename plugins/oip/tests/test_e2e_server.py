@@ -228,7 +228,7 @@ def test_schemathesis_finds_no_5xx_and_no_contradiction_in_the_protocol_routes(s
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()
                   if result.ok().path.startswith("/v2")]
-    assert len(operations) == 10
+    assert len(operations) == 12
     for operation in operations:
 
         @given(operation.as_strategy())
