@@ -1,4 +1,4 @@
-"""`engine serve | validate | predict | plugins | run | jobs`."""
+"""`engine serve | validate | predict | plugins | run | jobs | models`."""
 from __future__ import annotations
 
 import argparse
@@ -179,6 +179,17 @@ def _jobs(args: argparse.Namespace, started: float) -> int:
     return client.list_jobs(jobs)
 
 
+def _models(args: argparse.Namespace, started: float) -> int:
+    from engine import models_client
+
+    models = models_client.ModelsClient(args.url, args.api_key)
+    if args.action == "load":
+        return models_client.load(models, args.name)
+    if args.action == "unload":
+        return models_client.unload(models, args.name)
+    return models_client.list_models(models)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors said in one line and exit code 1 like every other start-up error."""
 
@@ -251,9 +262,11 @@ def _parser() -> argparse.ArgumentParser:
 
     jobs = commands.add_parser("jobs", help="submit, follow and stop the jobs of a running engine serve")
     actions = jobs.add_subparsers(required=True, dest="action", metavar="ACTION")
-    server = _Parser(add_help=False, parents=[log_level])
-    server.add_argument("--url", help="the server (default: $ENGINE_URL or http://127.0.0.1:8888)")
-    server.add_argument("--api-key", metavar="KEY", help="sent as Authorization: Bearer KEY (default: $ENGINE_API_KEY)")
+    connection = _Parser(add_help=False, parents=[log_level])
+    connection.add_argument("--url", help="the server (default: $ENGINE_URL or http://127.0.0.1:8888)")
+    connection.add_argument("--api-key", metavar="KEY",
+                            help="sent as Authorization: Bearer KEY (default: $ENGINE_API_KEY)")
+    server = _Parser(add_help=False, parents=[connection])
     server.add_argument("api", metavar="API", help="the BatchAPI: its name, or its endpoint path")
     submit = actions.add_parser("submit", help="submit a job; prints its JobSpec", parents=[server])
     given = submit.add_mutually_exclusive_group(required=True)
@@ -266,6 +279,16 @@ def _parser() -> argparse.ArgumentParser:
         actions.add_parser(action, help=text, parents=[server]).add_argument("job_id", metavar="JOB_ID")
     actions.add_parser("list", help="list the API's jobs, newest first", parents=[server])
     jobs.set_defaults(command=_jobs)
+
+    models = commands.add_parser("models", help="list, load and unload the models of a running engine serve "
+                                                "(the Open Inference Protocol's model repository API)")
+    actions = models.add_subparsers(required=True, dest="action", metavar="ACTION")
+    actions.add_parser("list", help="every model version of every API, and its state", parents=[connection])
+    for action, text in (("load", "make a model available and load it now, in every process of its API"),
+                         ("unload", "make a model unavailable (503) and free its memory, in every process of its API")):
+        actions.add_parser(action, help=text, parents=[connection]).add_argument(
+            "name", metavar="NAME", help="the model: <api> (an API with one model) or <api>.<model>")
+    models.set_defaults(command=_models)
     return parser
 
 

@@ -17,7 +17,7 @@ LAYERS = [
     ("serving", {"serving"}),
     ("jobs", {"jobs"}),
     ("top", {"app", "server", "cli", "openapi", "testing", "default_plugins", "reload", "predict_once", "__init__",
-             "__main__"}),
+             "__main__", "models_client"}),
 ]
 
 
