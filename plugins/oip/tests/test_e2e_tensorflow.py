@@ -82,3 +82,20 @@ def test_the_signature_is_the_metadata_and_a_wrong_datatype_a_400(iris, protocol
         client.infer("iris-classifier", inputs)
     assert str(raised.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
     assert "is FP32, not FP64" in raised.value.message()
+
+
+def test_a_savedmodel_is_unloaded_and_loaded_again(iris):
+    """The model repository extension on a tensorflow API (its whole story: test_e2e_repository.py)."""
+    grpc = grpcclient.InferenceServerClient(iris.grpc)
+    http = httpclient.InferenceServerClient(iris.http)
+    grpc.unload_model("iris-classifier")
+    assert http.get_model_repository_index() == [
+        {"name": "iris-classifier", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}]
+    with pytest.raises(InferenceServerException) as raised:
+        http.infer("iris-classifier", request("http", True)[0])
+    assert str(raised.value.status()) == "503" and "unloaded" in raised.value.message()
+    assert iris.client.post("/iris-classifier", json=dict(zip(FEATURES, SAMPLES["setosa"], strict=True))) \
+        .status_code == 503
+    http.load_model("iris-classifier")
+    assert grpc.infer("iris-classifier", request("grpc", True)[0]).as_numpy("class_ids").reshape(-1).tolist() == \
+        [0, 1, 2]
