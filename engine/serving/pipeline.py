@@ -173,7 +173,7 @@ class Pipeline:
             return await self._on_pool(tracing.within(operation, found.run, True), context, request.body)
         except (ModelError, PayloadError) as error:
             status = getattr(error, "status_code", 400)
-            if status >= 500:
+            if _logged_with_traceback(status):
                 log.exception("api '%s': %s failed (request_id=%s)", self.api.name, operation, request.request_id)
             return error_response(status, str(error), request_id=request.request_id if status >= 500 else None)
         except Exception as error:
@@ -214,7 +214,7 @@ class Pipeline:
             return error_response(error.status_code, str(error.detail), headers=error.headers)
         except ModelError as error:
             _close_uploads(arguments)
-            if error.status_code >= 500:
+            if _logged_with_traceback(error.status_code):
                 log.exception("api '%s': predict failed (request_id=%s)", self.api.name, request.request_id)
             return error_response(error.status_code, str(error),
                                   request_id=request.request_id if error.status_code >= 500 else None)
@@ -337,6 +337,12 @@ class Pipeline:
             log.exception("api '%s': post_predict failed", self.api.name)
         finally:
             _close_uploads(arguments)
+
+
+def _logged_with_traceback(status: int) -> bool:
+    """A ModelError worth its traceback in the log: a 5xx but a 503, which says "not now" (a model unloaded by
+    request, or no room for it in a byte budget yet) and is logged where it is decided."""
+    return status >= 500 and status != 503
 
 
 def _load_on_loop(loop: PredictorLoop, load_model: Callable[[str], Any], path: str) -> Any:

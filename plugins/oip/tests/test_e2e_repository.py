@@ -129,6 +129,7 @@ def test_unload_makes_a_model_unavailable_everywhere_and_load_brings_it_back(ser
         code, message = refused(lambda: infer(server, other, "zoo.a"))
         assert code == ("503" if other == "http" else "StatusCode.UNAVAILABLE") and message.startswith(UNLOADED)
     assert not client(server, other).is_model_ready("zoo.a", headers=key())
+    assert "failed (request_id=" not in server.output  # a 503 says "not now": no traceback in the log
     assert infer(server, other, "zoo.b") == [1.5, -2.0]
 
     client(server, protocol).load_model("zoo.a", headers=key())
@@ -168,6 +169,7 @@ def test_a_python_apis_model_is_unloaded_and_loaded_as_its_predictor_sees_it(ser
     answer = server.client.post("/counter", json=2)
     assert answer.status_code == 503 and answer.json()["error"].startswith(
         "the model of api 'counter' is unloaded; load it again with `engine models load counter`")
+    assert "predict failed" not in server.output
     http.load_model("counter", headers=key())
     assert server.client.post("/counter", json=2).json() == 42
     assert index(server, "http")[("plain", "")] == ("READY", "")  # a python API without models: its own row
