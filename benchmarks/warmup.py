@@ -6,9 +6,10 @@ TensorFlow: an MLP SavedModel (256 → 1024 → 1024 → 10, random weights) ser
 one process, access log off) in four variants: no warm-up; the SavedModel's assets.extra/tf_serving_warmup_requests
 (one PredictionLog of the request's shape); predictor.warmup_file (the same request through the whole pipeline); both.
 ONNX: the same MLP shape (1024 inputs) as .onnx, without and with predictor.warmup_file. Each variant runs in
---rounds fresh servers, the variants alternating. In each server: the first request's latency once /readyz is 200 (on
-the connection that asked /readyz, so no connection set-up is counted), then the p50 of --steady requests after 20
-more. For TensorFlow a version 2 is then dropped in while serving (with the variant's SavedModel warm-up file, if
+--rounds fresh servers, the variants alternating. In each server, once /readyz is 200: one POST to a path no API
+serves (a 404 on the connection /readyz opened: the client's and the HTTP server's own first-POST costs, the same
+with and without warm-up, are not counted), then the first request's latency, then the p50 of --steady requests after
+20 more. For TensorFlow a version 2 is then dropped in while serving (with the variant's SavedModel warm-up file, if
 any): the latency of the first request that version 2 answers, against the same p50 (predictor.warmup_file runs at
 start-up only, so that variant's new version is cold). Printed: each ratio first/p50 (median over rounds); goal with
 warm-up: <= 1.5x.
@@ -154,6 +155,12 @@ class Served:
             raise RuntimeError(f"{response.status_code} {response.text}")
         return elapsed, response.json()
 
+    def unrouted(self, content: bytes) -> None:
+        """A POST that no API answers (the router's 404)."""
+        response = self.client.post("/no-such-api", content=content, headers={"Content-Type": "application/json"})
+        if response.status_code != 404:
+            raise RuntimeError(f"expected a 404, got {response.status_code} {response.text}")
+
     def stop(self) -> None:
         self.client.close()
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -170,6 +177,7 @@ def measure(folder: Path, kind: str, variant: str, steady: int, spare: Path | No
     served = Served(folder)
     try:
         served.wait_ready()
+        served.unrouted(content)
         first, _ = served.timed(content)
         for _ in range(WARMING):
             served.timed(content)
