@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from engine.testing import api_yaml, free_port, wait_for, write_project
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
 KEY = "sesame"
 CLIENTS = {"http": httpclient, "grpc": grpcclient}
