@@ -5,17 +5,23 @@ Test modules never import each other; what two of them share lives here.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import json
 import os
+import ssl
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.testing import Server, wait_file
+from engine.testing import Server, wait_file, wait_for
 
 # --- model repositories -------------------------------------------------------------------------------------------
 
@@ -141,3 +147,39 @@ def blocked_pid(folder: Path, item_id: str) -> int:
     """Wait for the probe to block on item `item_id`; the pid of the worker that holds it."""
     wait_file(folder / f"blocked-{item_id}.json", timeout=60)
     return json.loads((folder / f"blocked-{item_id}.json").read_text())["pid"]
+
+
+def certificate(directory: Path, name: str, issuer: tuple | None = None, client: bool = False) -> tuple:
+    """(certificate file, key file, certificate, key), self-signed or signed by `issuer` = (certificate, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(issuer[0].subject if issuer else subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    if not client:
+        import ipaddress
+
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    signed = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(signed.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path, signed, key
+
+
+def wait_tls(server: Server, context: ssl.SSLContext) -> None:
+    """Wait until the TLS server answers /healthz."""
+    def answers() -> bool:
+        try:
+            return httpx.get(f"https://127.0.0.1:{server.port}/healthz", verify=context, timeout=5).status_code == 200
+        except httpx.TransportError:
+            assert server.process.poll() is None, server.output
+            return False
+    wait_for(answers, "the TLS server answering")

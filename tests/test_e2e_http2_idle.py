@@ -14,7 +14,7 @@ import h2.errors
 import h2.events
 import h11
 import pytest
-from test_e2e_security import certificate, wait_tls
+from support import certificate, wait_tls
 
 from engine.testing import Server, api_yaml, http_server_features, wait_file, write_project
 

@@ -2,23 +2,18 @@
 Origin checks (CORS), and responses that leak no path, traceback or exception message unless allowed."""
 from __future__ import annotations
 
-import datetime
 import ssl
 from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from support import certificate, wait_tls
 
 from engine.testing import (
     Server,
     api_yaml,
     http_server_features,
     plugin_environment,
-    wait_for,
     write_project,
 )
 
@@ -139,42 +134,6 @@ def test_binding_beyond_loopback_warns_only_without_a_key(start, project):
 
 
 # --- TLS ----------------------------------------------------------------------------------------------------------
-
-
-def certificate(directory: Path, name: str, issuer: tuple | None = None, client: bool = False) -> tuple:
-    """(certificate file, key file, certificate, key), self-signed or signed by `issuer` = (certificate, key)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(subject)
-               .issuer_name(issuer[0].subject if issuer else subject).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=1)))
-    if issuer is None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    if not client:
-        import ipaddress
-
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-    signed = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-    cert_path.write_bytes(signed.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path, signed, key
-
-
-def wait_tls(server: Server, context: ssl.SSLContext) -> None:
-    """Wait until the TLS server answers /healthz."""
-    def answers() -> bool:
-        try:
-            return httpx.get(f"https://127.0.0.1:{server.port}/healthz", verify=context, timeout=5).status_code == 200
-        except httpx.TransportError:
-            assert server.process.poll() is None, server.output
-            return False
-    wait_for(answers, "the TLS server answering")
 
 
 def test_https_with_a_generated_certificate_http1_and_http2(start, project, tmp_path):
