@@ -170,7 +170,8 @@ class AppState:
             return False
 
     def drain(self) -> None:
-        """SIGTERM has come: answer what is in flight, each response closing its connection."""
+        """SIGTERM has come and the server accepts no more connections: answer what is in flight and every request
+        still to come on an open connection, each response closing its connection."""
         self.draining = True
         self.stopping_since = time.monotonic()
 
@@ -282,6 +283,8 @@ class EngineApp:
             if splitter is not None:
                 await splitter(scope, receive, send)
             else:
+                if scope["type"] == "http" and self.state.engine.draining:  # as an API's admission layer does
+                    send = _adding_headers(send, {"connection": "close"})
                 await self.starlette(scope, *_closing_unless_read(scope, receive, send))
         elif scope["type"] == "websocket":
             await serve_websocket(admission, scope, receive, send)

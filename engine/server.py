@@ -88,7 +88,10 @@ async def _serve(project_dir: str | Path, config_file: str | Path | None, settin
 
     async def stop_when_asked() -> None:
         await shutdown.wait()
-        state.drain()
+        # The server closes its listener as this returns, before its next await; responses say Connection: close
+        # only from the loop's next step on. A client told to close before then would reconnect while the listener
+        # was still open, and its request, sent on a connection nobody would accept, be reset.
+        loop.call_soon(state.drain)
         log.info("stopping: no new connections; requests in flight have %g s to finish", settings.graceful_timeout)
 
     reloader = _start_reloader(app, shutdown) if settings.reload else None

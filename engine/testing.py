@@ -86,7 +86,8 @@ class Server:
             [sys.executable, "-m", "engine", "serve", str(project), "--port", str(self.port), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+        # It keeps no idle connection: at SIGTERM, the server would wait for one until its keep-alive timeout.
+        self.client = httpx.Client(base_url=self.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
 
     @property
     def output(self) -> str:

@@ -1,12 +1,14 @@
 """The built-in HTTP server: Hypercorn (HTTP/1.1, HTTP/2 over TLS and in cleartext, WebSockets, TLS)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.metadata
 import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine import ServeSettings, hookimpl
 
@@ -29,7 +31,6 @@ class Hypercorn:
         from hypercorn.config import Config
 
         config = Config()
-        config.bind = [f"fd://{listener.detach()}"]
         config.graceful_timeout = settings.graceful_timeout
         config.keep_alive_timeout = settings.keep_alive_timeout
         close_idle_http2_connections()
@@ -45,8 +46,76 @@ class Hypercorn:
             config.certfile, config.keyfile = settings.certfile, settings.keyfile
             if settings.ca_certs:
                 config.ca_certs, config.verify_mode = settings.ca_certs, ssl.CERT_REQUIRED
+        if checked(DRAIN_CHECKED):
+            await serve_draining(app, config, listener, shutdown)
+            return
+        config.bind = [f"fd://{listener.detach()}"]
         # hypercorn types scopes as TypedDicts, starlette (and so engine) as MutableMapping: the same dicts
         await serve(app, config, shutdown_trigger=shutdown)  # type: ignore[arg-type]
+
+
+# The Hypercorn versions whose serving loop (hypercorn.asyncio.run.worker_serve) serve_draining was read against; on
+# another one Hypercorn's own loop serves, whose stop closes idle keep-alive connections at once.
+DRAIN_CHECKED = ((0, 18), (0, 18))
+
+
+async def serve_draining(app: ASGIApp, config: Any, listener: socket.socket,
+                         shutdown: Callable[[], Awaitable[None]]) -> None:
+    """Hypercorn's serving loop, built from its parts, with engine's drain: once `shutdown` returns, the listener
+    closes at once (before engine marks responses Connection: close: engine.server), an HTTP/2 connection takes no
+    new stream and goes with a GOAWAY once idle, and an HTTP/1.1 connection stays open until the response that closes
+    it or its keep-alive timeout: closed while idle, as Hypercorn's own stop does, it would lose a request its client
+    is sending. The lifespan's shutdown (which stops the APIs' workers) follows once every connection has gone, or
+    after the graceful timeout."""
+    from hypercorn.asyncio.lifespan import Lifespan
+    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.asyncio.worker_context import WorkerContext
+    from hypercorn.protocol.h2 import H2Protocol
+    from hypercorn.utils import wrap_app
+
+    loop = asyncio.get_running_loop()
+    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    state: dict[str, Any] = {}
+    lifespan = Lifespan(asgi, config, loop, state)
+    lifespan_task = loop.create_task(lifespan.handle_lifespan())
+    await lifespan.wait_for_startup()
+    if lifespan_task.done() and (error := lifespan_task.exception()) is not None:
+        raise error
+    connections: dict[asyncio.Task[Any], tuple[TCPServer, WorkerContext]] = {}
+
+    class Connection(TCPServer):
+        async def _read_data(self) -> None:
+            await super()._read_data()
+            # Nothing more can be read: end now rather than when the keep-alive timer fires (which a drain waits for)
+            await self.context.terminated.set()
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        context = WorkerContext(None)  # one for each connection: the drain ends HTTP/2 and HTTP/1.1 ones apart
+        server = Connection(asgi, loop, config, context, state, reader, writer)
+        task = asyncio.current_task()
+        assert task is not None
+        connections[task] = (server, context)
+        task.add_done_callback(connections.pop)
+        await server
+
+    tls = config.create_ssl_context()
+    listening = await asyncio.start_server(connected, sock=listener, backlog=config.backlog, ssl=tls,
+                                           ssl_handshake_timeout=config.ssl_handshake_timeout if tls else None)
+    try:
+        await shutdown()
+    finally:
+        listening.close()  # before the next await
+        for server, context in list(connections.values()):
+            if isinstance(getattr(getattr(server, "protocol", None), "protocol", None), H2Protocol):
+                await context.terminated.set()
+        if connections:
+            await asyncio.wait(list(connections), timeout=config.graceful_timeout)
+        for _, context in list(connections.values()):
+            await context.terminated.set()  # the graceful timeout has passed: idle connections close now
+        await lifespan.wait_for_shutdown()
+        lifespan_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lifespan_task
 
 
 # The Hypercorn versions whose HTTP/2 internals close_idle_http2_connections was read against; on another one it
@@ -69,12 +138,8 @@ def close_idle_http2_connections() -> None:
 
     if vars(hypercorn.protocol)["H2Protocol"] is not H2Protocol:  # replaced already
         return
-    version = importlib.metadata.version("hypercorn")
-    try:
-        checked = CHECKED_HYPERCORN[0] <= tuple(int(part) for part in version.split(".")[:2]) <= CHECKED_HYPERCORN[1]
-    except ValueError:
-        checked = False
-    if not checked:
+    if not checked(CHECKED_HYPERCORN):
+        version = importlib.metadata.version("hypercorn")
         logging.getLogger("engine").warning(
             "Hypercorn %s is not one engine was checked with (%s to %s): an HTTP/2 connection opened with prior "
             "knowledge and left idle closes only after the read timeout", version,
@@ -98,6 +163,15 @@ def close_idle_http2_connections() -> None:
             await super().handle(event)
 
     vars(hypercorn.protocol)["H2Protocol"] = IdleClosingH2Protocol  # the name ProtocolWrapper looks up
+
+
+def checked(versions: tuple[tuple[int, int], tuple[int, int]]) -> bool:
+    """True when the installed Hypercorn's version is within `versions` (first and last, major and minor)."""
+    try:
+        installed = tuple(int(part) for part in importlib.metadata.version("hypercorn").split(".")[:2])
+    except ValueError:
+        return False
+    return versions[0] <= installed <= versions[1]
 
 
 @hookimpl(trylast=True)

@@ -353,14 +353,17 @@ class WorkerGroup:
         self._stopping = True
         for worker in self._starting:
             worker.process.kill()
-        workers = [*self.workers.values(), *self._retiring]
-        for worker in workers:
-            if not worker.writer.is_closing():
-                await messages.send(worker.writer, messages.Stop())
+        workers: list[Worker] = []
         try:
+            if self._waiting:  # requests read before the stop, queued for a free worker: handed out before it goes
+                await asyncio.wait(list(self._waiting))
+            workers = [*self.workers.values(), *self._retiring]
+            for worker in workers:
+                if not worker.writer.is_closing():
+                    await messages.send(worker.writer, messages.Stop())
             await asyncio.gather(*(worker.process.wait() for worker in workers))
         finally:
-            for worker in workers:
+            for worker in {*workers, *self.workers.values(), *self._retiring}:
                 if worker.process.returncode is None:
                     worker.process.kill()
             if self._server is not None:

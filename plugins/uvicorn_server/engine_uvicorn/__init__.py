@@ -40,12 +40,20 @@ class Uvicorn:
         lifespan = Lifespan(app)  # run here: a failed start-up raises the app's own error, which engine reports
         await lifespan.start()
         serving = asyncio.ensure_future(server.serve(sockets=[listener]))
-        stopping = asyncio.ensure_future(shutdown())
+        stopping = asyncio.ensure_future(_stop_accepting(server, shutdown))
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
         await serving
         stopping.cancel()
         await lifespan.stop()
+
+
+async def _stop_accepting(server: Any, shutdown: Callable[[], Awaitable[None]]) -> None:
+    """Once `shutdown` returns, close the listener at once: engine says Connection: close from the event loop's next
+    step on, and a client told so must find no listener to reconnect to (uvicorn would close it at its next tick)."""
+    await shutdown()
+    for listening in getattr(server, "servers", []):  # none yet when it is still starting
+        listening.close()
 
 
 def _bound(max_connections: int | None) -> int | None:
@@ -63,7 +71,36 @@ def _server(config: Any) -> Any:
         def capture_signals(self) -> Iterator[None]:
             yield
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            """uvicorn's graceful stop, except that an idle keep-alive connection is left open until its next request
+            (answered with Connection: close) or its keep-alive timeout: closed at once, it would lose a request its
+            client is sending. The rest are told to close (a request in flight, a WebSocket)."""
+            for listening in self.servers:
+                listening.close()
+            for sock in sockets or []:
+                sock.close()
+            for connection in list(self.server_state.connections):
+                if not _idle_http(connection):
+                    connection.shutdown()
+            try:
+                async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                    await self._wait_tasks_to_complete()
+            except TimeoutError:
+                for connection in list(self.server_state.connections):
+                    connection.shutdown()
+                for task in self.server_state.tasks:
+                    task.cancel(msg="--graceful-timeout has passed")
+            if not self.force_exit:
+                await self.lifespan.shutdown()
+
     return Server(config)
+
+
+def _idle_http(connection: Any) -> bool:
+    """True for an HTTP connection between two requests (or before its first)."""
+    if not hasattr(connection, "cycle"):  # a WebSocket connection
+        return False
+    return connection.cycle is None or bool(connection.cycle.response_complete)
 
 
 @hookimpl
