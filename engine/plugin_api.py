@@ -170,8 +170,10 @@ class HttpServer(Protocol):
     async def serve(self, app: ASGIApp, listener: socket.socket, settings: ServeSettings,
                     shutdown: Callable[[], Awaitable[None]]) -> None:
         """Serve `app` (running its lifespan) on `listener`, a bound and listening socket, with the settings'
-        keep-alive timeout, TLS and connection bound, until the coroutine function `shutdown` returns; then stop
-        accepting and let what is in flight finish within settings.graceful_timeout."""
+        keep-alive timeout, TLS and connection bound, until the coroutine function `shutdown` returns; then close the
+        listener at once (before the next await: engine starts answering `Connection: close` one event-loop step
+        later, and a client that reconnects meanwhile must be refused, not reset) and let what is in flight finish
+        within settings.graceful_timeout."""
 
 
 class Service(Protocol):
