@@ -298,7 +298,14 @@ def test_a_batch_apis_predictor_fields_are_checked_as_a_realtime_apis(tmp_path):
         "api 'x' (BatchAPI): predictor.proceses_per_replica: is not a supported field; did you mean "
         "processes_per_replica? allowed here: config, env, image, log_level, model_path, models, "
         "multi_model_reloading, path, processes_per_replica, python_path, server_side_batching, signature_key, "
-        "tensorflow_serving_image, threads_per_process, type"]
+        "tensorflow_serving_image, threads_per_process, type, warmup_file"]
+
+
+def test_a_batch_api_refuses_a_warmup_file(tmp_path):
+    lines = config_lines(tmp_path, batch_yaml("x", predictor_extra="warmup_file: warmup.jsonl"))
+    assert [line.split(": ", 2)[1:] for line in lines] == [
+        ["predictor.warmup_file", "warmup_file key is not supported for BatchAPI kind (a job's workers answer no "
+                                  "requests before their batches)"]]
 
 
 def test_processes_and_threads_of_one_are_accepted(tmp_path):

@@ -230,3 +230,14 @@ def test_a_missing_file_and_a_path_outside_the_project_are_errors(tmp_path):
     with pytest.raises(ValueError, match="must stay inside the project directory"):
         make_api(api_yaml("warm", predictor_extra="warmup_file: ../w.jsonl"))
     assert make_api(api_yaml("warm", predictor_extra="warmup_file: ./w/x.jsonl")).predictor.warmup_file == "w/x.jsonl"
+
+
+def test_validate_says_when_the_warmup_file_is_missing(tmp_path):
+    from engine.errors import ConfigError
+
+    project = write_project(tmp_path / "p", {"cortex.yaml": api_yaml("w", predictor_extra="warmup_file: nowhere.jsonl"),
+                                             "predictor.py": "class PythonPredictor:\n    def __init__(self, config):\n"
+                                                             "        pass\n    def predict(self, payload):\n"
+                                                             "        return payload\n"})
+    with pytest.raises(ConfigError, match="predictor.warmup_file: nowhere.jsonl does not exist"):
+        engine.testing.validate(project)

@@ -74,6 +74,9 @@ class BatchApi(Api):
         if predictor.multi_model_reloading is not None:
             rules.add(("predictor", "multi_model_reloading"), f"{_refused('multi_model_reloading')} (give "
                       "predictor.models or predictor.model_path, as Cortex v0.22–v0.24 did)")
+        if predictor.warmup_file is not None:
+            rules.add(("predictor", "warmup_file"), f"{_refused('warmup_file')} (a job's workers answer no requests "
+                      "before their batches)")
         source = "multi_model_reloading" if predictor.multi_model_reloading is not None else "models"
         for name in ("cache_size", "disk_cache_size", "memory_budget", "disk_budget"):
             if predictor.models is not None and getattr(predictor.models, name) is not None:

@@ -111,6 +111,9 @@ def check_api(api: Api, project: Project, pm: plugins.PluginManager) -> None:
     if api.predictor.python_path and not project.has_dir(api.predictor.python_path):
         raise ConfigError(f"predictor.python_path: {api.predictor.python_path} does not exist, or has been excluded "
                           "from the project directory")
+    if api.predictor.warmup_file and not (project.root / api.predictor.warmup_file).is_file():
+        raise ConfigError(f"predictor.warmup_file: {api.predictor.warmup_file} does not exist (it is relative to the "
+                          f"project directory {project.root})")
     for location in model_locations(api):
         if not location.startswith("s3://") and not (project.root / location).exists():
             raise ConfigError(f"predictor.models: {location} does not exist (local model paths are relative to the "
