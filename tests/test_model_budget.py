@@ -16,7 +16,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from engine_python_predictor.client import PythonModelFormat
 from support import JsonFormat
 
 from engine.errors import ConfigError, ModelError
@@ -166,21 +165,47 @@ def test_a_model_larger_than_the_whole_budget_is_a_507_naming_it_and_the_budget(
     assert repository.memory_usage() == (1, 0) and memory.used == 100  # and nothing was evicted for it
 
 
-def test_a_model_measured_larger_than_the_budget_after_its_load_is_freed_and_507_without_reloading(tmp_path, repos):
+MEASURED_TOO_LARGE = """
+import json, sys
+from pathlib import Path
+from engine.errors import ModelError
+from engine_python_predictor.client import PythonModelFormat
+from engine.models import ModelRepository
+from engine.models.budget import Ledger
+from engine.project.config import Models
+
+fmt = PythonModelFormat()
+fmt.load_method = lambda path: bytes(range(256)) * (16 * 2**20 // 256)
+loads = []
+load = fmt.load
+fmt.load = lambda path: loads.append(path) or load(path)
+memory = Ledger(8 * 2**20, "--model-memory", "memory")
+disk = Ledger(None, "--model-disk", "disk")
+repository = ModelRepository(Models(path="m"), Path(sys.argv[1]), fmt, "python", ledgers=(memory, disk))
+repository.scan()
+answers = []
+for _ in range(2):
+    try:
+        repository.get()
+        answers.append(None)
+    except ModelError as error:
+        answers.append([error.status_code, str(error)])
+print(json.dumps({"answers": answers, "loads": len(loads), "used": memory.used, "usage": repository.memory_usage()}))
+repository.stop()
+"""
+
+
+def test_a_model_measured_larger_than_the_budget_after_its_load_is_freed_and_507_without_reloading(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "weights.txt").write_text("tiny files, a large model")
-    fmt = PythonModelFormat()
-    fmt.load_method = lambda path: bytes(range(256)) * (16 * MiB // 256)
-    loads = []
-    load = fmt.load
-    fmt.load = lambda path: loads.append(path) or load(path)
-    memory, _ = books = ledgers(memory=8 * MiB)
-    repository = repos(books, fmt, path="m")
-    for _ in range(2):
-        with pytest.raises(ModelError) as caught:
-            repository.get()
-        assert caught.value.status_code == 507 and "the model of version 1 of api 'api' needs 16." in str(caught.value)
-    assert len(loads) == 1 and memory.used == 0 and repository.memory_usage() == (0, 0)
+    # in a fresh process, as the measurement above: another test's memory freed meanwhile would hide the growth
+    measured = json.loads(subprocess.run([sys.executable, "-c", MEASURED_TOO_LARGE, str(tmp_path)],
+                                         capture_output=True, text=True, check=True).stdout)
+    for answer in measured["answers"]:
+        assert answer is not None and answer[0] == 507
+        assert answer[1].startswith("the model of version 1 needs 16.0 MiB")
+        assert "(--model-memory = 8.0 MiB" in answer[1]
+    assert measured["loads"] == 1 and measured["used"] == 0 and measured["usage"] == [0, 0]
 
 
 def test_an_api_budget_and_the_process_budget_both_hold_and_evict_across_apis(tmp_path, repos):
