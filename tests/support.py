@@ -139,7 +139,7 @@ def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, before the open or during the read
         return False
 
 

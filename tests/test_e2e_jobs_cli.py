@@ -130,7 +130,7 @@ def gone(pid: int) -> bool:
     """True once the process has exited (a zombie counts as exited)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, before the open or during the read
         return True
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from support import alive
 
 from engine.testing import Server, api_yaml, wait_for, write_project
 
@@ -399,14 +400,6 @@ class PythonPredictor:
 
 
 # --- worker processes, batching, streams, WebSockets, models ------------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and has not exited (a zombie has)."""
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
 
 
 def test_every_worker_process_is_replaced(reloading, tmp_path):

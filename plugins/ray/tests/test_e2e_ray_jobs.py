@@ -159,7 +159,7 @@ def gone(pid: int) -> bool:
     """True once the process has exited (a zombie counts as exited)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # gone, before the open or during the read
         return True
 
 
