@@ -81,13 +81,9 @@ async def repository_index_route(request: Request) -> Response:
     """Every model version of every API and its state (Triton's repository index); the optional body
     {"ready": true} keeps the READY ones."""
     served = engine.served(request)
-    body = await served.read_body(request)
-    if isinstance(body, Response):
-        return body
-    try:
-        document = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError as problem:
-        return error(400, f"the repository index request is not JSON: {problem}")
+    document = await _json_body(request, "the repository index request")
+    if isinstance(document, Response):
+        return document
     if not isinstance(document, dict) or not isinstance(document.get("ready", False), bool):
         return error(400, 'the repository index request is a JSON object, {"ready": true} or {"ready": false}')
     return JSONResponse(await repository_index(served, request.headers.raw, document.get("ready") is True))
@@ -119,13 +115,9 @@ async def repository_unload_route(request: Request) -> Response:
 async def _repository_call(request: Request, operation: str) -> Response:
     """Load or unload a model; the optional body is Triton's {"parameters": {...}} (overrides refused)."""
     served = engine.served(request)
-    body = await served.read_body(request)
-    if isinstance(body, Response):
-        return body
-    try:
-        document = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError as problem:
-        return error(400, f"the request is not JSON: {problem}")
+    document = await _json_body(request, "the request")
+    if isinstance(document, Response):
+        return document
     parameters = document.get("parameters", {}) if isinstance(document, dict) else None
     if not isinstance(parameters, dict):
         return error(400, 'the request is a JSON object, with optional "parameters": {...}')
@@ -137,27 +129,40 @@ async def _repository_call(request: Request, operation: str) -> Response:
 
 async def repository_call(served: Any, operation: str, name: str, headers: list[tuple[bytes, bytes]]) -> Response:
     """Run oip.load or oip.unload for the OIP model `name` in its API, for REST and gRPC."""
-    api_names = [api.name for api in served.apis]
-    api = locate(api_names, name)
-    if api is None:
-        return error(404, unknown_model(name, api_names))
-    headers = [(key, value) for key, value in headers if not key.startswith(b"oip-")]
-    return await served.operate(api, operation, orjson.dumps({"name": name}), headers)
+    return await _operate_for(served, name, operation, orjson.dumps({"name": name}), headers, [])
 
 
 async def _model_call(request: Request, operation: str, body: bytes) -> Response:
-    served = engine.served(request)
     name = request.path_params["model_name"]
+    named = [(MODEL_HEADER, name.encode())]
+    version = request.path_params.get("model_version")
+    if version is not None:
+        named.append((VERSION_HEADER, version.encode()))
+    return await _operate_for(engine.served(request), name, operation, body, request.headers.raw, named)
+
+
+async def _operate_for(served: Any, name: str, operation: str, body: bytes, headers: list[tuple[bytes, bytes]],
+                       extra: list[tuple[bytes, bytes]]) -> Response:
+    """Run `operation` in the API of the OIP model `name` (404 when none serves it), with the request's headers less
+    any oip-* a client sent, and `extra`."""
     api_names = [api.name for api in served.apis]
     api = locate(api_names, name)
     if api is None:
         return error(404, unknown_model(name, api_names))
-    headers = [(key, value) for key, value in request.headers.raw if not key.startswith(b"oip-")]
-    headers.append((MODEL_HEADER, name.encode()))
-    version = request.path_params.get("model_version")
-    if version is not None:
-        headers.append((VERSION_HEADER, version.encode()))
-    return await served.operate(api, operation, body, headers)
+    kept = [(key, value) for key, value in headers if not key.startswith(b"oip-")]
+    return await served.operate(api, operation, body, kept + extra)
+
+
+async def _json_body(request: Request, what: str) -> Any:
+    """The request's body as JSON ({} when empty), or the Response to answer instead: the body refused (size, time)
+    or not JSON."""
+    body = await engine.served(request).read_body(request)
+    if isinstance(body, Response):
+        return body
+    try:
+        return orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as problem:
+        return error(400, f"{what} is not JSON: {problem}")
 
 
 def target(headers: Any) -> tuple[str, str | None]:
