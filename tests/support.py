@@ -11,17 +11,21 @@ import os
 import ssl
 import threading
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.testing import Server, wait_file, wait_for
+from engine.testing import Server, free_port, wait_file, wait_for
 
 # --- model repositories -------------------------------------------------------------------------------------------
 
@@ -183,3 +187,28 @@ def wait_tls(server: Server, context: ssl.SSLContext) -> None:
             assert server.process.poll() is None, server.output
             return False
     wait_for(answers, "the TLS server answering")
+
+
+def moto_s3() -> Iterator[str]:
+    """A moto S3 server on a free loopback port, for a module-scoped fixture to yield from: its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def fresh_bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch, prefix: str) -> tuple[Any, str]:
+    """A new bucket on `endpoint`, with the environment pointing boto3 (and so the engine) at it: (client, name)."""
+    import boto3
+
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=name)
+    return client, name

@@ -5,9 +5,9 @@ import json
 import os
 import re
 import sys
-import uuid
 
 import pytest
+from support import fresh_bucket, moto_s3
 
 from engine.jobs import sources
 from engine.jobs.sources import EnqueueError, batches, check_paths, compile_glob, list_files
@@ -22,7 +22,6 @@ from engine.jobs.submission import (
     parse_bool,
     parse_submission,
 )
-from engine.testing import free_port
 
 ITEMS = {"items": [1, 2, 3], "batch_size": 2}
 TOO_LARGE = ("cannot enqueue message because its size of {} bytes exceeds the 256000 bytes limit; use a smaller batch "
@@ -498,13 +497,7 @@ def test_batches_stream_a_large_delimited_file(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """One moto S3 server for the module, on a free loopback port."""
-    pytest.importorskip("moto.server")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=(port := free_port()), verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    yield from moto_s3()
 
 
 class Bucket:
@@ -519,16 +512,7 @@ class Bucket:
 @pytest.fixture
 def bucket(s3_endpoint, monkeypatch):
     """A fresh bucket, with the environment pointing boto3 (and so the engine) at the local server."""
-    import boto3
-
-    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    name = f"jobs-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket=name)
-    return Bucket(client, name)
+    return Bucket(*fresh_bucket(s3_endpoint, monkeypatch, "jobs"))
 
 
 @pytest.mark.e2e

@@ -11,12 +11,10 @@ import random
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
-import boto3
 import pytest
-from support import JsonFormat
+from support import JsonFormat, fresh_bucket, moto_s3
 
 from engine.errors import ConfigError, ModelError
 from engine.models import ModelRepository, budget, events
@@ -25,7 +23,7 @@ from engine.project.config import Models
 from engine.project.predictor_class import Signature
 from engine.serving.predictor import Predictor
 from engine.settings import ServeSettings
-from engine.testing import free_port, validate, write_project
+from engine.testing import validate, write_project
 
 MiB = 2**20
 
@@ -367,25 +365,14 @@ def test_cache_size_still_counts_models_whatever_their_size(tmp_path, repos):
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    """A moto S3 server on loopback."""
-    server_module = pytest.importorskip("moto.server")
-    port = free_port()
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    """One moto S3 server for the module, on a free loopback port."""
+    yield from moto_s3()
 
 
 @pytest.fixture
 def bucket(s3_endpoint, monkeypatch):
-    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    name = f"budget-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket=name)
-    return client, name
+    """A fresh bucket, with the environment pointing boto3 (and so the engine) at the local server."""
+    return fresh_bucket(s3_endpoint, monkeypatch, "budget")
 
 
 def upload_models(tmp_path: Path, bucket, sizes: dict[str, int]) -> str:

@@ -5,19 +5,16 @@ import json
 import random
 import threading
 import time
-import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 from engine_python_predictor.client import PythonClient, PythonModelFormat
-from support import JsonFormat
+from support import JsonFormat, fresh_bucket, moto_s3
 
 from engine.errors import ModelError
 from engine.models import ModelRepository
 from engine.models.stores import S3Store
 from engine.project.config import Models
-from engine.testing import free_port
 
 pytest.importorskip("moto.server")
 
@@ -27,26 +24,13 @@ pytestmark = pytest.mark.e2e  # a real S3-compatible server (moto) on loopback
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """One moto S3 server for the module, on a free loopback port."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    yield from moto_s3()
 
 
 @pytest.fixture
 def bucket(s3_endpoint, monkeypatch):
     """A fresh bucket, with the environment pointing boto3 (and so the engine) at the local server."""
-    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    name = f"models-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket=name)
-    return Bucket(client, name)
+    return Bucket(*fresh_bucket(s3_endpoint, monkeypatch, "models"))
 
 
 class Bucket:
