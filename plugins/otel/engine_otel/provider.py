@@ -1,4 +1,5 @@
-"""The OpenTelemetry SDK set up from the standard OTEL_* variables: sampler, resource, exporter and batching."""
+"""The OpenTelemetry SDK set up from the standard OTEL_* variables: sampler and resource in each serving process,
+exporters and batching in the exporter process."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from engine import PluginError
-from engine_otel.tracer import OtelTracer, Spans
+from engine_otel.outbox import HOP_S, Forwarding, Outbox, join_or_start
+from engine_otel.tracer import OtelTracer
+from engine_otel.wire import ADDRESS_ENV
 
 DEFAULT_SERVICE_NAME = "engine"
 PROTOCOLS = ("http/protobuf", "grpc")
@@ -39,8 +42,9 @@ class HashedOnce(Resource):
 
 def configured_tracer() -> OtelTracer | None:
     """This process's tracer, on a provider made from the OTEL_* variables; None when OTEL_SDK_DISABLED=true or when
-    no variable says where traces go. The provider becomes the global one, so that a predictor's own spans go where
-    engine's go, unless something (opentelemetry-instrument, the predictor's module) has set one already."""
+    no variable says where traces go. Its spans go to the exporter process (engine_otel.outbox); the provider becomes
+    the global one, so that a predictor's own spans go there too, unless something (opentelemetry-instrument, the
+    predictor's module) has set one already."""
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     if not any(os.environ.get(name) for name in DESTINATIONS):
@@ -48,15 +52,36 @@ def configured_tracer() -> OtelTracer | None:
     defaults: dict[str, str | int] = {"process.pid": os.getpid()}
     if not _service_named():
         defaults[SERVICE_NAME] = DEFAULT_SERVICE_NAME
-    created = Resource.create(defaults)
-    resource = HashedOnce(created.attributes, created.schema_url)
+    resource = Resource.create(defaults)
     provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER(_ARG)
-    processors = [BatchSpanProcessor(exporter) for exporter in exporters()]  # OTEL_BSP_* size and time the batches
-    for processor in processors:
-        provider.add_span_processor(processor)
+    outbox = Outbox(None, (), 0, 0)  # nowhere: nothing is sampled, or OTEL_TRACES_EXPORTER=none
+    if provider.sampler.get_description() != "AlwaysOffSampler" and (_inherited() or _checked_exporters()):
+        outbox = join_or_start(dict(resource.attributes), resource.schema_url,
+                               min(HOP_S, _seconds("OTEL_BSP_SCHEDULE_DELAY", 5000)),
+                               _seconds("OTEL_BSP_EXPORT_TIMEOUT", 30000))
+    provider.add_span_processor(Forwarding(outbox))
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         trace.set_tracer_provider(provider)
-    return OtelTracer(provider.sampler, Spans(processors, resource, InstrumentationScope("engine", _version())))
+    return OtelTracer(provider.sampler, outbox)
+
+
+def engine_scope() -> InstrumentationScope:
+    """The instrumentation scope of engine's own spans."""
+    return InstrumentationScope("engine", _version())
+
+
+def _inherited() -> bool:
+    """True in a worker process whose parent has started an exporter process (and checked its settings)."""
+    return os.environ.get(ADDRESS_ENV, "").startswith(f"{os.getppid()}:")
+
+
+def _checked_exporters() -> bool:
+    """Whether OTEL_TRACES_EXPORTER names any exporter; made once here (and put away) so that a setting engine-otel
+    cannot honour is a start-up error of the serving process, not of the exporter process."""
+    processors = [BatchSpanProcessor(exporter) for exporter in exporters()]  # OTEL_BSP_*'s checks too
+    for processor in processors:
+        processor.shutdown()  # type: ignore[no-untyped-call]
+    return bool(processors)
 
 
 def exporters() -> list[SpanExporter]:
@@ -88,9 +113,18 @@ def _otlp_exporter() -> SpanExporter:
         except ImportError:
             raise PluginError("engine-otel: OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: pip install "
                               "'engine-otel[grpc]' (or use http/protobuf, the default)") from None
-        return GrpcExporter()
+        exporter: SpanExporter = GrpcExporter()
+        return exporter
     raise PluginError(f"engine-otel: OTLP protocol {protocol!r} (OTEL_EXPORTER_OTLP_PROTOCOL) is not supported; "
                       f"allowed: {', '.join(PROTOCOLS)}")
+
+
+def _seconds(name: str, default_ms: int) -> float:
+    """A duration the OTEL_* variable `name` gives in milliseconds (the SDK's default where it is not a number)."""
+    try:
+        return max(0.001, float(os.environ.get(name, default_ms)) / 1000)
+    except ValueError:
+        return default_ms / 1000
 
 
 def _service_named() -> bool:

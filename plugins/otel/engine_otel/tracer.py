@@ -1,64 +1,55 @@
-"""engine's Tracer on the OpenTelemetry SDK: the server span of a request and the spans of its phases.
+"""engine's Tracer: the server span of a request and the spans of its phases, each recorded as it ends as a plain
+record (engine_otel.wire) in the process's Outbox, which hands them to the exporter process.
 
-engine's own spans are handed to the span processors whole, as the SDK's ReadableSpan, when they end: the SDK's live
-span objects (locks, bounded attributes, a sampler call and the processors' start hooks for each) cost five times as
-much, and a request has four or more. The sampler decides once per request, at its server span; the phases follow
-that decision. While a phase runs, a NonRecordingSpan with its ids is the current span in OpenTelemetry's context,
-so that spans a predictor makes itself (with the SDK, through the global provider) are its children.
+No OpenTelemetry object is made for a span of engine's own but where a predictor may start spans of its own: while a
+phase or a batch runs, a NonRecordingSpan with its ids is the current span in OpenTelemetry's context, so that the
+predictor's spans (through the global provider) are its children. The span current in a task or thread is engine's
+own context variable, `_current`: (trace id, span id, is remote, TraceState, the caller's OpenTelemetry context).
+The sampler decides once per request, at its server span; the phases follow that decision.
 """
 from __future__ import annotations
 
 import random
 import traceback
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar, Token
 from time import time_ns
+from types import TracebackType
 from typing import Any
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
-from opentelemetry.sdk.trace.sampling import Sampler
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags, TraceState
 
 from engine import Carrier
+from engine_otel.outbox import Outbox
+from engine_otel.wire import Record
 
 TRACEPARENT = b"traceparent"
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-UNSET = Status(StatusCode.UNSET)
-ERROR = Status(StatusCode.ERROR)
+SAMPLE = Decision.RECORD_AND_SAMPLE
+NO_STATE = TraceState()
+SERVER = SpanKind.SERVER.value
+ERROR = StatusCode.ERROR.value
+SAMPLE_ROOTS = {"AlwaysOnSampler", ParentBased(ALWAYS_ON).get_description()}  # type: ignore[no-untyped-call]
 
-
-class Spans:
-    """Where engine's finished spans go: the span processors of engine-otel's provider."""
-
-    def __init__(self, processors: Sequence[SpanProcessor], resource: Resource, scope: InstrumentationScope) -> None:
-        self.processors = list(processors)
-        self.resource = resource
-        self.scope = scope
-
-    def finish(self, name: str, span: SpanContext, parent: SpanContext | None, start_ns: int, end_ns: int,
-               kind: SpanKind = SpanKind.INTERNAL, attributes: dict[str, Any] | None = None,
-               links: Sequence[Link] = (), status: Status = UNSET, events: Sequence[Event] = ()) -> None:
-        """Hand a span that has ended to every processor (which export it)."""
-        finished = ReadableSpan(name=name, context=span, parent=parent, resource=self.resource, attributes=attributes,
-                                events=events, links=links, kind=kind, status=status, start_time=start_ns,
-                                end_time=end_ns, instrumentation_scope=self.scope)
-        for processor in self.processors:
-            processor.on_end(finished)
+# (trace id, span id, is remote, its TraceState, the caller's OpenTelemetry context (baggage) or None)
+Current = tuple[int, int, bool, TraceState, Context | None]
+_current: ContextVar[Current | None] = ContextVar("engine_otel_current", default=None)
+_random_bits = random.getrandbits
 
 
 class ServerSpan:
     """A traced request's server span, current in its task until end()."""
 
-    __slots__ = ("spans", "name", "span", "parent", "attributes", "token", "carrier")
+    __slots__ = ("add", "name", "current", "parent", "attributes", "token", "carrier")
 
-    def __init__(self, spans: Spans, name: str, span: SpanContext, parent: SpanContext | None,
-                 attributes: dict[str, Any], token: object, carrier: Carrier) -> None:
-        self.spans = spans
+    def __init__(self, add: Callable[[Record], None], name: str, current: Current, parent: SpanContext | None,
+                 attributes: dict[str, Any], token: Token[Current | None], carrier: Carrier) -> None:
+        self.add = add
         self.name = name
-        self.span = span
+        self.current = current
         self.parent = parent
         self.attributes = attributes
         self.token = token
@@ -66,23 +57,90 @@ class ServerSpan:
 
     def end(self, status: int) -> None:
         """Say the response's status, end the span, and restore the task's context."""
-        self.attributes["http.response.status_code"] = status
-        self.spans.finish(self.name, self.span, self.parent, self.carrier.arrived_ns, time_ns(), SpanKind.SERVER,
-                          self.attributes, status=ERROR if status >= 500 else UNSET)
-        context.detach(self.token)  # type: ignore[arg-type]  # (attach's token)
+        attributes = self.attributes
+        attributes["http.response.status_code"] = status
+        trace_id, span_id, _, trace_state, _ = self.current
+        extra: dict[str, Any] = {"kind": SERVER, "attributes": attributes}
+        if status >= 500:
+            extra["status"] = (ERROR, None)
+        if trace_state is not NO_STATE:
+            extra["trace_state"] = trace_state.to_header()
+        parent = self.parent
+        self.add((trace_id, span_id, parent.span_id if parent is not None else 0, parent is not None, self.name,
+                  self.carrier.arrived_ns, time_ns(), extra))
+        _current.reset(self.token)
+
+
+class Phase:
+    """A span of engine's (a phase, a batch) current inside a `with`: in engine's context and in OpenTelemetry's;
+    an exception leaving it is recorded on it."""
+
+    __slots__ = ("add", "name", "parent", "current", "extra", "token", "otel_token", "started")
+
+    def __init__(self, add: Callable[[Record], None], name: str, parent: Current, extra: dict[str, Any] | None = None,
+                 span_id: int = 0, started: int = 0) -> None:
+        self.add = add
+        self.name = name
+        self.parent = parent
+        self.extra = extra
+        self.current = (0, span_id, False, NO_STATE, None)  # its span id when known before it is entered
+        self.started = started
+
+    def __enter__(self) -> None:
+        trace_id, _, _, trace_state, caller = self.parent
+        span_id = self.current[1] or _random_bits(64) or 1
+        self.current = current = (trace_id, span_id, False, trace_state, None)
+        self.token = _current.set(current)
+        self.otel_token = context.attach(trace.set_span_in_context(
+            NonRecordingSpan(SpanContext(trace_id, span_id, False, SAMPLED, trace_state)), caller))
+        if not self.started:
+            self.started = time_ns()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 where: TracebackType | None) -> None:
+        ended = time_ns()
+        context.detach(self.otel_token)
+        _current.reset(self.token)
+        extra = self.extra
+        if error is not None:
+            extra = {**(extra or {}), "status": (ERROR, f"{type(error).__name__}: {error}"),
+                     "events": (_exception_event(error, ended),)}
+        trace_id, span_id, _, trace_state, _ = self.current
+        if trace_state is not NO_STATE:
+            extra = {**(extra or {}), "trace_state": trace_state.to_header()}
+        parent = self.parent
+        self.add((trace_id, span_id, parent[1], parent[2], self.name, self.started, ended, extra))
+
+
+class Resumed:
+    """Another process's server span current inside a `with`."""
+
+    __slots__ = ("current", "token")
+
+    def __init__(self, current: Current) -> None:
+        self.current = current
+
+    def __enter__(self) -> None:
+        self.token = _current.set(self.current)
+
+    def __exit__(self, *_: object) -> None:
+        _current.reset(self.token)
 
 
 class OtelTracer:
-    """engine.Tracer: spans decided by `sampler`, handed whole to `spans`."""
+    """engine.Tracer: spans decided by `sampler`, handed as records to `outbox`."""
 
-    def __init__(self, sampler: Sampler, spans: Spans) -> None:
+    def __init__(self, sampler: Sampler, outbox: Outbox) -> None:
         self.sampler = sampler
-        self.spans = spans
+        self.outbox = outbox
+        self.add = outbox.add
         # Samplers that say no before they are asked (always_off; parentbased_always_off without a caller's trace):
         # the request costs no more than this check
         description = sampler.get_description()
         self.drops_all = description == "AlwaysOffSampler"
         self.drops_roots = self.drops_all or description.startswith("ParentBased{root:AlwaysOffSampler,")
+        # Samplers that take every request without a caller's trace, adding no attribute and no trace state
+        self.samples_roots = description in SAMPLE_ROOTS
 
     def start_request(self, headers: list[tuple[bytes, bytes]], name: str, attributes: dict[str, Any],
                       arrived_ns: int) -> ServerSpan | None:
@@ -94,99 +152,88 @@ class OtelTracer:
             if header == TRACEPARENT:
                 incoming = propagate.extract({key.decode("latin-1"): value.decode("latin-1") for key, value in headers})
                 break
-        if incoming is None and self.drops_roots:
+        parent = None
+        if incoming is not None:
+            remote = trace.get_current_span(incoming).get_span_context()
+            parent = remote if remote.is_valid else None
+        elif self.drops_roots:
             return None
-        remote = trace.get_current_span(incoming).get_span_context() if incoming is not None else None
-        parent = remote if remote is not None and remote.is_valid else None
-        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
-        sampling = self.sampler.should_sample(incoming, trace_id, name, SpanKind.SERVER, attributes)
-        if not sampling.decision.is_sampled():  # recorded but not sampled would be exported by no processor
-            return None
-        span = SpanContext(trace_id, _span_id(), False, SAMPLED, sampling.trace_state)
-        token = context.attach(trace.set_span_in_context(NonRecordingSpan(span), incoming))
-        return ServerSpan(self.spans, name, span, parent, {**attributes, **dict(sampling.attributes or {})}, token,
-                          _carrier(span, arrived_ns))
+        if parent is None and self.samples_roots:  # what the sampler would answer, without asking it
+            trace_id = _random_bits(128) or 1
+            trace_state = NO_STATE
+        else:
+            trace_id = parent.trace_id if parent is not None else _random_bits(128) or 1
+            sampling = self.sampler.should_sample(incoming, trace_id, name, SpanKind.SERVER, attributes)
+            if sampling.decision is not SAMPLE:  # recorded but not sampled would be exported by no processor
+                return None
+            if sampling.attributes and sampling.attributes is not attributes:
+                attributes = {**attributes, **sampling.attributes}
+            trace_state = sampling.trace_state or NO_STATE  # (NO_STATE: the empty one, known by its identity)
+        span_id = _random_bits(64) or 1
+        current = (trace_id, span_id, False, trace_state, incoming)
+        carrier = Carrier(f"00-{trace_id:032x}-{span_id:016x}-01", _header(trace_state), arrived_ns)
+        return ServerSpan(self.add, name, current, parent, attributes, _current.set(current), carrier)
 
-    @contextmanager
-    def resume(self, carrier: Carrier) -> Iterator[None]:
+    def resume(self, carrier: Carrier) -> Resumed:
         """The server span of `carrier` (another process's) current inside."""
-        token = context.attach(propagate.extract({"traceparent": carrier.traceparent,
-                                                  "tracestate": carrier.tracestate}))
-        try:
-            yield
-        finally:
-            context.detach(token)
+        _, trace_id, span_id, _ = carrier.traceparent.split("-")
+        trace_state = (TraceState.from_header([carrier.tracestate]) or NO_STATE) if carrier.tracestate else NO_STATE
+        return Resumed((int(trace_id, 16), int(span_id, 16), True, trace_state, None))
 
-    @contextmanager
-    def span(self, name: str) -> Iterator[None]:
+    def span(self, name: str) -> Phase:
         """A child span of the current one, current inside; an exception leaving it is recorded on it."""
-        parent = trace.get_current_span().get_span_context()
-        span = SpanContext(parent.trace_id, _span_id(), False, parent.trace_flags, parent.trace_state)
-        token = context.attach(trace.set_span_in_context(NonRecordingSpan(span)))
-        started = time_ns()
-        try:
-            yield
-        except BaseException as error:
-            self.spans.finish(name, span, parent, started, time_ns(), status=Status(
-                StatusCode.ERROR, f"{type(error).__name__}: {error}"), events=[_exception_event(error)])
-            raise
-        finally:
-            context.detach(token)
-        self.spans.finish(name, span, parent, started, time_ns())
+        parent = _current.get()
+        assert parent is not None, "engine.tracing asks for a phase only in a traced request"
+        return Phase(self.add, name, parent)
 
     def record(self, name: str, start_ns: int, end_ns: int) -> None:
         """A child span of the current one that began and ended at these times."""
-        parent = trace.get_current_span().get_span_context()
-        span = SpanContext(parent.trace_id, _span_id(), False, parent.trace_flags, parent.trace_state)
-        self.spans.finish(name, span, parent, start_ns, end_ns)
+        parent = _current.get()
+        if parent is None:
+            return
+        trace_id, parent_id, remote, trace_state, _ = parent
+        self.add((trace_id, _random_bits(64) or 1, parent_id, remote, name, start_ns, end_ns,
+                  {"trace_state": trace_state.to_header()} if trace_state is not NO_STATE else None))
 
-    def capture(self) -> object:
-        """The current span's context."""
-        return trace.get_current_span().get_span_context()
+    def capture(self) -> Current | None:
+        """The current span (opaque to engine), for a batch to link to."""
+        return _current.get()
 
-    @contextmanager
-    def batch(self, waits: Sequence[tuple[object, int]]) -> Iterator[None]:
+    def batch(self, waits: Sequence[tuple[object, int]]) -> Phase:
         """The `batch` span (in the trace of the request that opened the batch, linked to every request), current
         inside; each request's `batch wait`, from when it began waiting until now, linked to it."""
-        requests = [(request, since) for request, since in waits if isinstance(request, SpanContext)]
+        requests: list[tuple[Current, int]] = [(request, since) for request, since in waits
+                                               if isinstance(request, tuple)]
         opener = requests[0][0]
-        span = SpanContext(opener.trace_id, _span_id(), False, opener.trace_flags, opener.trace_state)
-        joined = [Link(span)]
+        trace_id, _, _, trace_state, _ = opener
+        span_id = _random_bits(64) or 1
         now = time_ns()
-        for request, since in requests:
-            wait = SpanContext(request.trace_id, _span_id(), False, request.trace_flags, request.trace_state)
-            self.spans.finish("batch wait", wait, request, since, now, links=joined)
-        token = context.attach(trace.set_span_in_context(NonRecordingSpan(span)))
-        status = UNSET
-        try:
-            yield
-        except BaseException as error:
-            status = Status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
-            raise
-        finally:
-            context.detach(token)
-            self.spans.finish("batch", span, opener, now, time_ns(), links=[Link(request) for request, _ in requests],
-                              attributes={"engine.batch_size": len(waits)}, status=status)
+        joined = ((trace_id, span_id, False, _header(trace_state), None),)
+        for (request_trace, request_span, remote, request_state, _), since in requests:
+            extra: dict[str, Any] = {"links": joined}
+            if request_state is not NO_STATE:
+                extra["trace_state"] = request_state.to_header()
+            self.add((request_trace, _random_bits(64) or 1, request_span, remote, "batch wait", since, now, extra))
+        links = tuple((request[0], request[1], request[2], _header(request[3]), None) for request, _ in requests)
+        return Phase(self.add, "batch", opener, {"attributes": {"engine.batch_size": len(waits)}, "links": links},
+                     span_id, now)
 
     def ids(self) -> tuple[str, str] | None:
-        """The current span's trace and span ids, in hex."""
-        current = trace.get_current_span().get_span_context()
-        if not current.is_valid:
+        """The current span's trace and span ids, in hex: a predictor's own span's where one is current."""
+        own = trace.get_current_span().get_span_context()
+        if own.is_valid:
+            return f"{own.trace_id:032x}", f"{own.span_id:016x}"
+        current = _current.get()
+        if current is None:
             return None
-        return f"{current.trace_id:032x}", f"{current.span_id:016x}"
+        return f"{current[0]:032x}", f"{current[1]:016x}"
 
 
-def _span_id() -> int:
-    return random.getrandbits(64) or 1
+def _header(trace_state: TraceState) -> str:
+    return "" if trace_state is NO_STATE else trace_state.to_header()
 
 
-def _exception_event(error: BaseException) -> Event:
+def _exception_event(error: BaseException, at_ns: int) -> tuple[str, int, dict[str, str]]:
     """The `exception` event OpenTelemetry's semantic conventions describe."""
-    return Event("exception", {"exception.type": type(error).__qualname__, "exception.message": str(error),
-                               "exception.stacktrace": "".join(traceback.format_exception(error))})
-
-
-def _carrier(span: SpanContext, arrived_ns: int) -> Carrier:
-    """What a worker process needs to continue the trace."""
-    return Carrier(f"00-{span.trace_id:032x}-{span.span_id:016x}-{int(span.trace_flags) & 0xff:02x}",
-                   span.trace_state.to_header(), arrived_ns)
+    return ("exception", at_ns, {"exception.type": type(error).__qualname__, "exception.message": str(error),
+                                 "exception.stacktrace": "".join(traceback.format_exception(error))})

@@ -9,7 +9,9 @@ cannot honour is a one-paragraph start-up error; OTLP over gRPC where its export
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import threading
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 from otlp_receiver import Collected, GrpcReceiver, Span, grpc_available
 
-from engine.testing import Server, api_yaml, free_port, write_project
+from engine.testing import Server, api_yaml, free_port, wait_for, write_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -84,6 +86,35 @@ def sent_back(response: httpx.Response) -> tuple[str, str]:
     version, trace_id, span_id, flags = response.headers["traceparent"].split("-")
     assert (version, flags) == ("00", "01")
     return trace_id, span_id
+
+
+def exporters_under(pid: int) -> list[int]:
+    """The engine-otel exporter processes among the descendants of `pid`."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):  # not a process, or one that has gone
+            continue
+    found, under = [], [pid]
+    while under:
+        parent = under.pop()
+        for child in [child for child, its_parent in parents.items() if its_parent == parent]:
+            under.append(child)
+            try:
+                if b"engine_otel.exporter" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+            except OSError:
+                continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (not gone, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def server_span(spans: dict[str, Span], trace_id: str) -> Span:
@@ -286,7 +317,8 @@ def plain_project(root: Path, processes: int) -> Path:
 def test_what_a_server_exports_when_sampling_is_off_or_the_sdk_disabled_and_what_it_flushes_when_it_stops(
         receiver, tmp_path, processes_per_replica):
     """Three servers: sampling off, the SDK disabled, and one whose spans would wait 10 minutes to be sent: stopped,
-    the first two have exported nothing and the third everything (spans are flushed as a process exits)."""
+    the first two have exported nothing and the third everything (spans are flushed as a process exits). Only the
+    third has an exporter process, one for the front and its workers, and it has exited with the server."""
     header, trace_id, caller = traceparent()
     servers = {}
     for name, env in (("off", {"OTEL_TRACES_SAMPLER": "always_off"}), ("disabled", {"OTEL_SDK_DISABLED": "true"}),
@@ -300,8 +332,11 @@ def test_what_a_server_exports_when_sampling_is_off_or_the_sdk_disabled_and_what
             response = started.client.post("/traced", json={}, headers={"traceparent": header})
             assert response.status_code == 200
             assert ("traceparent" in response.headers) == (name == "buffered"), name
+        exporters = {name: exporters_under(started.process.pid) for name, started in servers.items()}
+        assert {name: len(found) for name, found in exporters.items()} == {"off": 0, "disabled": 0, "buffered": 1}
         for started in servers.values():
             assert started.stop() == 0
+        assert not alive(exporters["buffered"][0])
     finally:
         for started in servers.values():
             started.close()
@@ -311,6 +346,38 @@ def test_what_a_server_exports_when_sampling_is_off_or_the_sdk_disabled_and_what
                                                    "predict"]
     assert {span.service for span in spans} == {"engine"}  # the default service name: none from the other two
     assert next(span for span in spans if span.kind == "SERVER").parent_span_id == caller
+
+
+def test_a_server_whose_exporter_process_is_killed_serves_on(receiver, tmp_path):
+    """With worker processes: killed, the exporter process is said to be gone once; the front and its workers answer
+    as before (their spans dropped), and the server stops cleanly."""
+    started = Server(plain_project(tmp_path / "project", 2), env=otel_env(receiver.endpoint))
+    try:
+        started.wait_ready()
+        first = sent_back(started.client.post("/traced", json={}))
+        receiver.collected.trace(first[0], ["POST /traced", "predict"])  # exported, from the front and a worker
+        (exporter,) = exporters_under(started.process.pid)
+        os.kill(exporter, signal.SIGKILL)
+        started.wait_output(f"its exporter process (pid {exporter}) was killed by signal 9")
+        for _ in range(4):
+            response = started.client.post("/traced", json={})
+            assert response.status_code == 200 and "traceparent" in response.headers
+        assert started.stop() == 0
+    finally:
+        started.close()
+    assert started.output.count("exporter process") == 1, started.output
+
+
+def test_the_exporter_process_dies_with_its_server(receiver, tmp_path):
+    started = Server(plain_project(tmp_path / "project", 1), env=otel_env(receiver.endpoint))
+    try:
+        started.wait_ready()
+        (exporter,) = exporters_under(started.process.pid)
+        started.process.kill()
+        started.process.wait()
+        wait_for(lambda: not alive(exporter), "the exporter process dying with its server")
+    finally:
+        started.close()
 
 
 @pytest.mark.parametrize(("env", "message"), [
