@@ -5,6 +5,7 @@ APIs alike. What passes is handed to the API's Backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from engine import tracing
 from engine.serving.accesslog import access_log
@@ -27,6 +28,7 @@ REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID = 200  # longer ids, or ids with characters outside visible ASCII, are replaced
 API_METHODS = ("GET", "HEAD", "POST")
 RETRY_AFTER = "1"  # seconds a client told 503 should wait before it tries again
+WATCH_AFTER = 0.02  # seconds an admitted request waits for its answer before its client is watched for a disconnect
 _ALLOW = ", ".join(API_METHODS)
 
 
@@ -203,24 +205,21 @@ class Admission:
                                        "max_replica_concurrency; retry later", headers={"Retry-After": RETRY_AFTER})
         self.in_flight += 1
         self._gauge.inc()
-        work = asyncio.ensure_future(self.backend.predict(request) if operation is None
-                                     else self.backend.operate(operation, request))
-        watched: set[asyncio.Task[Response] | asyncio.Task[Message]] = {work}
-        if receive is not None:
-            gone = asyncio.ensure_future(receive())  # after the whole body, receive() answers only a disconnect
-            watched.add(gone)
+        loop = asyncio.get_running_loop()
+        work = loop.create_task(self.backend.predict(request) if operation is None
+                                else self.backend.operate(operation, request))
+        wait = _Wait(loop, work, receive, self.request_timeout)
         try:
-            done, _ = await asyncio.wait(watched, timeout=self.request_timeout, return_when=asyncio.FIRST_COMPLETED)
+            await wait.ended
         finally:
-            for task in watched - {work}:
-                task.cancel()
+            wait.close()
             if not work.done():  # the deadline, the client, or the server's own stop: the backend drops it
                 work.cancel()
                 work.add_done_callback(self._release)  # the slot stays taken until the work stops, past a 504
-        if work in done:
+        if work.done():  # its answer (even one that came in the same step as the deadline)
             held[0] = True
             return work.result()
-        if done:
+        if wait.ended.result() is _GONE:
             raise ClientGone
         raise TimeoutError
 
@@ -301,6 +300,59 @@ class Admission:
             metrics.child(metrics.split_requests, routed.splitter, api, method, str(status)).inc()
             metrics.child(metrics.split_latency, routed.splitter, api).observe(seconds)
         access_log.request(api, method, path, status, seconds, request_id, routed.shown)
+
+
+_ANSWERED, _LATE, _GONE = "answered", "late", "gone"  # how a _Wait ends
+
+
+class _Wait:
+    """An admitted request's wait for its backend's answer, which ends (`ended`) with the answer, the deadline or the
+    client's disconnect. The client is watched (a task waiting in receive(), which after the whole body answers only
+    a disconnect) once the answer has taken WATCH_AFTER: for a quick answer, the watcher would be a large part of the
+    request's own cost, and a client that leaves sooner costs little."""
+
+    __slots__ = ("deadline", "ended", "loop", "receive", "timer", "watcher")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, work: asyncio.Task[Response], receive: Receive | None,
+                 timeout: float | None) -> None:
+        self.loop = loop
+        self.ended: asyncio.Future[str] = loop.create_future()
+        self.receive = receive
+        self.watcher: asyncio.Task[None] | None = None
+        now = loop.time()
+        self.deadline = None if timeout is None else now + timeout
+        work.add_done_callback(self._answered)
+        self.timer: asyncio.TimerHandle | None = None
+        if receive is not None and (self.deadline is None or now + WATCH_AFTER < self.deadline):
+            self.timer = loop.call_at(now + WATCH_AFTER, self._watch)
+        elif self.deadline is not None:
+            self.timer = loop.call_at(self.deadline, self._end, _LATE)
+
+    def close(self) -> None:
+        """The wait is over: stop the timer and the watcher."""
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+    def _answered(self, work: asyncio.Task[Response]) -> None:
+        self._end(_ANSWERED)
+
+    def _end(self, how: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(how)
+
+    def _watch(self) -> None:
+        if self.ended.done():
+            return
+        self.watcher = self.loop.create_task(self._listen())
+        self.timer = None if self.deadline is None else self.loop.call_at(self.deadline, self._end, _LATE)
+
+    async def _listen(self) -> None:
+        assert self.receive is not None
+        with contextlib.suppress(Exception):  # a server whose receive() fails has lost the connection too
+            await self.receive()
+        self._end(_GONE)
 
 
 async def body_or_refusal(scope: Scope, receive: Receive, max_body_size: int | None,
