@@ -281,8 +281,12 @@ class Pipeline:
         `never_ran` is called); cancelled while it runs, it cannot be stopped: this waits for it (its slot stays
         taken) and counts the overrun."""
         future = self.pool.submit(contextvars.copy_context().run, function, *arguments)
+        # asyncio.wrap_future's work, for this one case: a future of the loop woken once the thread's is done
+        waiter = asyncio.get_running_loop().create_future()
+        future.add_done_callback(functools.partial(_wake, waiter))
         try:
-            return await asyncio.wrap_future(future)
+            await waiter
+            return future.result()
         except asyncio.CancelledError:
             if not future.cancel():
                 self.metrics.child(self.metrics.overruns, self.api.name).inc()
@@ -300,7 +304,8 @@ class Pipeline:
                 return self.parse_payload(body=request.body, content_type=headers.get("content-type", ""),
                                           headers=headers, api=self.api)
             payload = await asyncio.to_thread(parse) if len(request.body) > PARSE_ON_THREAD else parse()
-            arguments["payload"] = await payload if inspect.isawaitable(payload) else payload
+            arguments["payload"] = payload if type(payload) in _PLAIN or not inspect.isawaitable(payload) \
+                else await payload
         if predictor.wants_query_params:
             arguments["query_params"] = request.query_params
         if predictor.wants_headers:
@@ -375,6 +380,24 @@ async def _next_async(stream: Any) -> Any:
         return await stream.__anext__()
     except StopAsyncIteration:
         return END
+
+
+_PLAIN = frozenset({dict, list, str, bytes, int, float, bool, type(None)})  # payloads that are not awaitables
+
+
+def _wake(waiter: asyncio.Future[None], future: Future[Any]) -> None:
+    """`future` (a thread's) is done: wake the event loop's `waiter` (called in the thread, or in the loop when the
+    future is cancelled there)."""
+    loop = waiter.get_loop()
+    try:
+        loop.call_soon_threadsafe(_settle, waiter)
+    except RuntimeError:  # the loop is closed: nobody waits any more
+        pass
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _finished(future: Future[Any]) -> None:
