@@ -68,8 +68,9 @@ async def serve_draining(app: ASGIApp, config: Any, listener: socket.socket,
     is sending. The lifespan's shutdown (which stops the APIs' workers) follows once every connection has gone, or
     after the graceful timeout."""
     from hypercorn.asyncio.lifespan import Lifespan
-    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
     from hypercorn.asyncio.worker_context import WorkerContext
+    from hypercorn.events import Closed, RawData
     from hypercorn.protocol.h2 import H2Protocol
     from hypercorn.utils import wrap_app
 
@@ -84,8 +85,30 @@ async def serve_draining(app: ASGIApp, config: Any, listener: socket.socket,
     connections: dict[asyncio.Task[Any], tuple[TCPServer, WorkerContext]] = {}
 
     class Connection(TCPServer):
+        reading_since: float | None = None  # when the read under way began (None: not reading)
+        read_expired = False  # watch_reads has given up on that read
+
         async def _read_data(self) -> None:
-            await super()._read_data()
+            # Hypercorn's read loop, with its read timeout kept by watch_reads: Hypercorn's asyncio.wait_for makes a
+            # task and a timer for every read, a sizeable part of a fast request's CPU.
+            task = asyncio.current_task()
+            assert task is not None
+            self.task = task
+            reader = self.reader
+            while not reader.at_eof():
+                self.reading_since = loop.time()
+                try:
+                    data = await reader.read(MAX_RECV)
+                except asyncio.CancelledError:
+                    if not self.read_expired or task.uncancel() > 0:
+                        raise
+                    break
+                except (ConnectionError, OSError, ssl.SSLError):
+                    break
+                finally:
+                    self.reading_since = None
+                await self.protocol.handle(RawData(data))
+            await self.protocol.handle(Closed())
             # Nothing more can be read: end now rather than when the keep-alive timer fires (which a drain waits for)
             await self.context.terminated.set()
 
@@ -101,10 +124,12 @@ async def serve_draining(app: ASGIApp, config: Any, listener: socket.socket,
     tls = config.create_ssl_context()
     listening = await asyncio.start_server(connected, sock=listener, backlog=config.backlog, ssl=tls,
                                            ssl_handshake_timeout=config.ssl_handshake_timeout if tls else None)
+    watching = loop.create_task(watch_reads(connections, config.read_timeout))
     try:
         await shutdown()
     finally:
         listening.close()  # before the next await
+        watching.cancel()
         for server, context in list(connections.values()):
             if isinstance(getattr(getattr(server, "protocol", None), "protocol", None), H2Protocol):
                 await context.terminated.set()
@@ -116,6 +141,25 @@ async def serve_draining(app: ASGIApp, config: Any, listener: socket.socket,
         lifespan_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await lifespan_task
+
+
+READS_WATCHED_EVERY = 1.0  # seconds between two looks for reads past the read timeout
+
+
+async def watch_reads(connections: dict[Any, Any], read_timeout: float | None) -> None:
+    """End each connection's read that has waited longer than `read_timeout`, as Hypercorn's read timeout does (the
+    connection closes), looking every READS_WATCHED_EVERY seconds (or sooner, for a shorter timeout)."""
+    if read_timeout is None:
+        return
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(min(READS_WATCHED_EVERY, read_timeout / 4))
+        now = loop.time()
+        for server, _ in list(connections.values()):
+            since = getattr(server, "reading_since", None)
+            if since is not None and now - since > read_timeout and not server.read_expired:
+                server.read_expired = True
+                server.task.cancel()
 
 
 # The Hypercorn versions whose HTTP/2 internals close_idle_http2_connections was read against; on another one it
