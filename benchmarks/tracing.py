@@ -5,18 +5,23 @@ every request traced and exported over OTLP/HTTP, on Hypercorn and on uvicorn.
                                            [--queue-size N]
 
 engine serves benchmarks/echo with default settings (access log on, appended to a file) on core 0, wrk on core 1
-(benchmarks/suite.py's helpers), in three configurations that alternate within one run, at 1 and 32 connections
+(benchmarks/suite.py's helpers), in four configurations that alternate within one run, at 1 and 32 connections
 (the order reversed every other round):
   - not installed: ENGINE_PLUGINS names every installed `engine` entry point but engine-otel's, so that engine never
     imports it (nor OpenTelemetry): what a server without the plugin runs, tracing.active None;
   - sampling off: OTEL_EXPORTER_OTLP_ENDPOINT at the receiver, OTEL_TRACES_SAMPLER=always_off;
-  - traced: the same with OTEL_TRACES_SAMPLER=always_on: every request's spans exported over OTLP/HTTP.
+  - traced: the same with OTEL_TRACES_SAMPLER=always_on: every request's spans exported over OTLP/HTTP, engine-otel's
+    exporter process on the server's core with it (everything on one core);
+  - traced apart: the same with the exporter process moved to core 1 once the server has started (where wrk and the
+    receiver run), as an OpenTelemetry Collector's sidecar would run elsewhere.
 The receiver is a separate process on core 1 (with wrk) that takes POST /v1/traces, decodes each
 ExportTraceServiceRequest and counts the spans by service (each configuration names its own with OTEL_SERVICE_NAME).
-It prints the throughput, CPU-per-request and p99 ratios against not installed (goals: sampling off >= 0.98x, traced
->= 0.85x), the server spans received against the requests each traced server took (its access-log lines: the
-exporter drops spans when its queue is full; --queue-size sets OTEL_BSP_MAX_QUEUE_SIZE), and what the tracing parts
-cost per request measured in this process (steadier than the throughput on a busy machine).
+It prints the throughput, CPU-per-request (the server's processes, its exporter process included) and p99 ratios
+against not installed (goals: sampling off >= 0.98x, traced >= 0.85x), the server spans received against the
+requests each traced server took (its access-log lines: the exporter drops spans when its queue is full;
+--queue-size sets OTEL_BSP_MAX_QUEUE_SIZE), and what the tracing parts cost per request measured in this process
+(steadier than the throughput on a busy machine): on the serving thread, handing the spans to the exporter process
+(the outbox's thread and flushes), and in the exporter process.
 """
 from __future__ import annotations
 
@@ -34,18 +39,34 @@ import time
 import timeit
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from suite import ECHO_BODY, HERE, LOAD_CORE, REPO, SERVER_CORE, Result, Server, best, engine_command, measure, table
+from suite import (
+    ECHO_BODY,
+    HERE,
+    LOAD_CORE,
+    REPO,
+    SERVER_CORE,
+    Result,
+    Server,
+    best,
+    cpu_seconds,
+    engine_command,
+    measure,
+    table,
+)
 
 CONNECTIONS = [1, 32]
-MODES = ("not installed", "sampling off", "traced")
+MODES = ("not installed", "sampling off", "traced", "traced apart")
+TRACED = MODES[2:]
 ACCESS_LINE = " engine.access INFO echo POST /echo "  # a request's line, answered or its client gone
 BLOCK = 127  # requests timed at a time in process, traced: 508 spans, under the exporter's batch of 512
-CPU = time.process_time  # the in-process timer: this process's CPU time, which other processes' load moves little
+BLOCKS = 100  # blocks per measurement
+CPU = time.thread_time  # the in-process timer: the serving thread's CPU time, which other processes' load moves little
+EXPORTER = b"engine_otel.exporter"  # in the exporter process's command line
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 
 
@@ -126,6 +147,29 @@ def without_otel() -> str:
     return ",".join(name for name in names if name != "otel")
 
 
+class ExporterApart(Server):
+    """A server whose exporter process is moved to wrk's core once it has started."""
+
+    def start(self, body: str) -> None:
+        super().start(body)
+        found = exporter_pids(self.pids())
+        if len(found) != 1:
+            raise RuntimeError(f"{self.name}: {len(found)} exporter processes, not one")
+        os.sched_setaffinity(found[0], {int(LOAD_CORE)})
+
+
+def exporter_pids(pids: list[int]) -> list[int]:
+    """The engine-otel exporter processes among `pids`."""
+    found = []
+    for pid in pids:
+        try:
+            if EXPORTER in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 def configured(server: str, mode: str, receiver: str, folder: Path, queue_size: int | None) -> Server:
     """engine on `server` in one of MODES, its stderr (the access log) appended to a file in `folder`."""
     env = environment(mode, receiver, service(server, mode))
@@ -133,7 +177,8 @@ def configured(server: str, mode: str, receiver: str, folder: Path, queue_size: 
         env["OTEL_BSP_MAX_QUEUE_SIZE"] = str(queue_size)
     command = ["sh", "-c", f'exec "$@" 2>>{log_file(folder, server, mode)}', "sh",
                *engine_command(HERE / "echo", "--server", server)]
-    return Server(f"{server} {mode}", command, "/echo", env)
+    kind = ExporterApart if mode == "traced apart" else Server
+    return kind(f"{server} {mode}", command, "/echo", env)
 
 
 def environment(mode: str, receiver: str, service_name: str) -> dict[str, str]:
@@ -183,8 +228,10 @@ def request_path() -> Callable[[], None]:
 
 
 def costs_here(mode: str) -> dict[str, float]:
-    """CPU microseconds per request of tracing's points in this process, its tracer installed as engine serve installs
-    it (from this process's environment: see tracing_costs); traced, also the OTLP export of the spans."""
+    """CPU microseconds per request of tracing's points in this process's serving thread, its tracer installed as
+    engine serve installs it (from this process's environment: see tracing_costs); traced, also the handing of the
+    spans to the exporter process (the outbox's thread, and the flushes on this thread) and the exporter process's
+    own CPU time (taking them, and exporting them over OTLP)."""
     from engine import plugins, tracing
 
     plugins.install_tracer(plugins.make_plugin_manager())
@@ -192,44 +239,35 @@ def costs_here(mode: str) -> dict[str, float]:
     one_request = request_path()
     if mode != "traced":
         return {"points": min(timeit.timeit(one_request, number=20_000, timer=CPU) for _ in range(5)) / 20_000 * 1e6}
-    from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.http import trace_exporter
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from engine_otel.tracer import OtelTracer
 
-    encode_spans, batches = trace_exporter.encode_spans, []
-
-    def kept(spans: Sequence[ReadableSpan]) -> Any:  # the spans the exporter is given, kept to encode again
-        batches.append(list(spans))
-        return encode_spans(spans)
-
-    trace_exporter.encode_spans = kept
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    # Blocks of BLOCK requests fill a batch of 4 x BLOCK spans (under the exporter's 512: its thread sleeps); each
-    # block is timed, then force_flush exports its batch on this thread.
-    runs: list[tuple[float, float]] = []
+    assert isinstance(tracing.active, OtelTracer) and tracing.active.outbox.exporter is not None
+    outbox = tracing.active.outbox
+    exporter = outbox.exporter.process.pid
+    sender = time.pthread_getcpuclockid(outbox.thread.ident or 0)
+    # Blocks of BLOCK requests fill a batch of 4 x BLOCK spans (under the exporter's 512: its BatchSpanProcessor
+    # sleeps); each block is timed, then flushed: sent, and exported by the exporter process, which this waits for.
+    runs: list[tuple[float, float, float]] = []
     for _ in range(5):
-        spans_s = export_s = 0.0
-        for _ in range(40):
-            spans_s += timeit.timeit(one_request, number=BLOCK, timer=CPU)
+        points_s = hop_s = 0.0
+        sender_before, exporter_before = time.clock_gettime(sender), cpu_seconds([exporter])
+        for _ in range(BLOCKS):
+            points_s += timeit.timeit(one_request, number=BLOCK, timer=CPU)
             started = CPU()
-            provider.force_flush()
-            export_s += CPU() - started
-        runs.append((spans_s, export_s))
-    requests = 40 * BLOCK
-    batch = batches[-1]
-    encode_s = min(timeit.timeit(lambda: encode_spans(batch).SerializePartialToString(), number=50, timer=CPU)
-                   for _ in range(5)) / 50
-    return {"points": min(run[0] for run in runs) / requests * 1e6,
-            "export": min(run[1] for run in runs) / requests * 1e6,
-            "encode": encode_s / (len(batch) / 4) * 1e6, "batch": len(batch)}
+            assert outbox.flush(), "the exporter process did not answer"
+            hop_s += CPU() - started
+        hop_s += time.clock_gettime(sender) - sender_before
+        runs.append((points_s, hop_s, cpu_seconds([exporter]) - exporter_before))
+    requests = BLOCKS * BLOCK
+    return {"points": min(run[0] for run in runs) / requests * 1e6, "hop": min(run[1] for run in runs) / requests * 1e6,
+            "exporter": min(run[2] for run in runs) / requests * 1e6, "batch": 4 * BLOCK}
 
 
 def tracing_costs(receiver: str) -> dict[str, dict[str, float]]:
-    """costs_here of each configuration, each in a process of its own on the server's core (the exporter's thread
-    asleep: it exports only when flushed)."""
+    """costs_here of each configuration (traced once), each in a process of its own on the server's core (the
+    exporter's BatchSpanProcessor asleep: it exports only when flushed)."""
     costs = {}
-    for mode in MODES:
+    for mode in MODES[:3]:
         output = subprocess.run(["taskset", "-c", SERVER_CORE, sys.executable, __file__, "--costs", mode], cwd=REPO,
                                 env={**os.environ, **environment(mode, receiver, "bench-in-process"),
                                      "OTEL_BSP_SCHEDULE_DELAY": "600000"}, capture_output=True,
@@ -263,8 +301,8 @@ def main() -> None:
     try:
         groups = [[configured(server, mode, receiver_url, folder, args.queue_size) for mode in MODES]
                   for server in names]
-        print("echo workload, access log on: engine-otel not installed, sampling off, every request traced; server "
-              "on one core")
+        print("echo workload, access log on: engine-otel not installed, sampling off, every request traced (its "
+              "exporter process on the server's core, then apart on core 1); server on one core")
         results: dict[tuple[str, int], list[Result]] = {}
         for round_number in range(args.rounds):  # reversed every other round: a drift of the machine evens out
             order = [server for group in groups for server in (group if round_number % 2 == 0 else group[::-1])]
@@ -275,7 +313,7 @@ def main() -> None:
         for server in names:
             for count in CONNECTIONS:
                 base = best(results, f"{server} not installed", count)
-                for mode, goal in (("sampling off", 0.98), ("traced", 0.85)):
+                for mode, goal in (("sampling off", 0.98), ("traced", 0.85), ("traced apart", 0.85)):
                     run = best(results, f"{server} {mode}", count)
                     print(f"  {server} {mode:<12} at {count:>2}: throughput {run.rps / base.rps:.3f}x (goal >= "
                           f"{goal}x), CPU per request {run.cpu_us_per_request / base.cpu_us_per_request:.3f}x "
@@ -293,12 +331,13 @@ def main() -> None:
                       f"{got.get('exports', 0)} exports")
         costs = tracing_costs(receiver_url)
         traced = costs["traced"]
-        print(f"\nin process, CPU time of tracing's points in one echo request, its tracer installed as engine serve "
-              f"does (best of 5): not installed {costs['not installed']['points']:.2f} us, sampling off "
-              f"{costs['sampling off']['points']:.2f} us, traced {traced['points']:.2f} us (its server, admission, "
-              f"predict and encode spans made and queued); their OTLP export {traced['export']:.2f} us (in "
-              f"batches of {traced['batch']:.0f} spans, to the receiver), of which encode_spans "
-              f"{traced['encode']:.2f} us")
+        print(f"\nin process, CPU time of tracing's points in one echo request on the serving thread, its tracer "
+              f"installed as engine serve does (best of 5): not installed {costs['not installed']['points']:.2f} us, "
+              f"sampling off {costs['sampling off']['points']:.2f} us, traced {traced['points']:.2f} us (its server, "
+              f"admission, predict and encode spans recorded); handing them to the exporter process "
+              f"{traced['hop']:.2f} us (the serving process's outbox: marshal, send); in the exporter process "
+              f"{traced['exporter']:.2f} us (made ReadableSpans, batched, OTLP-encoded and sent to the receiver in "
+              f"batches of {traced['batch']:.0f} spans)")
     finally:
         receiver.terminate()
         receiver.wait()

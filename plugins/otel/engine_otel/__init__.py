@@ -2,7 +2,8 @@
 
 Each request gets a server span (continuing its W3C `traceparent`, which its response carries back) and a span per
 phase (`admission`, `batch wait`, `predict`, `encode`, `post_predict`), in the front process, in worker processes and
-in Ray replicas alike; a predictor's own spans nest under `predict`. docs/operations.md has the whole picture.
+in Ray replicas alike; a predictor's own spans nest under `predict`. They are exported by a process of their own
+(engine_otel.exporter). docs/operations.md has the whole picture.
 """
 from __future__ import annotations
 

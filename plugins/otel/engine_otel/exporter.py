@@ -128,7 +128,10 @@ class Exporter:
                 self.others.remove(threading.current_thread())
         while (message := receive(stream)) is not None:
             if message[0] == SPANS:
-                self.spans.take(message[1], resource)
+                try:
+                    self.spans.take(message[1], resource)
+                except Exception:  # a span the SDK refuses: the others of the message are lost, not the connection
+                    log.exception("engine-otel: spans of process %d could not be exported", pid)
             elif message[0] == FLUSH:
                 if message[1] and owner:
                     break
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine_otel.exporter")
     parser.add_argument("--listen-fd", type=int, required=True, help="the listening Unix socket, inherited")
     parser.add_argument("--parent", type=int, required=True, help="the serving process that started this one")
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-level", type=int, default=logging.WARNING, help="the parent's, as a number")
     args = parser.parse_args(argv)
     die_with(args.parent)
     # signals for the server (Ctrl+C, a SIGTERM to its process group): this process ends when its parent says so
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     root = logging.getLogger()
     root.handlers[:] = [ToParent()]
-    root.setLevel(args.log_level.upper())
+    root.setLevel(args.log_level)
     listener = socket.socket(fileno=args.listen_fd)
     try:
         processors = [BatchSpanProcessor(exporter) for exporter in exporters()]

@@ -42,7 +42,13 @@ class ExporterProcess:
         self.path = os.path.join(self.folder, "spans.sock")
         self.stopping = False
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.path)
+        try:
+            listener.bind(self.path)
+        except OSError as error:
+            listener.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise PluginError(f"engine-otel: cannot listen on {self.path} for its exporter process: {error} (the "
+                              f"folder is TMPDIR's; a Unix socket's path is at most 107 bytes long)") from None
         listener.listen(128)  # connections wait here until the exporter accepts them: no one waits for it to start
         started: queue.Queue[subprocess.Popen[bytes] | OSError] = queue.Queue(1)
         self._thread = threading.Thread(target=self._run, args=(listener, started), name="engine-otel exporter",
@@ -58,7 +64,7 @@ class ExporterProcess:
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "engine_otel.exporter", f"--listen-fd={listener.fileno()}",
-                 f"--parent={os.getpid()}", f"--log-level={logging.getLevelName(logging.getLogger().level)}"],
+                 f"--parent={os.getpid()}", f"--log-level={logging.getLogger().getEffectiveLevel()}"],
                 pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except OSError as error:
             started.put(error)
@@ -121,8 +127,8 @@ class Outbox:
             send(self._connection, hello)
         except OSError as error:
             self._lost(error)
-        self._thread = threading.Thread(target=self._run, name="engine-otel outbox", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._run, name="engine-otel outbox", daemon=True)
+        self.thread.start()
         atexit.register(self.close)
 
     def _run(self) -> None:
@@ -185,7 +191,7 @@ class Outbox:
             return
         self._closed = True
         self._stop.set()
-        self._thread.join()
+        self.thread.join()
         if self.exporter is not None:
             self.exporter.stopping = True
         self.flush(final=self.exporter is not None)

@@ -330,7 +330,7 @@ def test_what_a_server_exports_when_sampling_is_off_or_the_sdk_disabled_and_what
         for name, started in servers.items():
             started.wait_ready()
             response = started.client.post("/traced", json={}, headers={"traceparent": header})
-            assert response.status_code == 200
+            assert response.status_code == 200, started.output
             assert ("traceparent" in response.headers) == (name == "buffered"), name
         exporters = {name: exporters_under(started.process.pid) for name, started in servers.items()}
         assert {name: len(found) for name, found in exporters.items()} == {"off": 0, "disabled": 0, "buffered": 1}
@@ -372,10 +372,11 @@ def test_the_exporter_process_dies_with_its_server(receiver, tmp_path):
     started = Server(plain_project(tmp_path / "project", 1), env=otel_env(receiver.endpoint))
     try:
         started.wait_ready()
-        (exporter,) = exporters_under(started.process.pid)
+        found = exporters_under(started.process.pid)
+        assert len(found) == 1, (found, started.output)
         started.process.kill()
         started.process.wait()
-        wait_for(lambda: not alive(exporter), "the exporter process dying with its server")
+        wait_for(lambda: not alive(found[0]), "the exporter process dying with its server")
     finally:
         started.close()
 
