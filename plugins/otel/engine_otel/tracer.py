@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
 from time import time_ns
 from types import TracebackType
@@ -68,7 +69,10 @@ class ServerSpan:
         parent = self.parent
         self.add((trace_id, span_id, parent.span_id if parent is not None else 0, parent is not None, self.name,
                   self.carrier.arrived_ns, time_ns(), extra))
-        _current.reset(self.token)
+        try:
+            _current.reset(self.token)
+        except ValueError:  # ended in another context than the one it started in: nothing is current there now
+            _current.set(None)
 
 
 class Phase:
@@ -89,7 +93,7 @@ class Phase:
     def __enter__(self) -> None:
         trace_id, _, _, trace_state, caller = self.parent
         span_id = self.current[1] or _random_bits(64) or 1
-        self.current = current = (trace_id, span_id, False, trace_state, None)
+        self.current = current = (trace_id, span_id, False, trace_state, caller)
         self.token = _current.set(current)
         self.otel_token = context.attach(trace.set_span_in_context(
             NonRecordingSpan(SpanContext(trace_id, span_id, False, SAMPLED, trace_state)), caller))
@@ -180,10 +184,11 @@ class OtelTracer:
         trace_state = (TraceState.from_header([carrier.tracestate]) or NO_STATE) if carrier.tracestate else NO_STATE
         return Resumed((int(trace_id, 16), int(span_id, 16), True, trace_state, None))
 
-    def span(self, name: str) -> Phase:
+    def span(self, name: str) -> AbstractContextManager[None]:
         """A child span of the current one, current inside; an exception leaving it is recorded on it."""
         parent = _current.get()
-        assert parent is not None, "engine.tracing asks for a phase only in a traced request"
+        if parent is None:  # (engine asks only in a traced request)
+            return nullcontext()
         return Phase(self.add, name, parent)
 
     def record(self, name: str, start_ns: int, end_ns: int) -> None:
