@@ -1,5 +1,6 @@
 """The floor of any server hosting an ASGI app: one ASGI function that parses the JSON body, does the work on one
-thread and answers JSON. Run on each HTTP server the benchmarks compare:
+thread and answers JSON with the standard library's json (with BARE_ASGI_JSON=orjson, with orjson as engine does: the
+floor then does engine's JSON work, whatever the body's size). Run on each HTTP server the benchmarks compare:
 
     hypercorn --worker-class uvloop benchmarks.bare_asgi:app
     uvicorn --loop uvloop --http httptools benchmarks.bare_asgi:app
@@ -14,7 +15,13 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
+
 pool = ThreadPoolExecutor(1)
+if os.environ.get("BARE_ASGI_JSON") == "orjson":
+    loads, dumps = orjson.loads, orjson.dumps
+else:
+    loads, dumps = json.loads, lambda value: json.dumps(value).encode()
 
 
 def total(payload: dict) -> dict:
@@ -93,10 +100,10 @@ async def app(scope, receive, send):
         if not message.get("more_body"):
             break
     if batched is not None:
-        result = await batched(json.loads(body))
+        result = await batched(loads(body))
     else:
-        result = await asyncio.get_running_loop().run_in_executor(pool, work, json.loads(body))
-    content = json.dumps(result).encode()
+        result = await asyncio.get_running_loop().run_in_executor(pool, work, loads(body))
+    content = dumps(result)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
     await send({"type": "http.response.body", "body": content})

@@ -11,6 +11,8 @@ Requests carry the headers a client sends (--headers client: Host, User-Agent, A
 Content-Length; wrk: Host, Content-Type and Content-Length) and a JSON body of --floats floats. The access log goes to
 /dev/null through engine's own handler, as `engine serve` writes it to its standard error. With --profile,
 cProfile's view of engine's requests (access log on): the functions that cost most per request, on the event loop.
+The floor parses JSON with the standard library's json, as the suite's does; BARE_ASGI_JSON=orjson gives it engine's
+JSON library, so that what engine adds over it is engine's own work alone.
 """
 from __future__ import annotations
 

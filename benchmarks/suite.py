@@ -31,7 +31,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SERVER_CORE, LOAD_CORE = "0", "1"
-ECHO_BODY = json.dumps({"x": [float(i) / 7 for i in range(64)]})
+ECHO_BODY = json.dumps({"x": [float(i) / 7 for i in range(16)]})
 MLP_BODY = json.dumps({"x": [float(i % 13) / 13 for i in range(1024)]})
 
 
@@ -128,6 +128,9 @@ def wrk(server: Server, body: str, connections: int, seconds: float) -> Result:
     """Load the server with wrk on the other core; latency percentiles, throughput and server CPU per request."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      # the headers a client sends besides (wrk adds Host and Content-Length)
+                      'wrk.headers["User-Agent"] = "python-requests/2.32.3"\nwrk.headers["Accept"] = "*/*"\n'
+                      'wrk.headers["Accept-Encoding"] = "gzip, deflate"\nwrk.headers["Connection"] = "keep-alive"\n'
                       f"wrk.body = [[{body}]]\n")
     try:
         pids = server.pids()
@@ -258,7 +261,7 @@ def chosen(servers: list[Server], only: str | None) -> list[Server]:
 
 
 def echo(args: argparse.Namespace) -> None:
-    print("echo workload: {\"x\": [64 floats]} -> {\"y\": sum}, threads_per_process 1, server on one core")
+    print("echo workload: {\"x\": [16 floats]} -> {\"y\": sum}, threads_per_process 1, server on one core")
     servers = floors() + engines(HERE / "echo", "/echo") + kserve(args.kserve) + [
         Server("Cortex-style FastAPI+uvicorn", [sys.executable, str(HERE / "cortex_style.py"), str(HERE / "echo"),
                                                 "{port}"], "/predict")]
