@@ -25,6 +25,7 @@ class AccessLog:
 
     def __init__(self) -> None:
         self._pending: list[str] = []
+        self._handler: logging.StreamHandler[TextIO] | None = None  # the one the pending lines are for
         self._second = -1
         self._stamp = ""
 
@@ -37,7 +38,8 @@ class AccessLog:
         message = f"{api} {method} {path} {outcome} {seconds * 1e3:.1f}ms request_id={request_id}"
         if via:
             message += f" {via}"
-        handler = _engines_handler()
+        # the lines of one event-loop iteration all go the way the first went
+        handler = self._handler if self._pending else _engines_handler()
         if handler is not None and not isinstance(handler.formatter, JsonFormatter):
             now = time.time()
             second = int(now)
@@ -56,6 +58,7 @@ class AccessLog:
             formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]  # checked above
             self._pending.append(formatter.line(time.time(), "INFO", "engine.access", message, fields) + "\n")
         if len(self._pending) == 1:
+            self._handler = handler
             try:
                 asyncio.get_running_loop().call_soon(self._flush, handler)
             except RuntimeError:  # not on an event loop: now
@@ -65,8 +68,9 @@ class AccessLog:
         lines, self._pending = self._pending, []
         handler.acquire()
         try:
-            handler.stream.write("".join(lines))
-            handler.flush()
+            stream = handler.stream
+            stream.write("".join(lines))
+            stream.flush()  # as handler.flush() would, under the lock already held
         except Exception:  # as logging does: a broken stream must not break serving
             handler.handleError(logging.makeLogRecord({"msg": "access log", "levelno": logging.INFO}))
         finally:
