@@ -1,17 +1,20 @@
 """Which worker process gets the next request (engine.serving.worker_pool): the least loaded, or, with batching, the one
-gathering a batch."""
+gathering a batch; a worker whose calls are short holds a few more than it runs at once."""
 from __future__ import annotations
+
+import time
 
 import engine_python_predictor
 import pytest
 
-from engine.serving.worker_pool import Worker, WorkerGroup
+from engine.serving.worker_pool import PREFETCH, SHORT_CALL, Worker, WorkerGroup
 from engine.settings import ServeSettings
 from engine.testing import make_api, plugin_manager
 
 
-def group(batching: bool, loads: list[int], unanswered: list[int], capacity: int = 2) -> WorkerGroup:
-    """A WorkerGroup of ready workers with the given loads and numbers of calls not yet answered."""
+def group(batching: bool, loads: list[int], unanswered: list[int], capacity: int = 2,
+          call_time: float = 1.0) -> WorkerGroup:
+    """A WorkerGroup of ready workers with the given loads, numbers of calls not yet answered and mean call time."""
     predictor = {"type": "python", "path": "predictor.py", "processes_per_replica": len(loads)}
     if batching:
         predictor["server_side_batching"] = {"max_batch_size": capacity, "batch_interval": "1s"}
@@ -22,6 +25,7 @@ def group(batching: bool, loads: list[int], unanswered: list[int], capacity: int
         worker = workers.workers[index] = Worker(index, None)
         worker.ready, worker.load = True, load
         worker.pending = {call: None for call in range(waiting)}
+        worker.call_time = call_time
     return workers
 
 
@@ -33,6 +37,27 @@ def chosen(workers: WorkerGroup) -> int | None:
 @pytest.mark.parametrize("loads, expected", [([0, 0], 0), ([1, 0], 1), ([1, 1], 0), ([2, 1], 1), ([2, 2], None)])
 def test_without_batching_the_least_loaded_worker_with_a_free_thread(loads, expected):
     assert chosen(group(False, loads, loads)) == expected
+
+
+def test_a_worker_with_short_calls_is_handed_up_to_prefetch_more_than_its_threads_least_loaded_first():
+    short = SHORT_CALL / 10
+    assert chosen(group(False, [2, 1], [2, 1], call_time=short)) == 1
+    assert chosen(group(False, [2, 2], [2, 2], call_time=short)) == 0
+    assert chosen(group(False, [2 + PREFETCH, 2 + PREFETCH - 1], [0, 0], call_time=short)) == 1
+    assert chosen(group(False, [2 + PREFETCH] * 2, [0, 0], call_time=short)) is None
+
+
+def test_a_worker_whose_oldest_call_has_run_long_is_not_handed_more_than_its_threads():
+    workers = group(False, [2, 2], [2, 2], call_time=SHORT_CALL / 10)
+    for worker in workers.workers.values():
+        worker.handed = {0: time.monotonic() - 10 * SHORT_CALL, 1: time.monotonic()}
+    assert chosen(workers) is None
+    workers.workers[1].handed = {1: time.monotonic()}  # its long call has ended
+    assert chosen(workers) == 1
+
+
+def test_with_batching_no_call_waits_in_a_worker_beyond_its_capacity():
+    assert chosen(group(True, [2, 2], [2, 2], call_time=SHORT_CALL / 10)) is None
 
 
 def test_with_batching_the_worker_gathering_a_batch_gets_the_next_request():

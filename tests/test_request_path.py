@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import pickle
 import re
@@ -581,24 +582,28 @@ async def test_stopping_the_pipeline_waits_for_a_pending_post_predict(pipeline_o
 
 # --- the worker protocol: framing -----------------------------------------------------------------------------------
 
+End = tuple[messages.Channel, asyncio.Queue]  # a channel, and the queue its messages are put in as they are read
+
 
 @contextlib.asynccontextmanager
-async def linked() -> AsyncIterator[tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                                          tuple[asyncio.StreamReader, asyncio.StreamWriter]]]:
-    """Two connected ends of a Unix socket pair, as asyncio streams: the front's and a worker's."""
-    one, other = socket.socketpair()
-    front = await asyncio.open_connection(sock=one)
-    far = await asyncio.open_connection(sock=other)
+async def linked() -> AsyncIterator[tuple[End, End]]:
+    """Two Channels on the ends of a Unix socket pair: the front's and a worker's."""
+    ends: list[End] = []
+    for sock in socket.socketpair():
+        received: asyncio.Queue = asyncio.Queue()
+        _, channel = await asyncio.get_running_loop().create_unix_connection(
+            functools.partial(messages.Channel, received.put_nowait), sock=sock)
+        ends.append((channel, received))
     try:
-        yield front, far
+        yield ends[0], ends[1]
     finally:
-        for _, writer in (front, far):
-            writer.close()
+        for channel, _ in ends:
+            channel.close()
 
 
-async def expect(reader: asyncio.StreamReader) -> messages.Message | None:
-    """The next message, or a failed test if none comes."""
-    return await asyncio.wait_for(messages.receive(reader), TIMEOUT)
+async def expect(received: asyncio.Queue) -> messages.Message:
+    """The next message read, or a failed test if none comes."""
+    return await asyncio.wait_for(received.get(), TIMEOUT)
 
 
 def every_message(pm) -> list[messages.Message]:
@@ -606,61 +611,90 @@ def every_message(pm) -> list[messages.Message]:
     api = make_api(api_yaml(API))
     headers = [(b"content-type", b"application/json"), (b"x-request-id", b"r1")]
     return [messages.Hello(3), messages.Ready(), messages.Failed("Traceback ...\nValueError: no"),
-            messages.Reply(7, 200, headers, b'{"a":1}', True), messages.ReplyStart(8, 200, headers, False),
+            messages.Reply(7, 200, headers, b'{"a":1}', True, False), messages.ReplyStart(8, 200, headers, False),
             messages.Chunk(8, b"part", False), messages.Chunk(8, b"", True), messages.Done(7),
             messages.Setup(api, plugins.portable(pm), Path("/tmp/view"), Path("/srv/project"), 10.0, False),
             messages.Call(9, "operate:infer", http_scope(headers=headers), b"\x00" * 70000), messages.Sent(7),
             messages.Cancel(9), messages.Stop()]
 
 
-async def test_every_message_round_trips_through_the_framing(pm):
+async def test_every_message_round_trips_through_a_channel(pm):
     sent = every_message(pm)
-    async with linked() as ((_, writer), (reader, _)):
-        for message in sent:
-            assert await messages.send(writer, message) is True
-        received = [await expect(reader) for _ in sent]
-    assert received == sent
-    assert [type(m) for m in received] == [type(m) for m in sent]
+    async with linked() as ((channel, _), (_, received)):
+        for message in sent:  # in one pass of the loop: they go out in one write
+            assert channel.send(message) is True
+        got = [await expect(received) for _ in sent]
+    assert got == sent
+    assert [type(m) for m in got] == [type(m) for m in sent]
 
 
-async def test_a_frame_is_a_big_endian_length_then_a_pickle(pm):
+@pytest.mark.parametrize("piece", [1, 3, 4, 5, 4096, 65536])
+async def test_frames_split_anywhere_by_the_socket_are_read_whole_and_in_order(pm, piece):
+    sent = every_message(pm)
+    data = b"".join(messages.encode(message) for message in sent)
+    one, other = socket.socketpair()
+    received: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    _, channel = await loop.create_unix_connection(functools.partial(messages.Channel, received.put_nowait),
+                                                   sock=other)
+    one.setblocking(False)
+    try:
+        for start in range(0, len(data), piece):
+            await loop.sock_sendall(one, data[start:start + piece])
+            if piece < 4096:  # let the channel read pieces this small one by one, now and then
+                await asyncio.sleep(0)
+        got = [await expect(received) for _ in sent]
+    finally:
+        one.close()
+        channel.close()
+    assert got == sent
+
+
+async def test_a_frame_is_a_big_endian_length_then_a_pickle_of_the_kind_and_fields(pm):
     message = every_message(pm)[3]
-    async with linked() as ((_, writer), (reader, _)):
-        await messages.send(writer, message)
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        assert await reader.readexactly(4) == struct.pack("!I", len(data))
-        assert pickle.loads(await reader.readexactly(len(data))) == message
-        await messages.send(writer, messages.Done(1))
-        writer.write(struct.pack("!I", 10) + b"short")  # a frame cut off by the other side's exit
-        writer.write_eof()
-        assert await expect(reader) == messages.Done(1)
-        assert await expect(reader) is None
+    frame = messages.encode(message)
+    data = pickle.dumps((3, *message), protocol=pickle.HIGHEST_PROTOCOL)  # Reply is kind 3
+    assert frame == struct.pack("!I", len(data)) + data
+    assert messages.decode(frame[4:]) == message and type(messages.decode(frame[4:])) is messages.Reply
 
 
-async def test_send_is_false_and_receive_none_once_the_other_side_has_gone():
-    async with linked() as ((reader, writer), (_, far_writer)):
-        far_writer.close()
-        await far_writer.wait_closed()
-        assert await expect(reader) is None
-        assert await messages.send(writer, messages.Ready()) is False
+async def test_a_frame_cut_off_by_the_other_sides_exit_is_dropped_and_the_channel_closes():
+    one, other = socket.socketpair()
+    received: asyncio.Queue = asyncio.Queue()
+    _, channel = await asyncio.get_running_loop().create_unix_connection(
+        functools.partial(messages.Channel, received.put_nowait), sock=other)
+    one.sendall(messages.encode(messages.Done(1)) + struct.pack("!I", 10) + b"short")
+    one.close()
+    await asyncio.wait_for(channel.closed, TIMEOUT)
+    assert await expect(received) == messages.Done(1)
+    assert received.empty()
+    assert channel.send(messages.Ready()) is False
+
+
+async def test_send_is_false_and_closed_resolves_once_the_other_side_has_gone():
+    async with linked() as ((channel, _), (far, _)):
+        far.close()
+        await asyncio.wait_for(channel.closed, TIMEOUT)
+        assert channel.send(messages.Ready()) is False
 
 
 # --- the worker protocol: a worker's side (engine.serving.worker_main), driven in process -----------------------------
 
 
 @contextlib.asynccontextmanager
-async def worker_serving(pipeline: Pipeline) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter,
-                                                                    asyncio.Task]]:
-    """A worker's message loop answering calls with `pipeline` (started): the front's reader and writer, and the
-    loop's task (it ends after Stop, once its calls are done)."""
-    async with linked() as ((front_reader, front_writer), (reader, writer)):
-        loop = asyncio.ensure_future(worker_main._serve(pipeline, reader, writer, asyncio.Event()))
+async def worker_serving(pipeline: Pipeline) -> AsyncIterator[tuple[messages.Channel, asyncio.Queue, asyncio.Task]]:
+    """A worker answering calls with `pipeline` (started): the front's channel and what it receives, and the task
+    serving the calls (it ends after Stop, once its calls are done)."""
+    async with linked() as ((front, received), (channel, _)):
+        calls = worker_main.Calls(pipeline, channel)
+        channel.on_message = calls.on_message
+        serving = asyncio.ensure_future(calls.serve())
         try:
-            yield front_reader, front_writer, loop
+            yield front, received, serving
         finally:
-            loop.cancel()
+            serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await loop
+                await serving
 
 
 def call_scope(request_id: str) -> dict:
@@ -668,22 +702,22 @@ def call_scope(request_id: str) -> dict:
     return http_scope(headers=[(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())])
 
 
-async def test_a_worker_answers_a_call_with_a_reply_then_done(pipeline_of, tmp_path):
+async def test_a_worker_answers_a_call_with_a_reply_that_says_it_is_done(pipeline_of, tmp_path):
     pipeline = pipeline_of(GATED)
-    async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (reader, writer, loop):
-        await messages.send(writer, messages.Call(5, "predict", call_scope("r5"), b'"hello"'))
-        reply = await expect(reader)
-        assert await expect(reader) == messages.Done(5)
-        await messages.send(writer, messages.Call(6, "summary", http_scope("GET"), b""))
-        summary = await expect(reader)
-        assert await expect(reader) == messages.Done(6)
-        await messages.send(writer, messages.Stop())
-        await asyncio.wait_for(loop, TIMEOUT)
+    async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (front, received, serving):
+        front.send(messages.Call(5, "predict", call_scope("r5"), b'"hello"'))
+        reply = await expect(received)
+        front.send(messages.Call(6, "summary", http_scope("GET"), b""))
+        summary = await expect(received)
+        front.send(messages.Stop())
+        await asyncio.wait_for(serving, TIMEOUT)
+        assert received.empty()  # no Done: each Reply said it
     assert isinstance(reply, messages.Reply)
-    assert (reply.call, reply.status, reply.wants_sent) == (5, 200, False)
+    assert (reply.call, reply.status, reply.wants_sent, reply.done) == (5, 200, False, True)
     assert (b"content-type", b"application/json") in reply.headers
     assert reply.body == b'{"echo":"hello"}'
-    assert isinstance(summary, messages.Reply) and summary.body == b'{"message":"%s"}' % GET_MESSAGE.encode()
+    assert isinstance(summary, messages.Reply) and summary.done
+    assert summary.body == b'{"message":"%s"}' % GET_MESSAGE.encode()
     assert predictor.seen == ["hello"]
 
 
@@ -700,17 +734,17 @@ class PythonPredictor:
 
 async def test_a_streamed_response_is_a_reply_start_then_chunks_then_done(pipeline_of, tmp_path):
     pipeline = pipeline_of(STREAMS)
-    async with running(pipeline, tmp_path), worker_serving(pipeline) as (reader, writer, loop):
-        await messages.send(writer, messages.Call(7, "predict", call_scope("r7"), b'["one ", "two"]'))
-        start = await expect(reader)
-        chunks = [await expect(reader)]
+    async with running(pipeline, tmp_path), worker_serving(pipeline) as (front, received, serving):
+        front.send(messages.Call(7, "predict", call_scope("r7"), b'["one ", "two"]'))
+        start = await expect(received)
+        chunks = [await expect(received)]
         while isinstance(chunks[-1], messages.Chunk) and not chunks[-1].last:
-            chunks.append(await expect(reader))
+            chunks.append(await expect(received))
         if start.wants_sent:  # as the front does, once the client has the whole stream
-            await messages.send(writer, messages.Sent(7))
-        assert await expect(reader) == messages.Done(7)
-        await messages.send(writer, messages.Stop())
-        await asyncio.wait_for(loop, TIMEOUT)
+            front.send(messages.Sent(7))
+        assert await expect(received) == messages.Done(7)
+        front.send(messages.Stop())
+        await asyncio.wait_for(serving, TIMEOUT)
     assert isinstance(start, messages.ReplyStart) and (start.call, start.status) == (7, 200)
     assert (b"content-type", b"text/plain; charset=utf-8") in start.headers
     assert all(isinstance(chunk, messages.Chunk) and chunk.call == 7 for chunk in chunks)
@@ -719,52 +753,51 @@ async def test_a_streamed_response_is_a_reply_start_then_chunks_then_done(pipeli
 
 async def test_a_call_cancelled_before_its_predict_starts_is_dropped_with_a_done(pipeline_of, tmp_path):
     pipeline = pipeline_of(GATED)  # one thread
-    async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (reader, writer, loop):
-        await messages.send(writer, messages.Call(1, "predict", call_scope("r1"), b'"wait"'))
+    async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (front, received, serving):
+        front.send(messages.Call(1, "predict", call_scope("r1"), b'"wait"'))
         await started(predictor.started)
-        await messages.send(writer, messages.Call(2, "predict", call_scope("r2"), b'"queued"'))
-        await messages.send(writer, messages.Cancel(2))
-        assert await expect(reader) == messages.Done(2)  # and no Reply: it waited for the thread call 1 holds
-        await messages.send(writer, messages.Stop())  # the call in hand still finishes
+        front.send(messages.Call(2, "predict", call_scope("r2"), b'"queued"'))
+        front.send(messages.Cancel(2))
+        assert await expect(received) == messages.Done(2)  # and no Reply: it waited for the thread call 1 holds
+        front.send(messages.Stop())  # the call in hand still finishes
         predictor.gate.set()
-        reply = await expect(reader)
-        assert await expect(reader) == messages.Done(1)
-        await asyncio.wait_for(loop, TIMEOUT)
-    assert isinstance(reply, messages.Reply) and (reply.call, reply.status) == (1, 200)
+        reply = await expect(received)
+        await asyncio.wait_for(serving, TIMEOUT)
+    assert isinstance(reply, messages.Reply) and (reply.call, reply.status, reply.done) == (1, 200, True)
     assert predictor.seen == ["wait"]
 
 
 async def test_with_post_predict_a_call_waits_for_sent_and_is_done_only_once_post_predict_returns(pipeline_of,
                                                                                                      tmp_path):
     pipeline = pipeline_of(POST_PREDICT)
-    async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (reader, writer, loop):
-        await messages.send(writer, messages.Call(3, "predict", call_scope("r3"), b'"x"'))
-        reply = await expect(reader)
-        assert isinstance(reply, messages.Reply) and reply.wants_sent
+    async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (front, received, serving):
+        front.send(messages.Call(3, "predict", call_scope("r3"), b'"x"'))
+        reply = await expect(received)
+        assert isinstance(reply, messages.Reply) and reply.wants_sent and not reply.done
         predictor.answered.set()  # post_predict records whether this was set when it ran: only Sent lets it run
-        await messages.send(writer, messages.Sent(3))
+        front.send(messages.Sent(3))
         await started(predictor.entered)
-        await messages.send(writer, messages.Call(4, "summary", http_scope("GET"), b""))
-        meanwhile = [await expect(reader), await expect(reader)]  # no Done(3) among them: post_predict still runs
+        front.send(messages.Call(4, "summary", http_scope("GET"), b""))
+        meanwhile = await expect(received)  # and no Done(3): post_predict still runs
         predictor.release.set()
-        assert await expect(reader) == messages.Done(3)
-        await messages.send(writer, messages.Stop())
-        await asyncio.wait_for(loop, TIMEOUT)
-    assert [type(m) for m in meanwhile] == [messages.Reply, messages.Done] and meanwhile[1] == messages.Done(4)
+        assert await expect(received) == messages.Done(3)
+        front.send(messages.Stop())
+        await asyncio.wait_for(serving, TIMEOUT)
+    assert isinstance(meanwhile, messages.Reply) and (meanwhile.call, meanwhile.done) == (4, True)
     assert predictor.calls == [({"got": "x"}, "x", True)]
 
 
 async def test_after_stop_a_worker_finishes_the_calls_in_hand_sent_included_then_ends(pipeline_of, tmp_path):
     pipeline = pipeline_of(POST_PREDICT)
-    async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (reader, writer, loop):
-        await messages.send(writer, messages.Call(3, "predict", call_scope("r3"), b'"x"'))
-        reply = await expect(reader)
-        await messages.send(writer, messages.Stop())
+    async with running(pipeline, tmp_path) as predictor, worker_serving(pipeline) as (front, received, serving):
+        front.send(messages.Call(3, "predict", call_scope("r3"), b'"x"'))
+        reply = await expect(received)
+        front.send(messages.Stop())
         predictor.answered.set()
         predictor.release.set()
-        await messages.send(writer, messages.Sent(3))  # still read: the call in hand waits for it
-        assert await expect(reader) == messages.Done(3)
-        await asyncio.wait_for(loop, TIMEOUT)
+        front.send(messages.Sent(3))  # still read: the call in hand waits for it
+        assert await expect(received) == messages.Done(3)
+        await asyncio.wait_for(serving, TIMEOUT)
     assert isinstance(reply, messages.Reply) and reply.wants_sent
     assert predictor.calls == [({"got": "x"}, "x", True)]
 

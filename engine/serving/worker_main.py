@@ -15,6 +15,7 @@ import io
 import os
 import signal
 import sys
+from typing import Any
 
 from starlette.responses import Response
 
@@ -62,9 +63,10 @@ def die_with(parent: int) -> None:
 
 
 async def _run(socket: str, index: int) -> int:
-    reader, writer = await asyncio.open_unix_connection(socket)
-    await messages.send(writer, messages.Hello(index))
-    setup = await messages.receive(reader)
+    setups: asyncio.Queue[messages.Message] = asyncio.Queue()
+    channel = await messages.Channel.connect(socket, setups.put_nowait)
+    channel.send(messages.Hello(index))
+    setup = await messages.first(setups, channel)
     if not isinstance(setup, messages.Setup):
         return 1
     try:
@@ -77,115 +79,123 @@ async def _run(socket: str, index: int) -> int:
         await pipeline.start(setup.view, setup.project_root)
     except Exception as error:
         details = str(error) if isinstance(error, EngineError) else tracebacks.format_exception(error)
-        await messages.send(writer, messages.Failed(details))
+        channel.send(messages.Failed(details))
+        channel.close()
         return 1
     settle_after_start_up()
-    await messages.send(writer, messages.Ready())
-    stopping = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-    await _serve(pipeline, reader, writer, stopping)
+    if hasattr(os, "SCHED_BATCH"):
+        # A worker woken by a call does not preempt the front on a shared core: the front reads and hands over what
+        # else has come first, so one wake-up of each process carries several calls (it is not scheduled less).
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    calls = Calls(pipeline, channel)
+    channel.on_message = calls.on_message
+    channel.send(messages.Ready())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, calls.stopping.set)
+    await calls.serve()
     await pipeline.stop()
-    writer.close()
+    channel.close()
     return 0
 
 
-async def _serve(pipeline: Pipeline, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 stopping: asyncio.Event) -> None:
-    """Answer calls until Stop (or SIGTERM), then until the calls in hand are done; end at once if the front goes."""
-    sent: dict[int, asyncio.Future[None]] = {}
-    calls: dict[int, asyncio.Task[None]] = {}
-    idle = asyncio.Event()
-    idle.set()
+class Calls:
+    """A worker's calls: each Call runs as a task, Sent and Cancel reach the call they name, Stop ends the worker
+    once the calls in hand are done; the front's going ends it at once (after the calls it handed over)."""
 
-    def finished(call: int, _: asyncio.Task[None]) -> None:
-        calls.pop(call, None)
-        if not calls:
-            idle.set()
+    def __init__(self, pipeline: Pipeline, channel: messages.Channel) -> None:
+        self.pipeline = pipeline
+        self.channel = channel
+        self.stopping = asyncio.Event()
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self.sent: dict[int, asyncio.Future[None]] = {}  # made by whichever comes first: Sent, or the reply's end
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._replied_done: dict[int, bool] = {}  # calls whose Reply said they are done
 
-    receiving = asyncio.ensure_future(messages.receive(reader))
-    waiter = asyncio.ensure_future(stopping.wait())  # then, once stopping, for the calls in hand to end
-    while True:
-        await asyncio.wait({receiving, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if waiter.done() and stopping.is_set():
-            if idle.is_set():
-                break
-            waiter = asyncio.ensure_future(idle.wait())
-        if not receiving.done():
-            continue
-        message = receiving.result()
-        if message is None:  # the front is gone: nobody will say that a reply was sent any more
-            for future in sent.values():
-                if not future.done():
-                    future.set_result(None)
-            break
-        receiving = asyncio.ensure_future(messages.receive(reader))
-        if isinstance(message, messages.Stop):
-            stopping.set()  # the calls in hand still get their Sent and Cancel messages
+    def on_message(self, message: messages.Message) -> None:
+        """Act on one message from the front."""
+        if isinstance(message, messages.Call):
+            self._idle.clear()
+            task = self.running[message.call] = asyncio.create_task(self._answer(message))
+            task.add_done_callback(functools.partial(self._finished, message.call))
         elif isinstance(message, messages.Sent):
             # it comes before the reply's end when the client left mid-stream: then that end does not wait for it
-            if message.call in calls and not (future := _sent_future(sent, message.call)).done():
+            if message.call in self.running and not (future := self.sent_future(message.call)).done():
                 future.set_result(None)
         elif isinstance(message, messages.Cancel):
-            if message.call in calls:
-                calls[message.call].cancel()
-        elif isinstance(message, messages.Call):
-            idle.clear()
-            task = calls[message.call] = asyncio.create_task(_answer(pipeline, writer, sent, message))
-            task.add_done_callback(functools.partial(finished, message.call))
-    receiving.cancel()
-    waiter.cancel()
-    if calls:  # the front is gone, but calls it handed us finish before we go
-        await asyncio.wait(calls.values())
+            if message.call in self.running:
+                self.running[message.call].cancel()
+        elif isinstance(message, messages.Stop):
+            self.stopping.set()  # the calls in hand still get their Sent and Cancel messages
 
+    def _finished(self, call: int, _: asyncio.Task[None]) -> None:
+        """A call's task has ended, post_predict included (or was cancelled, maybe before it started)."""
+        self.running.pop(call, None)
+        self.sent.pop(call, None)
+        if not self._replied_done.pop(call, False):
+            self.channel.send(messages.Done(call))
+        if not self.running:
+            self._idle.set()
 
-async def _answer(pipeline: Pipeline, writer: asyncio.StreamWriter, sent: dict[int, asyncio.Future[None]],
-                  call: messages.Call) -> None:
-    request = ApiRequest(call.scope, call.body)
-    try:
-        with tracing.resumed(call.scope.get(tracing.TRACE_KEY)):  # the front's server span, when it traces it
-            if call.kind == "predict":
-                response = await pipeline.predict(request)
-            elif call.kind.startswith("operate:"):
-                response = await pipeline.operate(call.kind.removeprefix("operate:"), request)
+    def sent_future(self, call: int) -> asyncio.Future[None]:
+        """The future that the front's Sent for `call` resolves."""
+        if call not in self.sent:
+            self.sent[call] = asyncio.get_running_loop().create_future()
+        return self.sent[call]
+
+    async def serve(self) -> None:
+        """Until Stop (or SIGTERM) and then until the calls in hand are done, or until the front goes."""
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped())
+        await asyncio.wait({stopped, self.channel.closed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if self.channel.closed.done():  # nobody will say that a reply was sent any more
+            for future in self.sent.values():
+                if not future.done():
+                    future.set_result(None)
+        if self.running:  # the front is gone, but calls it handed us finish before we go
+            await asyncio.wait(list(self.running.values()))
+
+    async def _stopped(self) -> None:
+        await self.stopping.wait()
+        await self._idle.wait()
+
+    async def _answer(self, call: messages.Call) -> None:
+        request = ApiRequest(call.scope, call.body)
+        try:
+            with tracing.resumed(call.scope.get(tracing.TRACE_KEY)):  # the front's server span, when it traces it
+                if call.kind == "predict":
+                    response = await self.pipeline.predict(request)
+                elif call.kind.startswith("operate:"):
+                    response = await self.pipeline.operate(call.kind.removeprefix("operate:"), request)
+                else:
+                    response = await self.pipeline.summary(request)
+                await self._reply(call, response)
+            for work in request.after:  # post_predict: the worker is busy until it ends
+                await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            pass  # given up by the front: predict never ran, or has finished (the pipeline waits for a running one)
+
+    async def _reply(self, call: messages.Call, response: Response) -> None:
+        """Send the response: whole as a Reply, or, when it streams, as a ReplyStart and Chunks as they come; with a
+        post_predict, wait until the front says the client has it all (post_predict runs then, as `play` ends)."""
+        wants_sent = response.background is not None
+        async with play(response, call.scope) as played:
+            if played.chunks is None:
+                if wants_sent:  # registered before sending: Sent may come back before send() returns
+                    self.sent_future(call.call)
+                else:  # nothing left to run for it: this Reply says so, and no Done follows
+                    self._replied_done[call.call] = True
+                self.channel.send(messages.Reply(call.call, played.status, played.headers, played.body, wants_sent,
+                                                 not wants_sent))
             else:
-                response = await pipeline.summary(request)
-            await _reply(call, response, writer, sent)
-        for work in request.after:  # post_predict: the worker is busy until it ends
-            await asyncio.wrap_future(work)
-    except asyncio.CancelledError:
-        pass  # given up by the front: predict never ran, or has finished (the pipeline waits for a running one)
-    finally:
-        sent.pop(call.call, None)
-        await messages.send(writer, messages.Done(call.call))
-
-
-def _sent_future(sent: dict[int, asyncio.Future[None]], call: int) -> asyncio.Future[None]:
-    """The future that the front's Sent for `call` resolves, made by whichever comes first: Sent or the reply's end."""
-    if call not in sent:
-        sent[call] = asyncio.get_running_loop().create_future()
-    return sent[call]
-
-
-async def _reply(call: messages.Call, response: Response, writer: asyncio.StreamWriter,
-                 sent: dict[int, asyncio.Future[None]]) -> None:
-    """Send the response: whole as a Reply, or, when it streams, as a ReplyStart and Chunks as they come; with a
-    post_predict, wait until the front says the client has it all (post_predict runs then, as `play` ends)."""
-    wants_sent = response.background is not None
-    async with play(response, call.scope) as played:
-        if played.chunks is None:
-            if wants_sent:  # registered before sending: Sent may come back before send() returns
-                _sent_future(sent, call.call)
-            await messages.send(writer, messages.Reply(call.call, played.status, played.headers, played.body,
-                                                       wants_sent))
-        else:
-            await messages.send(writer, messages.ReplyStart(call.call, played.status, played.headers, wants_sent))
-            async for chunk in played.chunks:
-                await messages.send(writer, messages.Chunk(call.call, chunk, False))
+                self.channel.send(messages.ReplyStart(call.call, played.status, played.headers, wants_sent))
+                async for chunk in played.chunks:
+                    self.channel.send(messages.Chunk(call.call, chunk, False))
+                    await self.channel.drain()
+                if wants_sent:
+                    self.sent_future(call.call)
+                self.channel.send(messages.Chunk(call.call, b"", True))
             if wants_sent:
-                _sent_future(sent, call.call)
-            await messages.send(writer, messages.Chunk(call.call, b"", True))
-        if wants_sent:
-            await sent[call.call]
+                await self.sent[call.call]
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ front has already counted each request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,6 +36,11 @@ log = logging.getLogger("engine")
 _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "root_path", "query_string", "headers",
                "client", "server", tracing.TRACE_KEY)
 MEMORY_CHECK_INTERVAL = 1.0  # seconds between looks at the workers' memory, when --worker-memory-limit is set
+# A worker whose calls are short (Worker.takes_short_calls) is handed up to PREFETCH calls more than it runs at once:
+# they wait in it, so that it starts the next as one ends, and one wake-up of each process carries several calls.
+# Longer calls are not queued in a worker, where they could wait behind a long one while another worker is free.
+SHORT_CALL = 0.002  # seconds from handing a call over to its Done, moving average
+PREFETCH = 3
 
 Chunks = asyncio.Queue[messages.Chunk | None]  # a streamed reply's chunks; None: the worker died
 Answer = messages.Reply | tuple[messages.ReplyStart, Chunks]  # a call's reply, a streamed one with its chunks
@@ -49,28 +56,34 @@ class Worker:
     def __init__(self, index: int, process: asyncio.subprocess.Process) -> None:
         self.index = index
         self.process = process
-        self.reader: asyncio.StreamReader  # both set once it has connected (WorkerGroup._verdict)
-        self.writer: asyncio.StreamWriter
+        self.channel: messages.Channel  # set once it has connected (WorkerGroup._verdict)
         self.ready = False
         self.replacing = False  # its successor is starting; until it is ready, this one serves on
         self.retiring = False  # its successor serves in its place; it finishes what it has, then exits
         self.load = 0  # calls handed to it and not yet Done (post_predict included)
         self.answered = 0
+        self.handed: dict[int, float] = {}  # when each call in it was handed over
+        self.call_time = 0.0  # from handing a call over to its Done, moving average (seconds)
         self.pending: dict[int, asyncio.Future[Answer]] = {}  # calls waiting for their Reply (or ReplyStart)
         self.streams: dict[int, Chunks] = {}  # the Chunks of streamed replies, by call
         self.given_up: dict[int, asyncio.Future[None]] = {}  # calls cancelled while it had them → resolved by Done
 
     async def call(self, call: messages.Call) -> Answer:
         """Hand a call over and wait for its reply (a streamed one comes with the queue of its chunks)."""
+        if not self.channel.send(call):
+            raise WorkerDied(f"worker process {self.index} has gone")
+        self.handed[call.call] = time.monotonic()
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.pending[call.call] = future
-        await messages.send(self.writer, call)
         return await future
+
+    def takes_short_calls(self, now: float) -> bool:
+        """True while its calls take less than SHORT_CALL on average and none in it has taken longer so far."""
+        return self.call_time < SHORT_CALL and (not self.handed or now - next(iter(self.handed.values())) < SHORT_CALL)
 
     async def sent(self, call: int) -> None:
         """Tell the worker its reply reached the client, so post_predict may run."""
-        if not self.writer.is_closing():
-            await messages.send(self.writer, messages.Sent(call))
+        self.channel.send(messages.Sent(call))
 
     def fail_pending(self, reason: str) -> None:
         """Fail every call this worker was running, streams cut off."""
@@ -95,8 +108,11 @@ class ForwardedResponse(Response):
     """A worker's reply, sent as it was made; `on_sent` runs once it has been sent (or failed to be)."""
 
     def __init__(self, reply: messages.Reply, on_sent: Callable[[], Awaitable[None]] | None = None) -> None:
-        super().__init__(reply.body, status_code=reply.status)
-        self.raw_headers = list(reply.headers)
+        # not Response.__init__: the worker has rendered the body and its headers already
+        self.status_code = reply.status
+        self.body = reply.body
+        self.raw_headers = reply.headers
+        self.background = None
         self.on_sent = on_sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -160,11 +176,11 @@ class WorkerGroup:
         self._on_fatal = on_fatal
         self._setup: messages.Setup | None = None
         self._waiting: deque[asyncio.Future[Worker]] = deque()
-        self._connections: dict[int, asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._connections: dict[int, asyncio.Future[tuple[messages.Channel, asyncio.Queue[messages.Message]]]] = {}
         self._calls = itertools.count()
         self._stopping = False
         self._socket_dir: Path | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._started_once: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # the event loop keeps only weak references to tasks
         # operations run by every worker (Operation.everywhere), one at a time; the latest call of each distinct
@@ -185,7 +201,8 @@ class WorkerGroup:
         self._setup = messages.Setup(self.api, self._plugins, view, project_root, self._settings.model_poll_interval,
                                      self._settings.shows_errors)
         self._socket_dir = tempdirs.make("workers")
-        self._server = await asyncio.start_unix_server(self._accept, path=str(self._socket_dir / "workers.sock"))
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            self._accept, path=str(self._socket_dir / "workers.sock"))
         await asyncio.gather(*(self._start_worker(index) for index in range(self.size)))
         log.info("api '%s': %d worker process%s ready (%d requests at a time each)", self.api.name, self.size,
                  "es" if self.size > 1 else "", self.capacity)
@@ -211,7 +228,7 @@ class WorkerGroup:
             reason = verdict.details if isinstance(verdict, messages.Failed) \
                 else f"the process exited with code {await process.wait()}"
             raise EngineError(f"api '{self.api.name}': worker {index} failed to start:\n{reason}")
-        self._keep(self._read(worker))
+        worker.channel.on_message = functools.partial(self._received, worker)
         async with self._everywhere_lock:  # serving from the end of its replay, before any other such call
             await self._replay(worker)
             worker.ready = True
@@ -243,8 +260,8 @@ class WorkerGroup:
     async def _verdict(self, worker: Worker) -> messages.Message | None:
         """The worker's word on its __init__ (Ready or Failed); None if it exits first; a timeout is fatal."""
         async def connect_and_receive() -> messages.Message | None:
-            worker.reader, worker.writer = await self._connections[worker.index]
-            return await messages.receive(worker.reader)
+            worker.channel, received = await self._connections[worker.index]
+            return await messages.first(received, worker.channel)
 
         receiving = asyncio.ensure_future(connect_and_receive())
         exited = asyncio.ensure_future(worker.process.wait())
@@ -260,34 +277,46 @@ class WorkerGroup:
                               f"{timeout:g} s (raise --worker-init-timeout if it needs longer)")
         return None
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hello = await messages.receive(reader)
-        assert self._setup is not None, "start() makes it before it accepts"
-        if isinstance(hello, messages.Hello) and not self._connections[hello.index].done():
-            await messages.send(writer, self._setup)
-            self._connections[hello.index].set_result((reader, writer))
+    def _accept(self) -> messages.Channel:
+        """A worker's connection: until it says Hello (naming its index), nothing else is heard from it."""
+        channel = messages.Channel()
+        channel.on_message = functools.partial(self._hello, channel)
+        return channel
 
-    async def _read(self, worker: Worker) -> None:
-        while (message := await messages.receive(worker.reader)) is not None:
-            if isinstance(message, (messages.Reply, messages.ReplyStart)):
-                # a streamed reply's chunks go to a queue, handed out with it
-                answer: Answer = message if isinstance(message, messages.Reply) else \
-                    (message, worker.streams.setdefault(message.call, asyncio.Queue()))
-                future = worker.pending.pop(message.call, None)
-                if future is not None and not future.done():
-                    future.set_result(answer)
-            elif isinstance(message, messages.Chunk):
-                queue = worker.streams.get(message.call)
-                if queue is not None:
-                    queue.put_nowait(message)
-                    if message.last:
-                        del worker.streams[message.call]
-            elif isinstance(message, messages.Done):
+    def _hello(self, channel: messages.Channel, message: messages.Message) -> None:
+        assert self._setup is not None, "start() makes it before it accepts"
+        if isinstance(message, messages.Hello) and not self._connections[message.worker].done():
+            received: asyncio.Queue[messages.Message] = asyncio.Queue()  # its verdict on __init__, for _verdict
+            channel.on_message = received.put_nowait
+            channel.send(self._setup)
+            self._connections[message.worker].set_result((channel, received))
+
+    def _received(self, worker: Worker, message: messages.Message) -> None:
+        """A serving worker's message."""
+        if isinstance(message, (messages.Reply, messages.ReplyStart)):
+            # a streamed reply's chunks go to a queue, handed out with it
+            answer: Answer = message if isinstance(message, messages.Reply) else \
+                (message, worker.streams.setdefault(message.call, asyncio.Queue()))
+            future = worker.pending.pop(message.call, None)
+            if future is not None and not future.done():
+                future.set_result(answer)
+            if isinstance(message, messages.Reply) and message.done:
                 self._done(worker, message.call)
+        elif isinstance(message, messages.Chunk):
+            queue = worker.streams.get(message.call)
+            if queue is not None:
+                queue.put_nowait(message)
+                if message.last:
+                    del worker.streams[message.call]
+        elif isinstance(message, messages.Done):
+            self._done(worker, message.call)
 
     def _done(self, worker: Worker, call: int) -> None:
         worker.load -= 1
         worker.answered += 1
+        handed = worker.handed.pop(call, None)
+        if handed is not None:
+            worker.call_time += (time.monotonic() - handed - worker.call_time) / 8
         given_up = worker.given_up.pop(call, None)
         if given_up is not None:
             given_up.set_result(None)
@@ -334,7 +363,7 @@ class WorkerGroup:
                 return
             worker.retiring = True  # the successor serves in its place from now on
             self._retiring.add(worker)
-            await messages.send(worker.writer, messages.Stop())
+            worker.channel.send(messages.Stop())
 
         self._keep(replace())
 
@@ -359,8 +388,7 @@ class WorkerGroup:
                 await asyncio.wait(list(self._waiting))
             workers = [*self.workers.values(), *self._retiring]
             for worker in workers:
-                if not worker.writer.is_closing():
-                    await messages.send(worker.writer, messages.Stop())
+                worker.channel.send(messages.Stop())
             await asyncio.gather(*(worker.process.wait() for worker in workers))
         finally:
             for worker in {*workers, *self.workers.values(), *self._retiring}:
@@ -420,15 +448,15 @@ class WorkerGroup:
         except asyncio.CancelledError:
             await self._give_up(worker, call.call)
             raise
-        if isinstance(reply, tuple):
-            start, chunks = reply
+        if isinstance(reply, messages.Reply):
+            return ForwardedResponse(reply, (lambda: worker.sent(call.call)) if reply.wants_sent else None)
+        start, chunks = reply
 
-            async def on_gone() -> None:
-                worker.streams.pop(call.call, None)
-                await messages.send(worker.writer, messages.Cancel(call.call))
-            return ForwardedStream(start, chunks, on_gone, (lambda: worker.sent(call.call)) if start.wants_sent
-                                   else None)
-        return ForwardedResponse(reply, (lambda: worker.sent(call.call)) if reply.wants_sent else None)
+        async def on_gone() -> None:
+            worker.streams.pop(call.call, None)
+            worker.channel.send(messages.Cancel(call.call))
+        return ForwardedStream(start, chunks, on_gone, (lambda: worker.sent(call.call)) if start.wants_sent
+                               else None)
 
     async def _give_up(self, worker: Worker, call: int) -> None:
         """The request was given up while its worker had it: tell the worker (which drops it if predict has not
@@ -436,7 +464,7 @@ class WorkerGroup:
         --worker-kill-after, a worker still running it that much later is killed."""
         worker.pending.pop(call, None)
         done = worker.given_up[call] = asyncio.get_running_loop().create_future()
-        await messages.send(worker.writer, messages.Cancel(call))
+        worker.channel.send(messages.Cancel(call))
         kill_after = self._settings.worker_kill_after
         timer = asyncio.get_running_loop().call_later(kill_after, self._kill, worker, kill_after) \
             if kill_after else None
@@ -471,12 +499,13 @@ class WorkerGroup:
             raise
 
     def _least_loaded(self) -> Worker | None:
-        free = [w for w in self.workers.values() if w.ready and w.load < self.capacity]
-        if not free:
-            return None
         if self.batching:  # fill the batch a worker is gathering (calls not yet answered) before starting another
-            return max(free, key=lambda w: (len(w.pending), -w.index))
-        return min(free, key=lambda w: (w.load, w.index))
+            free = [w for w in self.workers.values() if w.ready and w.load < self.capacity]
+            return max(free, key=lambda w: (len(w.pending), -w.index)) if free else None
+        now = time.monotonic()
+        free = [w for w in self.workers.values()
+                if w.ready and w.load < self.capacity + (PREFETCH if w.takes_short_calls(now) else 0)]
+        return min(free, key=lambda w: (w.load, w.index)) if free else None
 
     def _hand_out(self) -> None:
         """Give free threads to waiting requests, first come first served."""
