@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from engine import plugins
+from engine.serving import admission as admission_module
 from engine.serving import messages, worker_main
 from engine.serving.admission import Admission
 from engine.serving.metrics import Metrics
@@ -301,6 +302,34 @@ async def test_a_client_that_leaves_mid_predict_gets_nothing_and_is_counted(pipe
         assert gate.in_flight == 1  # its predict still runs on its thread: the slot stays taken until it returns
         predictor.gate.set()
         await until(lambda: gate.in_flight == 0, "the slot's release")
+
+
+async def test_a_request_answered_within_watch_after_never_watches_its_client(pipeline_of, tmp_path, monkeypatch):
+    pipeline = pipeline_of(GATED)
+    calls = []
+
+    def receiving(payload: bytes) -> Callable:
+        async def receive() -> dict:
+            calls.append(payload)
+            if calls.count(payload) == 1:
+                return {"type": "http.request", "body": payload, "more_body": False}
+            await asyncio.get_running_loop().create_future()  # a client that stays: nothing more comes
+            raise AssertionError("unreachable")
+        return receive
+
+    async with running(pipeline, tmp_path) as predictor:
+        gate = admission(pipeline)
+        scope = http_scope(headers=[(b"content-type", b"application/json")])
+        monkeypatch.setattr(admission_module, "WATCH_AFTER", TIMEOUT)  # answered long before
+        quick = await played(gate, dict(scope), receiving(b'"quick"'))
+        monkeypatch.setattr(admission_module, "WATCH_AFTER", 0.0)  # watched from the loop's next pass
+        slow = asyncio.ensure_future(played(gate, dict(scope), receiving(b'"wait"')))
+        await started(predictor.started)
+        await until(lambda: calls.count(b'"wait"') == 2, "the slow request's watcher")
+        predictor.gate.set()
+        answered = await slow
+    assert quick[0]["status"] == answered[0]["status"] == 200
+    assert calls.count(b'"quick"') == 1  # its body only: no watcher
 
 
 # --- admission: the concurrency limit and the deadline --------------------------------------------------------------
