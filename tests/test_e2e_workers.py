@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -167,6 +169,29 @@ def test_sigterm_drains_every_worker(serve, tmp_path):
     worker_pid = int((tmp_path / "post-s").read_text())  # post_predict finished before the worker exited
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
+
+
+def test_a_sigterm_to_the_whole_process_group_is_left_to_the_front(serve, tmp_path):
+    """systemd's stop and `kill -- -PGID` reach the workers too: they go on until the front has drained and stops
+    them, so a request queued in the front when the signal came is still answered."""
+    server = serve(project(tmp_path))
+    blocked = [in_thread(post, server, id=name, do="wait") for name in ("a", "b")]
+    wait_file(tmp_path / "entered-a")
+    wait_file(tmp_path / "entered-b")
+    queued, queued_result = in_thread(post, server, id="c")
+    server.wait_metric('engine_requests_in_flight{api="work"} 3.0')
+    pid = server.process.pid
+    workers = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for process in (pid, *workers):
+        os.kill(process, signal.SIGTERM)
+    server.wait_output("stopping: no new connections")
+    for name in ("a", "b"):
+        (tmp_path / f"release-{name}").touch()
+    for thread, result in [*blocked, (queued, queued_result)]:
+        thread.join()
+        assert result["value"].status_code == 200, result["value"].text
+    assert server.wait_exit() == 0
+    assert "died" not in server.output
 
 
 def test_each_worker_gets_its_share_of_the_cores(serve, tmp_path):

@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     die_with(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the whole process group; the front decides
+    # Ctrl+C's SIGINT reaches the whole process group, and so does a SIGTERM from systemd or `kill -- -PGID`: the
+    # front decides, and stops its workers once it has drained what it holds (one left alone dies with the front)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # its --log-format is the front's, from the environment; in json mode its prints become log lines
     tracebacks.configure_logging(args.log_level, worker=f"{args.api}:{args.index}", capture=True)
     if isinstance(sys.stdout, io.TextIOWrapper):  # not when something has replaced it
@@ -90,7 +93,6 @@ async def _run(socket: str, index: int) -> int:
     calls = Calls(pipeline, channel)
     channel.on_message = calls.on_message
     channel.send(messages.Ready())
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, calls.stopping.set)
     await calls.serve()
     await pipeline.stop()
     channel.close()
@@ -143,7 +145,7 @@ class Calls:
         return self.sent[call]
 
     async def serve(self) -> None:
-        """Until Stop (or SIGTERM) and then until the calls in hand are done, or until the front goes."""
+        """Until Stop and then until the calls in hand are done, or until the front goes."""
         stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped())
         await asyncio.wait({stopped, self.channel.closed}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
