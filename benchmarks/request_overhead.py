@@ -189,7 +189,11 @@ def main() -> None:
     parser.add_argument("--headers", choices=sorted(HEADERS), default="client", help="request headers (default client)")
     parser.add_argument("--profile", action="store_true", help="cProfile engine's requests instead")
     parser.add_argument("--top", type=int, default=40, help="--profile: functions shown (default 40)")
+    parser.add_argument("--core", type=int, default=-1, help="run on this one core, as a server pinned to one core "
+                        "does: its event loop and predict thread then share it (default: any core)")
     args = parser.parse_args()
+    if args.core >= 0:
+        os.sched_setaffinity(0, {args.core})
     args.connections = [int(count) for count in args.connections.split(",")]
     log_to_devnull("warning")
     uvloop.run(measure(args))
