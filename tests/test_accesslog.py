@@ -24,7 +24,8 @@ def engines_logging():
     configure_logging("info")
     stream = root.handlers[0].stream = io.StringIO()
     yield stream
-    root.handlers[:], root.level = saved[0], saved[1]
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])  # setLevel: it also clears the loggers' cached isEnabledFor answers
 
 
 @contextlib.contextmanager

@@ -327,13 +327,15 @@ def test_the_access_lines_two_ways_give_the_same_json():
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
-        root.handlers[:], root.level = [handler], logging.INFO
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)  # setLevel: it also clears the loggers' cached isEnabledFor answers
         assert _engines_handler() is handler  # the direct way
         AccessLog().request("api", "POST", "/api", 200, 0.0015, "r1", "splitter=s shadow")
         root.addHandler(logging.NullHandler())
         AccessLog().request("api", "POST", "/api", 200, 0.0015, "r1", "splitter=s shadow")
     finally:
-        root.handlers[:], root.level = saved
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
     direct, through_logging = (json.loads(line) for line in stream.getvalue().splitlines())
     for line in (direct, through_logging):
         del line["time"]
