@@ -2,8 +2,6 @@
 gathering a batch; a worker whose calls are short holds a few more than it runs at once."""
 from __future__ import annotations
 
-import time
-
 import engine_python_predictor
 import pytest
 
@@ -47,12 +45,13 @@ def test_a_worker_with_short_calls_is_handed_up_to_prefetch_more_than_its_thread
     assert chosen(group(False, [2 + PREFETCH] * 2, [0, 0], call_time=short)) is None
 
 
-def test_a_worker_whose_oldest_call_has_run_long_is_not_handed_more_than_its_threads():
-    workers = group(False, [2, 2], [2, 2], call_time=SHORT_CALL / 10)
+def test_a_new_worker_counts_as_slow_until_it_has_finished_a_short_call():
+    workers = group(False, [2, 2], [2, 2])
     for worker in workers.workers.values():
-        worker.handed = {0: time.monotonic() - 10 * SHORT_CALL, 1: time.monotonic()}
+        worker.call_time = Worker(0, None).call_time
     assert chosen(workers) is None
-    workers.workers[1].handed = {1: time.monotonic()}  # its long call has ended
+    workers._done(workers.workers[1], 0, took=SHORT_CALL / 100)  # frees a thread, and its calls are short now
+    workers.workers[1].load += 1
     assert chosen(workers) == 1
 
 

@@ -45,8 +45,9 @@ class Failed(NamedTuple):
 
 
 class Reply(NamedTuple):
-    """The response to a Call. `done`: the worker is finished with the call (no Done follows). `wants_sent`: tell me
-    (Sent) once the client has it, post_predict waits for that; then a Done follows."""
+    """The response to a Call. `done`: the worker is finished with the call (no Done follows), after `took` seconds
+    of its own time on it. `wants_sent`: tell me (Sent) once the client has it, post_predict waits for that; then a
+    Done follows."""
 
     call: int
     status: int
@@ -54,6 +55,7 @@ class Reply(NamedTuple):
     body: bytes
     wants_sent: bool
     done: bool
+    took: float
 
 
 class ReplyStart(NamedTuple):
@@ -74,9 +76,10 @@ class Chunk(NamedTuple):
 
 
 class Done(NamedTuple):
-    """The worker is finished with a Call, post_predict included."""
+    """The worker is finished with a Call, post_predict included, after `took` seconds of its own time on it."""
 
     call: int
+    took: float
 
 
 # --- front → worker ---------------------------------------------------------------------------------------------

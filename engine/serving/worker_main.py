@@ -15,6 +15,7 @@ import io
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from starlette.responses import Response
@@ -112,11 +113,14 @@ class Calls:
         self._idle = asyncio.Event()
         self._idle.set()
         self._replied_done: dict[int, bool] = {}  # calls whose Reply said they are done
+        self._began: dict[int, float] = {}  # when each call came
+        self._last_end = 0.0  # when the last call was done
 
     def on_message(self, message: messages.Message) -> None:
         """Act on one message from the front."""
         if isinstance(message, messages.Call):
             self._idle.clear()
+            self._began[message.call] = time.monotonic()
             task = self.running[message.call] = asyncio.create_task(self._answer(message))
             task.add_done_callback(functools.partial(self._finished, message.call))
         elif isinstance(message, messages.Sent):
@@ -134,9 +138,17 @@ class Calls:
         self.running.pop(call, None)
         self.sent.pop(call, None)
         if not self._replied_done.pop(call, False):
-            self.channel.send(messages.Done(call))
+            self.channel.send(messages.Done(call, self._took(call)))
         if not self.running:
             self._idle.set()
+
+    def _took(self, call: int) -> float:
+        """This worker's own time on a call that is done: since it came, or since the one before it was done if that
+        was later (a call waiting behind another is not counted twice)."""
+        now = time.monotonic()
+        took = now - max(self._began.pop(call, now), self._last_end)
+        self._last_end = now
+        return max(took, 0.0)
 
     def sent_future(self, call: int) -> asyncio.Future[None]:
         """The future that the front's Sent for `call` resolves."""
@@ -187,7 +199,7 @@ class Calls:
                 else:  # nothing left to run for it: this Reply says so, and no Done follows
                     self._replied_done[call.call] = True
                 self.channel.send(messages.Reply(call.call, played.status, played.headers, played.body, wants_sent,
-                                                 not wants_sent))
+                                                 not wants_sent, 0.0 if wants_sent else self._took(call.call)))
             else:
                 self.channel.send(messages.ReplyStart(call.call, played.status, played.headers, wants_sent))
                 async for chunk in played.chunks:

@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import sys
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,10 +35,11 @@ log = logging.getLogger("engine")
 _SCOPE_KEYS = ("type", "http_version", "method", "scheme", "path", "raw_path", "root_path", "query_string", "headers",
                "client", "server", tracing.TRACE_KEY)
 MEMORY_CHECK_INTERVAL = 1.0  # seconds between looks at the workers' memory, when --worker-memory-limit is set
-# A worker whose calls are short (Worker.takes_short_calls) is handed up to PREFETCH calls more than it runs at once:
-# they wait in it, so that it starts the next as one ends, and one wake-up of each process carries several calls.
-# Longer calls are not queued in a worker, where they could wait behind a long one while another worker is free.
-SHORT_CALL = 0.002  # seconds from handing a call over to its Done, moving average
+# A worker whose calls are short (their time in the worker, as it reports it, under SHORT_CALL on a moving average) is
+# handed up to PREFETCH calls more than it runs at once: they wait in it, so that it starts the next as one ends, and
+# one wake-up of each process carries several calls. Longer calls are not queued in a worker, where they could wait
+# behind a long one while another worker is free; a new worker counts as slow until it has finished a short call.
+SHORT_CALL = 0.002  # seconds
 PREFETCH = 3
 
 Chunks = asyncio.Queue[messages.Chunk | None]  # a streamed reply's chunks; None: the worker died
@@ -62,8 +62,7 @@ class Worker:
         self.retiring = False  # its successor serves in its place; it finishes what it has, then exits
         self.load = 0  # calls handed to it and not yet Done (post_predict included)
         self.answered = 0
-        self.handed: dict[int, float] = {}  # when each call in it was handed over
-        self.call_time = 0.0  # from handing a call over to its Done, moving average (seconds)
+        self.call_time = SHORT_CALL  # its time on a call, moving average of what it reports (seconds)
         self.pending: dict[int, asyncio.Future[Answer]] = {}  # calls waiting for their Reply (or ReplyStart)
         self.streams: dict[int, Chunks] = {}  # the Chunks of streamed replies, by call
         self.given_up: dict[int, asyncio.Future[None]] = {}  # calls cancelled while it had them → resolved by Done
@@ -72,14 +71,9 @@ class Worker:
         """Hand a call over and wait for its reply (a streamed one comes with the queue of its chunks)."""
         if not self.channel.send(call):
             raise WorkerDied(f"worker process {self.index} has gone")
-        self.handed[call.call] = time.monotonic()
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.pending[call.call] = future
         return await future
-
-    def takes_short_calls(self, now: float) -> bool:
-        """True while its calls take less than SHORT_CALL on average and none in it has taken longer so far."""
-        return self.call_time < SHORT_CALL and (not self.handed or now - next(iter(self.handed.values())) < SHORT_CALL)
 
     async def sent(self, call: int) -> None:
         """Tell the worker its reply reached the client, so post_predict may run."""
@@ -301,7 +295,7 @@ class WorkerGroup:
             if future is not None and not future.done():
                 future.set_result(answer)
             if isinstance(message, messages.Reply) and message.done:
-                self._done(worker, message.call)
+                self._done(worker, message.call, message.took)
         elif isinstance(message, messages.Chunk):
             queue = worker.streams.get(message.call)
             if queue is not None:
@@ -309,14 +303,12 @@ class WorkerGroup:
                 if message.last:
                     del worker.streams[message.call]
         elif isinstance(message, messages.Done):
-            self._done(worker, message.call)
+            self._done(worker, message.call, message.took)
 
-    def _done(self, worker: Worker, call: int) -> None:
+    def _done(self, worker: Worker, call: int, took: float) -> None:
         worker.load -= 1
         worker.answered += 1
-        handed = worker.handed.pop(call, None)
-        if handed is not None:
-            worker.call_time += (time.monotonic() - handed - worker.call_time) / 8
+        worker.call_time += (took - worker.call_time) / 8
         given_up = worker.given_up.pop(call, None)
         if given_up is not None:
             given_up.set_result(None)
@@ -502,9 +494,8 @@ class WorkerGroup:
         if self.batching:  # fill the batch a worker is gathering (calls not yet answered) before starting another
             free = [w for w in self.workers.values() if w.ready and w.load < self.capacity]
             return max(free, key=lambda w: (len(w.pending), -w.index)) if free else None
-        now = time.monotonic()
         free = [w for w in self.workers.values()
-                if w.ready and w.load < self.capacity + (PREFETCH if w.takes_short_calls(now) else 0)]
+                if w.ready and w.load < self.capacity + (PREFETCH if w.call_time < SHORT_CALL else 0)]
         return min(free, key=lambda w: (w.load, w.index)) if free else None
 
     def _hand_out(self) -> None:
