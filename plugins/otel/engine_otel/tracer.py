@@ -87,7 +87,7 @@ class Phase:
         self.name = name
         self.parent = parent
         self.extra = extra
-        self.current = (0, span_id, False, NO_STATE, None)  # its span id when known before it is entered
+        self.current: Current = (0, span_id, False, NO_STATE, None)  # its span id when known before it is entered
         self.started = started
 
     def __enter__(self) -> None:
