@@ -112,6 +112,8 @@ _LAZY = {
     "play": "engine.asgi",
     "Played": "engine.asgi",
     "http_scope": "engine.asgi",
+    # a plugin's own helper process, bound to the serving process that starts it
+    "die_with": "engine.processes",
 }
 
 __all__ = ["ConfigError", "EngineError", "MissingPluginError", "ModelError", "PayloadError", "PluginError",
@@ -171,6 +173,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers (`X as X`: re-exported)
     from engine.plugin_api import Service as Service
     from engine.plugin_api import Setting as Setting
     from engine.plugin_api import TensorSpec as TensorSpec
+    from engine.processes import die_with as die_with
     from engine.project.batch import BatchApi as BatchApi
     from engine.project.config import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
     from engine.project.config import Api as Api

@@ -10,7 +10,7 @@ ENGINE = Path(__file__).resolve().parents[1] / "engine"
 # top when it sits in engine/ itself.
 LAYERS = [
     ("support", {"errors", "types", "units", "tracebacks", "logformat", "tracing", "tempdirs", "jsoncodec", "memory",
-                 "asgi", "hardware", "routes", "install_hints"}),
+                 "processes", "asgi", "hardware", "routes", "install_hints"}),
     ("plugin face", {"settings", "plugin_api", "hookspecs", "plugins", "plugin_routes"}),
     ("project", {"project"}),
     ("models", {"models"}),

@@ -12,7 +12,7 @@ from multiprocessing.connection import Connection
 from engine import tracebacks
 from engine.jobs import messages
 from engine.jobs.worker import JobWorker
-from engine.serving.worker_main import die_with
+from engine.processes import die_with
 
 
 def main(argv: list[str] | None = None) -> int:

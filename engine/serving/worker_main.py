@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import ctypes.util
 import functools
 import io
 import os
@@ -24,14 +22,13 @@ from engine import plugins, tracebacks, tracing
 from engine.asgi import play
 from engine.errors import EngineError
 from engine.memory import settle_after_start_up
+from engine.processes import die_with
 from engine.project.files import enter_view
 from engine.serving import messages
 from engine.serving.backend import ApiRequest
 from engine.serving.eventloop import run_event_loop
 from engine.serving.metrics import Metrics
 from engine.serving.pipeline import Pipeline
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,17 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # not when something has replaced it
         sys.stdout.reconfigure(line_buffering=True)
     return run_event_loop(_run(args.socket, args.index))
-
-
-def die_with(parent: int) -> None:
-    """Ask Linux to kill this worker if the front process dies without stopping it (e.g. SIGKILL, OOM)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: losing the connection to the front still ends the worker
-        pass
-    if os.getppid() != parent:  # the front died before we asked
-        os._exit(1)
 
 
 async def _run(socket: str, index: int) -> int:

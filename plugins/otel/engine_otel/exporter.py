@@ -7,11 +7,8 @@ serving process's SDK would. It dies with the process that started it, and exits
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import logging
-import os
 import signal
 import socket
 import sys
@@ -26,6 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from engine import die_with
 from engine_otel.provider import HashedOnce, engine_scope, exporters
 from engine_otel.wire import DONE, FLUSH, HELLO, SPANS, Record, receive
 
@@ -34,7 +32,6 @@ UNSET = Status(StatusCode.UNSET)
 KINDS = {kind.value: kind for kind in SpanKind}
 STATUS_CODES = {code.value: code for code in StatusCode}
 OTHERS_S = 10.0  # how long the last flush waits for the other serving processes' connections to end
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 log = logging.getLogger("engine_otel.exporter")
 
@@ -169,17 +166,6 @@ class ToParent(logging.Handler):
             sys.stderr.flush()
         except Exception:  # noqa: BLE001 (logging's own rule: a handler never raises)
             self.handleError(record)
-
-
-def die_with(parent: int) -> None:
-    """Ask Linux to kill this process when the one that started it dies."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the parent's connection ending still ends this process
-        pass
-    if os.getppid() != parent:  # it died before we asked
-        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
