@@ -98,7 +98,7 @@ class Calls:
         self.sent: dict[int, asyncio.Future[None]] = {}  # made by whichever comes first: Sent, or the reply's end
         self._idle = asyncio.Event()
         self._idle.set()
-        self._replied_done: dict[int, bool] = {}  # calls whose Reply said they are done
+        self._replied_done: set[int] = set()  # calls whose Reply said they are done
         self._began: dict[int, float] = {}  # when each call came
         self._last_end = 0.0  # when the last call was done
 
@@ -123,7 +123,9 @@ class Calls:
         """A call's task has ended, post_predict included (or was cancelled, maybe before it started)."""
         self.running.pop(call, None)
         self.sent.pop(call, None)
-        if not self._replied_done.pop(call, False):
+        if call in self._replied_done:
+            self._replied_done.discard(call)
+        else:
             self.channel.send(messages.Done(call, self._took(call)))
         if not self.running:
             self._idle.set()
@@ -183,7 +185,7 @@ class Calls:
                 if wants_sent:  # registered before sending: Sent may come back before send() returns
                     self.sent_future(call.call)
                 else:  # nothing left to run for it: this Reply says so, and no Done follows
-                    self._replied_done[call.call] = True
+                    self._replied_done.add(call.call)
                 self.channel.send(messages.Reply(call.call, played.status, played.headers, played.body, wants_sent,
                                                  not wants_sent, 0.0 if wants_sent else self._took(call.call)))
             else:
